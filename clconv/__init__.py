@@ -1,0 +1,26 @@
+"""clconv: TensorFlow-compatible 2-D convolutions as OpenCL kernels for any device."""
+
+from clconv.devices import DeviceInfo, devices
+from clconv.errors import (
+    DeviceNotFoundError,
+    InvalidArgumentError,
+    KernelBuildError,
+    UnimplementedError,
+)
+from clconv.ops import conv2d, conv2d_backprop_input, conv2d_transpose
+from clconv.tensors import ResourceExhaustedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeviceInfo",
+    "DeviceNotFoundError",
+    "InvalidArgumentError",
+    "KernelBuildError",
+    "ResourceExhaustedError",
+    "UnimplementedError",
+    "conv2d",
+    "conv2d_backprop_input",
+    "conv2d_transpose",
+    "devices",
+]

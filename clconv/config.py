@@ -1,0 +1,37 @@
+"""Kernel configurations: which -D tunables and work-group shape a launch uses.
+
+For now the shipped defaults of configs/defaults.yaml, chosen by device kind;
+the tuning database slots in ahead of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import yaml
+
+from clconv.devices import DeviceInfo
+from clconv.resources import config_text
+
+DEFAULTS_FILE = "defaults.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_defaults() -> dict[str, Any]:
+    return yaml.safe_load(config_text(DEFAULTS_FILE))
+
+
+def default_config(family: str, info: DeviceInfo) -> dict[str, Any]:
+    """Shipped defaults for ``family`` on a device like ``info`` (a fresh dict)."""
+    shipped = _shipped_defaults()
+    config = dict(shipped["generic"][family])
+    config.update(shipped.get(info.kind, {}).get(family, {}))
+    return config
+
+
+def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...] | None]:
+    """(-D defines, local size) of a configuration."""
+    defines = {k: v for k, v in config.items() if k != "LOCAL_SIZE"}
+    local = config.get("LOCAL_SIZE")
+    return defines, (tuple(int(v) for v in local) if local else None)

@@ -1,0 +1,25 @@
+"""The exception classes of clconv, mirroring TensorFlow's error classes.
+
+TensorFlow users catch ``tf.errors.InvalidArgumentError`` and
+``tf.errors.UnimplementedError``; clconv raises classes with the same names
+and meaning.  They derive from the Python built-ins a non-TF user would
+expect, so ``except ValueError`` keeps working too.
+"""
+
+from __future__ import annotations
+
+
+class InvalidArgumentError(ValueError):
+    """Bad shapes or values: what TensorFlow reports as InvalidArgumentError."""
+
+
+class UnimplementedError(NotImplementedError):
+    """A valid request this device or op cannot serve, as TF's UnimplementedError."""
+
+
+class DeviceNotFoundError(LookupError):
+    """A device specification that matches no OpenCL device."""
+
+
+class KernelBuildError(RuntimeError):
+    """An OpenCL program failed to build; carries the build log and options."""

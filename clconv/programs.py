@@ -1,0 +1,87 @@
+"""Build OpenCL programs from the shipped sources and cache them per context.
+
+Tunables reach a kernel only as ``-D NAME=value`` options.  A program is keyed
+on its context, the source file and the sorted options, and each cl.Kernel is
+fetched once; pyopencl keeps compiled binaries on disk across processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import warnings
+from typing import Mapping
+
+import numpy as np
+import pyopencl as cl
+
+from clconv.errors import KernelBuildError
+from clconv.resources import kernel_source
+
+COMMON_HEADER = "common.cl"
+
+_lock = threading.Lock()
+_programs: dict[tuple, cl.Program] = {}
+_kernels: dict[tuple, cl.Kernel] = {}
+
+
+def full_source(source_name: str) -> str:
+    """The common header followed by one algorithm's file, as the compiler sees it."""
+    return kernel_source(COMMON_HEADER) + "\n" + kernel_source(source_name)
+
+
+def source_hash(source_name: str) -> str:
+    """A short digest of what gets compiled; the tuning database keys on it."""
+    return hashlib.sha256(full_source(source_name).encode()).hexdigest()[:16]
+
+
+def dtype_defines(dtype: np.dtype) -> dict[str, str]:
+    """The REAL/ACC macros for a tensor dtype (half accumulates in float)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return {"REAL": "double", "ACC": "double", "REAL_IS_DOUBLE": "1"}
+    if dtype == np.float16:
+        return {"REAL": "half", "ACC": "float", "REAL_IS_HALF": "1"}
+    return {"REAL": "float", "ACC": "float"}
+
+
+def build_options(defines: Mapping[str, object]) -> list[str]:
+    """``-D`` options in a stable order, so equal configurations share one program."""
+    return ["-cl-std=CL1.2"] + [f"-D{name}={defines[name]}" for name in sorted(defines)]
+
+
+def get_program(context: cl.Context, source_name: str, defines: Mapping[str, object]) -> cl.Program:
+    """Build (or fetch from the cache) ``kernels/<source_name>`` with ``defines``."""
+    options = build_options(defines)
+    key = (context.int_ptr, source_name, tuple(options))
+    with _lock:
+        program = _programs.get(key)
+    if program is not None:
+        return program
+    source = full_source(source_name)
+    try:
+        with warnings.catch_warnings():
+            # PoCL prints harmless notes into the build log; pyopencl turns them into warnings.
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            program = cl.Program(context, source).build(options=options)
+    except cl.RuntimeError as exc:
+        raise KernelBuildError(
+            f"building {source_name} with {' '.join(options)} failed on "
+            f"{', '.join(d.name for d in context.devices)}:\n{exc}"
+        ) from exc
+    with _lock:
+        _programs[key] = program
+    return program
+
+
+def get_kernel(context: cl.Context, source_name: str, kernel_name: str,
+               defines: Mapping[str, object]) -> cl.Kernel:
+    """One cl.Kernel object per (program, name), created on first use."""
+    key = (context.int_ptr, source_name, tuple(build_options(defines)), kernel_name)
+    with _lock:
+        kernel = _kernels.get(key)
+    if kernel is None:
+        kernel = getattr(get_program(context, source_name, defines), kernel_name)
+        with _lock:
+            _kernels[key] = kernel
+    return kernel

@@ -1,0 +1,143 @@
+"""Operands on the device: numpy or pyopencl.array in, the same kind out.
+
+Kernels address every tensor as (buffer, element offset, four element strides
+in logical n/h/w/c or kh/kw/in/out order).  A DeviceTensor carries exactly
+that, so a pyopencl view is used in place and a numpy array is uploaded once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyopencl as cl
+import pyopencl.array as cl_array
+
+from clconv.errors import InvalidArgumentError, UnimplementedError
+
+INT32_LIMIT = 2**31 - 1
+
+# TF's op-def list for T, and the subset clconv computes.
+TF_ALLOWED_DTYPES = "half, bfloat16, float, double, int32"
+COMPUTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+class ResourceExhaustedError(MemoryError):
+    """A tensor too large for the device (TF's ResourceExhaustedError)."""
+
+
+def is_device_array(value: Any) -> bool:
+    return isinstance(value, cl_array.Array)
+
+
+def as_host_array(value: Any, name: str) -> np.ndarray:
+    """Anything np.asarray takes (TensorFlow tensors included, via __array__)."""
+    if hasattr(value, "numpy") and callable(value.numpy) and not isinstance(value, np.ndarray):
+        value = value.numpy()  # a tf.Tensor: its own conversion is the zero-copy one on CPU
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # noqa: BLE001
+        raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    return {"float16": "half", "float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
+
+
+def check_dtype(dtype: np.dtype) -> np.dtype:
+    """TF's attribute check for T, then clconv's own limits."""
+    dtype = np.dtype(dtype)
+    if dtype.name not in ("float16", "float32", "float64", "int32", "bfloat16"):
+        raise InvalidArgumentError(
+            f"Value for attr 'T' of {dtype.name} is not in the list of allowed values: "
+            f"{TF_ALLOWED_DTYPES}"
+        )
+    if dtype not in COMPUTED_DTYPES:
+        raise UnimplementedError(
+            f"clconv computes float16, float32 and float64; dtype {dtype.name} (which TF also "
+            "accepts) is not implemented"
+        )
+    return dtype
+
+
+@dataclass
+class DeviceTensor:
+    """A tensor as the kernels see it."""
+
+    array: cl_array.Array
+    shape: tuple[int, ...]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def view_args(self, order: Sequence[int]) -> list[np.int32]:
+        """Offset and strides (elements) with the axes taken in ``order``."""
+        item = self.array.dtype.itemsize
+        strides = [s // item for s in self.array.strides]
+        return [np.int32(self.array.offset // item)] + [np.int32(strides[i]) for i in order]
+
+    @property
+    def buffer(self) -> cl.Buffer:
+        return self.array.base_data
+
+
+def check_fits(nbytes: int, elements: int, what: str, info) -> None:
+    """Refuse before allocating what the device or 32-bit indexing cannot hold."""
+    if nbytes > info.max_mem_alloc_size:
+        raise ResourceExhaustedError(
+            f"{what} needs {nbytes} bytes, more than the largest buffer device "
+            f"{info.name!r} allows ({info.max_mem_alloc_size} bytes, CL_DEVICE_MAX_MEM_ALLOC_SIZE)"
+        )
+    if elements > INT32_LIMIT:
+        raise ResourceExhaustedError(
+            f"{what} has {elements} elements; clconv's kernels index with 32-bit integers "
+            f"(at most {INT32_LIMIT})"
+        )
+
+
+def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: str,
+              allow_cast: bool) -> DeviceTensor:
+    """Place an operand on ``queue``'s device (in place if it already is)."""
+    if is_device_array(value):
+        if value.context != queue.context:
+            raise InvalidArgumentError(
+                f"{what} lives in another OpenCL context than the other operands"
+            )
+        if value.dtype != dtype:
+            raise InvalidArgumentError(
+                f"{what} was expected to be a {dtype_name(dtype)} tensor but is a "
+                f"{dtype_name(value.dtype)} tensor"
+            )
+        return DeviceTensor(value, tuple(value.shape))
+    host = value if isinstance(value, np.ndarray) else as_host_array(value, what)
+    if host.dtype != dtype and not allow_cast:
+        raise InvalidArgumentError(
+            f"{what} was expected to be a {dtype_name(dtype)} tensor but is a "
+            f"{dtype_name(host.dtype)} tensor"
+        )
+    host = np.ascontiguousarray(host, dtype=dtype)
+    check_fits(host.nbytes, host.size, what, info)
+    return DeviceTensor(cl_array.to_device(queue, host), host.shape)
+
+
+def empty_output(shape: tuple[int, ...], dtype: np.dtype, queue: cl.CommandQueue, info,
+                 zero: bool) -> DeviceTensor:
+    elements = int(np.prod(shape))
+    check_fits(elements * dtype.itemsize, elements, f"the output of shape {shape}", info)
+    make = cl_array.zeros if zero else cl_array.empty
+    return DeviceTensor(make(queue, shape, dtype), shape)
+
+
+def find_queue(operands: Sequence[Any]) -> Optional[cl.CommandQueue]:
+    for value in operands:
+        if is_device_array(value):
+            if value.queue is None:
+                raise InvalidArgumentError("a pyopencl array without a queue cannot be an operand")
+            return value.queue
+    return None

@@ -1,0 +1,1 @@
+"""YAML search spaces and shipped defaults (read through clconv.resources)."""

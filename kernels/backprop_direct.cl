@@ -1,0 +1,68 @@
+// backprop_direct.cl -- gradient of conv2d with respect to its input, gather form.
+//
+// For the forward conv  y[n,oh,ow,co] = sum x[n, oh*SH-PT+a*DH, ow*SW-PL+b*DW, ci] w[a,b,ci,co]
+// this computes
+//   dx[n,h,w,ci] = sum over taps (a,b) with h + PT - a*DH = oh*SH and w + PL - b*DW = ow*SW,
+//                  0 <= oh < out_h, 0 <= ow < out_w, of  sum_co dy[n,oh,ow,co] * w[a,b,ci,co]
+// i.e. each input pixel sums only the filter taps that land on a real dy pixel:
+// the zeros a stride would insert are never visited.  conv2d_transpose is this
+// op with its input as dy.
+//
+// dx: [batch, in_h, in_w, in_c], w: [k_h, k_w, in_c, out_c], dy: [batch, out_h, out_w, out_c].
+// NDRange: dimension 0 walks blocks of CI_BLOCK input channels, dimension 1 the
+// dx pixels n*in_h*in_w.
+
+#ifndef CI_BLOCK
+#define CI_BLOCK 4 // input channels computed by one work-item
+#endif
+
+__kernel void backprop_direct(
+    __global REAL *dx, TENSOR_ARGS(dx), int in_h, int in_w, int in_c,
+    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
+    __global const REAL *dy, TENSOR_ARGS(dy), int out_h, int out_w, int out_c,
+    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left)
+{
+    const int ci0 = (int)get_global_id(0) * CI_BLOCK;
+    const int pixel = (int)get_global_id(1);
+    if (ci0 >= in_c || pixel >= batch * in_h * in_w)
+        return;
+    const int iw = pixel % in_w;
+    const int ih = (pixel / in_w) % in_h;
+    const int n = pixel / (in_w * in_h);
+
+    int ci[CI_BLOCK];
+    ACC acc[CI_BLOCK];
+    for (int j = 0; j < CI_BLOCK; ++j) {
+        ci[j] = min(ci0 + j, in_c - 1);
+        acc[j] = (ACC)0;
+    }
+
+    for (int a = 0; a < k_h; ++a) {
+        const int th = ih + pad_top - a * dil_h; // = oh * stride_h for a real dy row
+        if (th < 0 || th % stride_h != 0)
+            continue;
+        const int oh = th / stride_h;
+        if (oh >= out_h)
+            continue;
+        for (int b = 0; b < k_w; ++b) {
+            const int tw = iw + pad_left - b * dil_w;
+            if (tw < 0 || tw % stride_w != 0)
+                continue;
+            const int ow = tw / stride_w;
+            if (ow >= out_w)
+                continue;
+            const int dy_base = AT(dy, n, oh, ow, 0);
+            const int w_base = AT(w, a, b, 0, 0);
+            for (int co = 0; co < out_c; ++co) {
+                const ACC g = (ACC)dy[dy_base + co * dy_s3];
+                const int w_col = w_base + co * w_s3;
+                for (int j = 0; j < CI_BLOCK; ++j)
+                    acc[j] += g * (ACC)w[w_col + ci[j] * w_s2];
+            }
+        }
+    }
+
+    for (int j = 0; j < CI_BLOCK; ++j)
+        if (ci0 + j < in_c)
+            dx[AT(dx, n, ih, iw, ci0 + j)] = (REAL)acc[j];
+}
