@@ -1,5 +1,13 @@
 """clconv: TensorFlow-compatible 2-D convolutions as OpenCL kernels for any device."""
 
+# Before anything can open an OpenCL runtime: load PoCL/Oclgrind so that their
+# LLVM cannot bind to TensorFlow's (see llvm_guard for why).
+from clconv.llvm_guard import protect_opencl_runtimes
+
+protect_opencl_runtimes()
+
+# ruff: noqa: E402
+
 from clconv.devices import DeviceInfo, devices
 from clconv.errors import (
     DeviceNotFoundError,

@@ -33,6 +33,7 @@ class DeviceInfo:
     vendor: str
     kind: str  # "GPU", "CPU", "simulator", "accelerator", "other"
     opencl_c_version: str
+    device_version: str
     driver_version: str
     fp64: bool
     fp16: bool
@@ -43,6 +44,11 @@ class DeviceInfo:
     max_mem_alloc_size: int
     preferred_float_vector_width: int
     is_default: bool = False
+
+    @property
+    def search_text(self) -> str:
+        """What a name substring is matched against (PoCL names itself only in versions)."""
+        return f"{self.platform} {self.name} {self.vendor} {self.device_version}".lower()
 
     @property
     def label(self) -> str:
@@ -90,6 +96,7 @@ def _enumerate() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
                 vendor=device.vendor.strip(),
                 kind=_kind_of(device, platform),
                 opencl_c_version=_opencl_c_version(device),
+                device_version=device.version.strip(),
                 driver_version=device.driver_version.strip(),
                 fp64="cl_khr_fp64" in device.extensions or bool(device.double_fp_config),
                 fp16="cl_khr_fp16" in device.extensions,
@@ -165,7 +172,7 @@ def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
     matches = [
         (i, pair)
         for i, pair in enumerate(found)
-        if needle in f"{pair[1].platform} {pair[1].name} {pair[1].vendor}".lower()
+        if needle in pair[1].search_text
     ]
     if not matches:
         raise DeviceNotFoundError(f"device {text!r} matches no device; there are: {_describe_all()}")

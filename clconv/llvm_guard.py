@@ -29,8 +29,8 @@ The ICD loader only opens the vendor libraries at the first
 ``clGetPlatformIDs`` (``pyopencl.get_platforms()``); ``import pyopencl`` alone
 does not.  So :func:`protect_opencl_runtimes` must run before the first
 platform query.  If a runtime was opened earlier, deep-binding is impossible
-after the fact; :func:`check_llvm_conflict` then turns the crash we know would
-follow into a clear :class:`OpenCLRuntimeConflictError`.
+after the fact; :func:`conflict_error` then explains the build failure that follows
+with a clear :class:`OpenCLRuntimeConflictError`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from pathlib import Path
 __all__ = [
     "OpenCLRuntimeConflictError",
     "protect_opencl_runtimes",
-    "check_llvm_conflict",
+    "conflict_error",
     "protected_libraries",
 ]
 
@@ -246,7 +246,7 @@ def protect_opencl_runtimes() -> None:
     that cannot be loaded is skipped, as the ICD loader would skip it.
 
     Libraries already mapped when this runs (someone queried OpenCL platforms
-    before us) cannot be fixed after the fact; :func:`check_llvm_conflict`
+    before us) cannot be fixed after the fact; :func:`conflict_error`
     reports the states in which they would then fail.
     """
     global _done
@@ -318,54 +318,26 @@ def _shared_llvm_major(lib: str) -> str | None:
     return m.group(1).decode() if m else None
 
 
-def _llvm_targets_initialised(major: str) -> bool | None:
-    """Whether the mapped ``libLLVM-<major>`` has registered any target.
-
-    PoCL initialises LLVM's targets lazily at its first program build.  If
-    that happened before TensorFlow was loaded, PoCL's symbols are already
-    bound to its own LLVM and later builds work (verified).  If not, the
-    initialisation binds into TensorFlow's LLVM and the build fails.
-    ``None`` if the library is not mapped or the query is impossible.
-    """
-    for p in _mapped_files():
-        base = os.path.basename(p)
-        if base.startswith(f"libLLVM-{major}.so") or base.startswith(f"libLLVM.so.{major}"):
-            try:
-                lib = ctypes.CDLL(p, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # type: ignore[attr-defined]
-                fn = lib.LLVMGetFirstTarget
-            except (OSError, AttributeError):
-                return None
-            fn.restype = ctypes.c_void_p
-            fn.argtypes = []
-            return bool(fn())
-    return None
-
-
 _LLVM_IN_VERSION = re.compile(r"LLVM (\d+)")
 
 
-def check_llvm_conflict(platform_name: str, platform_version: str | None = None) -> None:
-    """Raise :class:`OpenCLRuntimeConflictError` if building a program would fail.
+def conflict_error(platform_name: str, platform_version: str | None = None
+                   ) -> OpenCLRuntimeConflictError | None:
+    """The error that explains a failed program build on this platform, if the
+    TensorFlow/LLVM clash can be its cause; None otherwise.
 
-    Call it before building programs on a platform (cheap: a few
-    ``/proc/self/maps`` reads, and nothing at all unless TensorFlow is loaded).
-    Pass ``platform.version`` too when available: both PoCL builds call their
-    platform "Portable Computing Language", the version string ("... LLVM 15
-    ...") tells them apart.
-
-    Verified failing state (see ``/work/notes/llvm-guard.md``): a PoCL that
-    links a shared ``libLLVM`` (Debian's PoCL 3.1) was loaded by the ICD
-    loader before :func:`protect_opencl_runtimes` ran, TensorFlow is loaded,
-    and PoCL has not built any program yet; the build then fails
-    (``BUILD_PROGRAM_FAILURE``).  Everything else that gets this far was
-    verified to work (pip PoCL with its private static LLVM, Oclgrind once
-    loaded, any PoCL whose first build preceded the TensorFlow import), so no
-    error is raised for it.
+    The clash is possible when TensorFlow's LLVM is loaded and the platform's
+    runtime library (one that links its own shared ``libLLVM``) was opened
+    before :func:`protect_opencl_runtimes` could deep-bind it: typically the
+    user called ``pyopencl.get_platforms()``, then imported TensorFlow, then
+    clconv.  Measured on Debian's PoCL 3.1: the build then fails with
+    ``unknown target CPU``.  Deep-binding cannot be applied after the fact, so
+    the best clconv can do is say what happened and how to avoid it.
     """
     if not _is_linux() or _platform_marker(platform_name) != "pocl":
-        return
+        return None
     if not _tf_llvm_loaded():
-        return
+        return None
     wanted = None
     if platform_version:
         m = _LLVM_IN_VERSION.search(platform_version)
@@ -374,16 +346,13 @@ def check_llvm_conflict(platform_name: str, platform_version: str | None = None)
         major = _shared_llvm_major(lib)
         if major is None or (wanted is not None and major != wanted):
             continue
-        if _llvm_targets_initialised(major) is False:
-            raise OpenCLRuntimeConflictError(
-                f"OpenCL platform {platform_name!r} ({lib}, LLVM {major}) was "
-                "opened before clconv could isolate its LLVM, and TensorFlow, "
-                "which exports its own incompatible LLVM, has been imported "
-                "since: building OpenCL programs on it now fails. Remedy: "
-                "import clconv (or call clconv.llvm_guard."
-                "protect_opencl_runtimes()) before the first "
-                "pyopencl.get_platforms()/context creation; then the import "
-                "order relative to tensorflow does not matter. Alternatively "
-                "build an OpenCL program on this platform before importing "
-                "tensorflow, or use another device."
-            )
+        return OpenCLRuntimeConflictError(
+            f"OpenCL platform {platform_name!r} ({lib}, LLVM {major}) was opened before "
+            "clconv could isolate its LLVM, and TensorFlow, which exports its own "
+            "incompatible LLVM, was imported before its first program build: building "
+            "OpenCL programs on it fails. Remedy: import clconv before the first "
+            "pyopencl.get_platforms() (then the order relative to tensorflow does not "
+            "matter), or build an OpenCL program on this platform before importing "
+            "tensorflow, or use another device."
+        )
+    return None

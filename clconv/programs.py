@@ -16,6 +16,7 @@ import numpy as np
 import pyopencl as cl
 
 from clconv.errors import KernelBuildError
+from clconv.llvm_guard import conflict_error
 from clconv.resources import kernel_source
 
 COMMON_HEADER = "common.cl"
@@ -50,9 +51,21 @@ def build_options(defines: Mapping[str, object]) -> list[str]:
     return ["-cl-std=CL1.2"] + [f"-D{name}={defines[name]}" for name in sorted(defines)]
 
 
+def _device_options(context: cl.Context) -> list[str]:
+    """Options a device needs whatever the kernel.
+
+    Oclgrind's uninitialised-value checker (OCLGRIND_UNINITIALIZED) aborts on
+    the LLVM ``freeze`` instruction that optimisation introduces for paired
+    ``/`` and ``%``; unoptimised code is also what the checks should see.
+    """
+    if "oclgrind" in context.devices[0].platform.name.lower():
+        return ["-cl-opt-disable"]
+    return []
+
+
 def get_program(context: cl.Context, source_name: str, defines: Mapping[str, object]) -> cl.Program:
     """Build (or fetch from the cache) ``kernels/<source_name>`` with ``defines``."""
-    options = build_options(defines)
+    options = build_options(defines) + _device_options(context)
     key = (context.int_ptr, source_name, tuple(options))
     with _lock:
         program = _programs.get(key)
@@ -65,6 +78,10 @@ def get_program(context: cl.Context, source_name: str, defines: Mapping[str, obj
             warnings.simplefilter("ignore", cl.CompilerWarning)
             program = cl.Program(context, source).build(options=options)
     except cl.RuntimeError as exc:
+        platform = context.devices[0].platform
+        clash = conflict_error(platform.name, platform.version)
+        if clash is not None:
+            raise clash from exc
         raise KernelBuildError(
             f"building {source_name} with {' '.join(options)} failed on "
             f"{', '.join(d.name for d in context.devices)}:\n{exc}"

@@ -11,7 +11,7 @@ its input gradient.
 
 from __future__ import annotations
 
-import numbers
+import collections.abc
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -98,26 +98,32 @@ def check_data_format(data_format: Any) -> str:
 
 
 def _as_int(value: Any, name: str) -> int:
-    """An integer attribute element; whole floats pass (TF accepts 2.0), 2.5 does not."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"Expected int for argument {name!r} not {value!r}.")
-    if isinstance(value, (numbers.Integral, np.integer)):
-        return int(value)
-    if isinstance(value, (numbers.Real, np.floating)) and float(value).is_integer():
-        return int(value)
+    """TF's _MakeInt for an integer attribute element: ``int(value)`` for anything but a
+    string, so 2.5 truncates to 2 and True is 1, as in TF."""
+    if not isinstance(value, (str, bytes)):
+        try:
+            return int(value)
+        except (TypeError, ValueError, OverflowError):
+            pass
     raise TypeError(f"Expected int for argument {name!r} not {value!r}.")
 
 
-def expand_window_attr(value: Any, name: str, data_format: str) -> list[int]:
-    """TF's _get_sequence: None, an int, or length 1/2/4 -> the four-element attribute."""
+def expand_window_attr(value: Any, name: str, data_format: str) -> list[Any]:
+    """TF's _get_sequence: None, an int, or length 1/2/4 -> the four-element attribute.
+
+    The elements are not converted yet: TF checks the length in Python and converts
+    the elements to ints later, with the other attributes (see parse_attrs).
+    """
     if value is None:
         return [1, 1, 1, 1]
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        seq = [_as_int(v, name) for v in value]
+    if isinstance(value, list):
+        seq = value
+    elif isinstance(value, tuple):
+        seq = list(value)
+    elif isinstance(value, int) or not isinstance(value, collections.abc.Sized):
+        seq = [value]
     else:
-        seq = [_as_int(value, name)]
+        seq = list(value)  # a scalar tensor raises TypeError here, as in TF
     if len(seq) == 1:
         seq = seq * 2
     if len(seq) == 2:
@@ -125,7 +131,7 @@ def expand_window_attr(value: Any, name: str, data_format: str) -> list[int]:
     if len(seq) == 4:
         return seq
     raise ValueError(
-        f"{name} should be of length 1, 2 or 4. Received: {name}={value} of length {len(seq)}"
+        f"{name} should be of length 1, 2 or 4. Received: {name}={seq} of length {len(seq)}"
     )
 
 
@@ -145,48 +151,69 @@ class ConvAttrs:
     padding: Padding
 
 
-def parse_padding(padding: Any) -> Padding:
-    """"SAME", "VALID", or four [before, after] pairs (checked later, as TF's kernel does)."""
-    if isinstance(padding, str):
-        if padding in ("SAME", "VALID"):
-            return Padding(padding)
-        if padding == "EXPLICIT":
-            raise ValueError(
-                "'EXPLICIT' is not a valid value for `padding`. To use explicit padding, "
-                "`padding` must be a list."
-            )
-        raise InvalidArgumentError(
-            f"Value for attr 'padding' of \"{padding}\" is not in the list of allowed values: "
-            '"SAME", "VALID", "EXPLICIT" (padding is case-sensitive)'
+def parse_padding(padding: Any) -> tuple[Any, list[Any]]:
+    """TF's convert_padding: (the padding attribute, the unconverted explicit pairs).
+
+    Only the Python-side structure is checked here (ValueError): each element a
+    pair first, then four of them, as TF does.  The string's value and the pads'
+    types are attribute checks, made later by parse_attrs.
+    """
+    if isinstance(padding, str) and padding == "EXPLICIT":
+        raise ValueError(
+            "'EXPLICIT' is not a valid value for `padding`. To use explicit padding, "
+            "`padding` must be a list."
         )
-    if isinstance(padding, np.ndarray):
+    if isinstance(padding, np.ndarray):  # clconv also takes an array of pairs
         padding = padding.tolist()
-    if isinstance(padding, (list, tuple)):
-        if len(padding) != 4:
+    if not isinstance(padding, (list, tuple)):
+        return padding, []
+    pairs = []
+    for index, pair in enumerate(padding):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            what = f"size {len(pair)}" if isinstance(pair, (list, tuple)) else f"type {type(pair)}"
             raise ValueError(
-                f"When padding is a list, it must be of size 4. Received: padding={padding} "
-                f"of size {len(padding)}"
+                "When `padding` is a list, each element of `padding` must be a list/tuple "
+                f"of size 2. Received: padding={padding} with element at index {index} of {what}"
             )
-        pairs = []
-        for index, pair in enumerate(padding):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                what = f"size {len(pair)}" if isinstance(pair, (list, tuple)) else f"type {type(pair)}"
-                raise ValueError(
-                    "When `padding` is a list, each element of `padding` must be a list/tuple "
-                    f"of size 2. Received: padding={padding} with element at index {index} of {what}"
-                )
-            pairs.append((_as_int(pair[0], "padding"), _as_int(pair[1], "padding")))
-        return Padding("EXPLICIT", tuple(pairs))
-    raise TypeError(f"Expected string for argument 'padding' not {padding!r}.")
+        pairs.append(pair)
+    if len(padding) != 4:
+        raise ValueError(
+            f"When padding is a list, it must be of size 4. Received: padding={padding} "
+            f"of size {len(padding)}"
+        )
+    return "EXPLICIT", pairs
 
 
 def parse_attrs(strides: Any, padding: Any, data_format: Any, dilations: Any) -> ConvAttrs:
-    """TF's Python-side checks (ValueError/TypeError), then its attribute checks (IAE)."""
+    """TF's checks in TF's order: Python-side lengths and padding structure (ValueError),
+    conversion of the attributes to ints and strings (TypeError), then the op-def's
+    allowed values (IAE).  The dtype attribute is checked by the op, after this."""
     format_name = data_format if data_format in DATA_FORMATS else "NHWC"
-    strides4 = expand_window_attr(strides, "strides", format_name)
-    dilations4 = expand_window_attr(dilations, "dilations", format_name)
-    parsed_padding = parse_padding(padding)
-    return ConvAttrs(check_data_format(data_format), strides4, dilations4, parsed_padding)
+    strides_seq = expand_window_attr(strides, "strides", format_name)
+    dilations_seq = expand_window_attr(dilations, "dilations", format_name)
+    padding_value, raw_pairs = parse_padding(padding)
+    strides4 = [_as_int(v, "strides") for v in strides_seq]
+    if not isinstance(padding_value, str):
+        raise TypeError(f"Expected string for argument 'padding' not {padding_value!r}.")
+    pairs = tuple((_as_int(before, "explicit_paddings"), _as_int(after, "explicit_paddings"))
+                  for before, after in raw_pairs)
+    dilations4 = [_as_int(v, "dilations") for v in dilations_seq]
+    if padding_value not in ("SAME", "VALID", "EXPLICIT"):
+        raise InvalidArgumentError(
+            f"Value for attr 'padding' of \"{padding_value}\" is not in the list of allowed "
+            'values: "SAME", "VALID", "EXPLICIT" (padding is case-sensitive)'
+        )
+    return ConvAttrs(check_data_format(data_format), strides4, dilations4,
+                     Padding(padding_value, pairs))
+
+
+def _check_int32_attr(values: list[int], name: str) -> None:
+    """TF's kernels read strides and dilations as int32."""
+    for value in values:
+        if not -2**31 <= value < 2**31:
+            raise InvalidArgumentError(
+                f"Attr {name} has value {value} out of range for an int32 ({name}={values})"
+            )
 
 
 def kernel_attr_checks(attrs: ConvAttrs) -> tuple[int, int, int, int]:
@@ -195,6 +222,8 @@ def kernel_attr_checks(attrs: ConvAttrs) -> tuple[int, int, int, int]:
     Returns (stride_h, stride_w, dil_h, dil_w).
     """
     fmt = attrs.data_format
+    _check_int32_attr(attrs.strides, "strides")
+    _check_int32_attr(attrs.dilations, "dilations")
     n, stride_h, stride_w, c = from_format(attrs.strides, fmt)
     if n != 1 or c != 1:
         raise UnimplementedError(
@@ -263,6 +292,11 @@ def windowed_output_size(size: int, k: int, dil: int, stride: int, padding: Padd
     return out, before, after
 
 
+def _tf_shape(shape: Sequence[int]) -> str:
+    """A shape as TF's messages print it: [5,5,2]."""
+    return "[" + ",".join(str(int(v)) for v in shape) + "]"
+
+
 def check_rank4(shape: Sequence[int], message: str) -> None:
     if len(shape) != 4:
         raise InvalidArgumentError(message)
@@ -273,8 +307,8 @@ def conv2d_geometry(x_shape: Sequence[int], w_shape: Sequence[int],
     """tf.nn.conv2d's kernel checks, in TF's order; the geometry of the conv."""
     stride_h, stride_w, dil_h, dil_w = kernel_attr_checks(attrs)
     fmt = attrs.data_format
-    check_rank4(x_shape, f"convolution input must be 4-dimensional: {list(x_shape)}")
-    check_rank4(w_shape, f"convolution filter must be 4-dimensional: {list(w_shape)}")
+    check_rank4(x_shape, f"convolution input must be 4-dimensional: {_tf_shape(x_shape)}")
+    check_rank4(w_shape, f"convolution filter must be 4-dimensional: {_tf_shape(w_shape)}")
     batch, in_h, in_w, in_c = from_format(x_shape, fmt)
     k_h, k_w, f_in, out_c = (int(v) for v in w_shape)
     if f_in <= 0:
@@ -302,27 +336,66 @@ def conv2d_geometry(x_shape: Sequence[int], w_shape: Sequence[int],
     return geometry
 
 
-def parse_input_sizes(input_sizes: Any, dy_shape: Sequence[int], w_shape: Sequence[int],
-                      data_format: str) -> tuple[int, int, int, int]:
-    """TF's reading of input_sizes / output_shape: length 4, or [H, W] (N, C implied)."""
-    if isinstance(input_sizes, np.ndarray):
-        array = input_sizes
-    else:
-        try:
-            array = np.asarray(input_sizes)
-        except Exception as exc:  # noqa: BLE001
-            raise TypeError(f"output_shape must be a vector of int32, got {input_sizes!r}") from exc
-    if array.dtype.kind not in "iu":
-        if array.dtype.kind == "f" or array.dtype == object:
-            raise TypeError(
-                f"output_shape must hold integers (int32), got {input_sizes!r} of dtype {array.dtype}"
+def _is_tf_tensor(value: Any) -> bool:
+    return not isinstance(value, np.ndarray) and hasattr(getattr(value, "dtype", None),
+                                                          "as_numpy_dtype")
+
+
+def convert_input_sizes(input_sizes: Any) -> np.ndarray:
+    """TF's conversion of input_sizes / output_shape to an int32 tensor.
+
+    A NumPy array is cast as C casts (4.7 -> 4, 2**32 + 4 -> 4); Python numbers
+    must be integers (wrapping to int32 like TF); a TF tensor must already be int32.
+    """
+    if _is_tf_tensor(input_sizes):
+        dtype = np.dtype(input_sizes.dtype.as_numpy_dtype)
+        if dtype != np.int32:
+            raise InvalidArgumentError(
+                "cannot compute Conv2DBackpropInput as input #0(zero-based) was expected to be "
+                f"a int32 tensor but is a {_tf_dtype_name(dtype)} tensor (output_shape="
+                f"{np.asarray(input_sizes).tolist()})"
             )
-        raise InvalidArgumentError(
-            f"output_shape must be an int32 vector, got {input_sizes!r} of dtype {array.dtype}"
+        return np.asarray(input_sizes)
+    if isinstance(input_sizes, np.ndarray):
+        try:
+            return input_sizes.astype(np.int32)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"Cannot convert {input_sizes!r} to EagerTensor of dtype int32"
+            ) from exc
+    if input_sizes is None:
+        raise ValueError(
+            "Attempt to convert a value (None) with an unsupported type (<class 'NoneType'>) "
+            "to a Tensor (output_shape=None; expected a vector of int32)"
         )
+    try:
+        array = np.asarray(input_sizes)
+    except ValueError as exc:  # ragged nesting
+        raise ValueError(
+            f"Can't convert Python sequence with mixed types to Tensor: {input_sizes!r}"
+        ) from exc
+    if array.size == 0 and array.dtype.kind in "fiub":
+        return array.astype(np.int32)
+    if array.dtype.kind not in "iub":
+        raise TypeError(
+            f"Cannot convert {input_sizes!r} to EagerTensor of dtype int32 (output_shape must "
+            "hold integers)"
+        )
+    return ((array.astype(np.int64) + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+def _tf_dtype_name(dtype: np.dtype) -> str:
+    return {"float16": "half", "float32": "float", "float64": "double"}.get(dtype.name,
+                                                                            dtype.name)
+
+
+def parse_input_sizes(array: np.ndarray, dy_shape: Sequence[int], w_shape: Sequence[int],
+                      data_format: str) -> tuple[int, int, int, int]:
+    """TF's reading of the converted input_sizes: length 4, or [H, W] (N, C implied)."""
     if array.ndim != 1:
         raise InvalidArgumentError(
-            f"input_sizes input must be 1-dim, not {array.ndim} (output_shape={input_sizes!r})"
+            f"Conv2DBackpropInput: input_sizes input must be 1-dim, not {array.ndim} "
+            f"(output_shape={array.tolist()})"
         )
     values = [int(v) for v in array.tolist()]
     if len(values) == 4:
@@ -338,10 +411,10 @@ def parse_input_sizes(input_sizes: Any, dy_shape: Sequence[int], w_shape: Sequen
                 f"Conv2DBackpropInput: elements of input_sizes must be >= 0, not {values}"
             )
         batch = int(dy_shape[0]) if len(dy_shape) == 4 else 0
-        channels = int(w_shape[2]) if len(w_shape) == 4 else 0
+        channels = int(w_shape[2]) if len(w_shape) >= 3 else 0
         return batch, values[0], values[1], channels
     raise InvalidArgumentError(
-        "Conv2DBackpropInput: requires input_sizes to contain 4 values or 2 values, but got: "
+        "Conv2DBackpropInput requires input_sizes to contain 4 values or 2 values, but got: "
         f"{len(values)} (output_shape={values})"
     )
 
@@ -349,13 +422,19 @@ def parse_input_sizes(input_sizes: Any, dy_shape: Sequence[int], w_shape: Sequen
 def backprop_input_geometry(input_sizes: Any, w_shape: Sequence[int], dy_shape: Sequence[int],
                             attrs: ConvAttrs) -> ConvGeometry:
     """Validate Conv2DBackpropInput's arguments (conv2d_transpose passes output_shape as
-    input_sizes and its input as dy); return the forward conv's geometry."""
+    input_sizes and its input as dy); return the forward conv's geometry.
+
+    TF's order: input_sizes' conversion to int32, the kernel's attribute checks, the
+    rank of out_backprop, input_sizes' shape and values, the rank of the filter, then
+    batch, depths and spatial sizes.
+    """
+    sizes = convert_input_sizes(input_sizes)
     stride_h, stride_w, dil_h, dil_w = kernel_attr_checks(attrs)
     data_format, pad = attrs.data_format, attrs.padding
-    batch, in_h, in_w, in_c = parse_input_sizes(input_sizes, dy_shape, w_shape, data_format)
     check_rank4(dy_shape, f"Conv2DBackpropInput: input_sizes must be 4-dimensional, got: "
                           f"{len(dy_shape)} (out_backprop, the input of conv2d_transpose, has "
                           f"shape {list(dy_shape)}; expected rank 4)")
+    batch, in_h, in_w, in_c = parse_input_sizes(sizes, dy_shape, w_shape, data_format)
     check_rank4(w_shape, f"Conv2DBackpropInput: filter must be 4-dimensional, got filter shape "
                          f"{list(w_shape)}")
     k_h, k_w, f_in, f_out = (int(v) for v in w_shape)

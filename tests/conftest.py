@@ -1,0 +1,60 @@
+"""One fixture runs every test on every OpenCL device.
+
+CLCONV_TEST_DEVICES narrows the set: a comma-separated list of device specs
+(``1:0``) or name substrings (``pocl,oclgrind``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import clconv
+from clconv.devices import find_device
+
+TEST_DEVICES_ENV = "CLCONV_TEST_DEVICES"
+
+
+def selected_devices() -> list[clconv.DeviceInfo]:
+    wanted = os.environ.get(TEST_DEVICES_ENV, "").strip()
+    if not wanted:
+        return clconv.devices()
+    chosen: list[clconv.DeviceInfo] = []
+    for spec in wanted.split(","):
+        spec = spec.strip()
+        if not spec:
+            continue
+        matches = [d for d in clconv.devices()
+                   if spec == d.spec or spec.lower() in d.search_text]
+        if not matches:
+            find_device(spec)  # raises with the list of what exists
+        chosen.extend(m for m in matches if m not in chosen)
+    return chosen
+
+
+def _device_id(info: clconv.DeviceInfo) -> str:
+    short = info.name.replace("pthread-", "").split()[0]
+    return f"{info.spec}-{short}-{info.driver_version.split()[-1]}"
+
+
+DEVICES = selected_devices()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", DEVICES, ids=[_device_id(d) for d in DEVICES])
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return [f"clconv devices under test: {', '.join(d.label for d in DEVICES) or 'none'}"]
+
+
+@pytest.fixture
+def spec(device: clconv.DeviceInfo) -> str:
+    """The device= argument for the device under test."""
+    return device.spec
+
+
+def is_simulator(device: clconv.DeviceInfo) -> bool:
+    return device.kind == "simulator"

@@ -1,0 +1,74 @@
+"""Shared test helpers: random data, the reference, and one tolerance rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clconv.reference import backprop_input_reference, conv2d_reference
+from clconv.shapes import (
+    ConvGeometry,
+    backprop_input_geometry,
+    conv2d_geometry,
+    parse_attrs,
+)
+
+__all__ = ["assert_close", "random_array", "conv2d_case", "backprop_case",
+           "conv2d_reference", "backprop_input_reference"]
+
+
+def random_array(shape, dtype=np.float32, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(dtype)
+
+
+def tolerance(dtype, reduction: int) -> tuple[float, float]:
+    """(rtol, atol) for a result that sums ``reduction`` products of values in [-1, 1].
+
+    rtol is about 4*sqrt(eps) of the dtype; atol grows with the reduction length,
+    since rounding error of a sum scales with the number of terms (and the
+    values, of magnitude ~sqrt(reduction), cancel).
+    """
+    eps = float(np.finfo(np.dtype(dtype)).eps)
+    rtol = 4 * eps ** 0.5
+    atol = 4 * eps * max(1, reduction) ** 0.5 * 8
+    if np.dtype(dtype) == np.float16:
+        atol = 1e-2 * max(1, reduction) ** 0.5
+    return rtol, atol
+
+
+def max_relative_error(actual, expected) -> float:
+    """Largest |a - e| / max(|e|, 1): the figure reported per device."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if expected.size == 0:
+        return 0.0
+    return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1.0)))
+
+
+def assert_close(actual, expected, dtype, reduction: int, rtol=None, atol=None) -> None:
+    """Shape, dtype, then values within the tolerance of dtype and reduction length."""
+    actual = np.asarray(actual)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != expected {expected.shape}"
+    assert actual.dtype == np.dtype(dtype), f"dtype {actual.dtype} != expected {np.dtype(dtype)}"
+    default_rtol, default_atol = tolerance(dtype, reduction)
+    np.testing.assert_allclose(
+        actual.astype(np.float64), expected,
+        rtol=default_rtol if rtol is None else rtol,
+        atol=default_atol if atol is None else atol,
+    )
+
+
+def conv2d_case(x_shape, w_shape, strides, padding, data_format="NHWC",
+                dilations=None) -> ConvGeometry:
+    return conv2d_geometry(x_shape, w_shape, parse_attrs(strides, padding, data_format, dilations))
+
+
+def backprop_case(input_sizes, w_shape, dy_shape, strides, padding, data_format="NHWC",
+                  dilations=None) -> ConvGeometry:
+    return backprop_input_geometry(input_sizes, w_shape, dy_shape,
+                                   parse_attrs(strides, padding, data_format, dilations))
+
+
+def reduction_length(g: ConvGeometry, transpose: bool = False) -> int:
+    if transpose:
+        return g.k_h * g.k_w * g.out_c
+    return g.k_h * g.k_w * (g.in_c // g.groups)

@@ -1,0 +1,53 @@
+"""Runs small cases of every kernel under Oclgrind with its checks switched on
+(out-of-bounds accesses, data races, uninitialised reads) and fails on any
+report.  A deliberately out-of-bounds kernel proves the check can fail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import clconv
+from oclgrind_cases import CASE_IDS
+
+HERE = Path(__file__).parent
+OCLGRIND = [d for d in clconv.devices() if d.kind == "simulator"]
+pytestmark = pytest.mark.skipif(not OCLGRIND, reason="Oclgrind is not installed")
+
+BROKEN_KERNEL = """
+import numpy as np, pyopencl as cl, sys
+from clconv.devices import runtime
+rt = runtime(sys.argv[1])
+src = "__kernel void k(__global float *a) { a[get_global_id(0) + 1] = 1.0f; }"
+prg = cl.Program(rt.context, src).build()
+buf = cl.Buffer(rt.context, cl.mem_flags.READ_WRITE, 16)
+prg.k(rt.queue, (4,), None, buf)
+rt.queue.finish()
+"""
+
+
+def _run_checked(tmp_path: Path, argv: list[str]) -> tuple[subprocess.CompletedProcess, str]:
+    log = tmp_path / "oclgrind.log"
+    env = dict(os.environ, OCLGRIND_LOG=str(log), OCLGRIND_DATA_RACES="1",
+               OCLGRIND_UNINITIALIZED="1", PYTHONPATH=str(HERE))
+    proc = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True,
+                          timeout=600)
+    return proc, (log.read_text() if log.exists() else "")
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_kernels_are_clean_under_oclgrind(tmp_path, case_id):
+    proc, report = _run_checked(tmp_path, [str(HERE / "oclgrind_cases.py"), case_id,
+                                           OCLGRIND[0].spec])
+    assert proc.returncode == 0, proc.stderr
+    assert f"ran {case_id}" in proc.stdout
+    assert report.strip() == "", f"Oclgrind reported:\n{report[:4000]}"
+
+
+def test_oclgrind_check_catches_an_out_of_bounds_write(tmp_path):
+    proc, report = _run_checked(tmp_path, ["-c", BROKEN_KERNEL, OCLGRIND[0].spec])
+    assert "Invalid write" in report, (proc.stdout, proc.stderr, report)

@@ -1,0 +1,272 @@
+"""Values of every op on every device against the independent float64 reference.
+
+A table of named cases covers every argument form; hypothesis adds random
+cases; both backprop algorithms must agree with the reference (and so with
+each other); the adjoint identity ties conv2d to conv2d_transpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import clconv
+from clconv.devices import runtime
+from helpers import (
+    assert_close,
+    backprop_case,
+    backprop_input_reference,
+    conv2d_case,
+    conv2d_reference,
+    max_relative_error,
+    random_array,
+    reduction_length,
+)
+
+# name: (x_shape NHWC, filter [kh, kw, in, out], strides, padding, dilations)
+CONV_CASES = {
+    "3x3_same_s1": ((2, 6, 7, 3), (3, 3, 3, 4), 1, "SAME", None),
+    "3x3_valid_s2_len1": ((1, 9, 8, 2), (3, 3, 2, 5), [2], "VALID", None),
+    "strides_len2": ((1, 8, 9, 3), (2, 3, 3, 2), [2, 3], "SAME", None),
+    "strides_len4": ((2, 7, 7, 1), (3, 3, 1, 2), [1, 2, 2, 1], "SAME", None),
+    "explicit_pad": ((1, 5, 6, 2), (3, 3, 2, 3), 1, [[0, 0], [1, 2], [0, 3], [0, 0]], None),
+    "dilation2": ((1, 9, 9, 2), (3, 3, 2, 2), 1, "SAME", 2),
+    "dilation_stride": ((1, 11, 10, 2), (3, 2, 2, 3), 2, "VALID", [2, 3]),
+    "kernel_larger_same": ((1, 2, 3, 2), (5, 5, 2, 3), 1, "SAME", None),
+    "kernel_larger_valid": ((1, 2, 2, 1), (3, 3, 1, 2), 1, "VALID", None),
+    "stride_larger_kernel": ((1, 9, 9, 2), (2, 2, 2, 3), 4, "SAME", None),
+    "1x1": ((2, 5, 5, 7), (1, 1, 7, 5), 1, "VALID", None),
+    "1x1_s2": ((1, 6, 6, 4), (1, 1, 4, 3), 2, "VALID", None),
+    "odd_prime_channels": ((1, 7, 5, 13), (3, 3, 13, 11), 1, "SAME", None),
+    "empty_batch": ((0, 5, 5, 2), (3, 3, 2, 3), 1, "SAME", None),
+    "zero_out_channels": ((1, 5, 5, 2), (3, 3, 2, 0), 1, "SAME", None),
+    "grouped": ((1, 5, 5, 4), (3, 3, 2, 6), 1, "SAME", None),
+}
+
+# name: (dy_shape NHWC, filter [kh, kw, out(C of result), in(C of dy)], output_shape,
+#        strides, padding, dilations) -- conv2d_transpose form
+TRANSPOSE_CASES = {
+    "s2_same_k3": ((2, 4, 4, 3), (3, 3, 2, 3), (2, 8, 8, 2), 2, "SAME", None),
+    "s2_same_odd_out": ((1, 4, 4, 3), (3, 3, 2, 3), (1, 7, 7, 2), 2, "SAME", None),
+    "s2_valid_k3": ((1, 4, 5, 2), (3, 3, 3, 2), (1, 9, 11, 3), 2, "VALID", None),
+    "s2_valid_unreached_row": ((1, 4, 4, 2), (3, 3, 2, 2), (1, 10, 10, 2), 2, "VALID", None),
+    "s3_k2_gaps": ((1, 3, 3, 2), (2, 2, 3, 2), (1, 9, 9, 3), 3, "SAME", None),
+    "s1_same": ((1, 5, 6, 4), (3, 3, 2, 4), (1, 5, 6, 2), 1, "SAME", None),
+    "output_shape_len2": ((2, 3, 3, 2), (4, 4, 5, 2), [6, 6], 2, "SAME", None),
+    "output_shape_int64_array": ((1, 3, 3, 2), (3, 3, 1, 2), np.array([1, 6, 6, 1]), 2, "SAME",
+                                 None),
+    "strides_len2": ((1, 3, 4, 2), (3, 3, 2, 2), (1, 6, 12, 2), [2, 3], "SAME", None),
+    "explicit_pad": ((1, 4, 4, 2), (3, 3, 3, 2), (1, 7, 8, 3), 2,
+                     [[0, 0], [1, 1], [0, 2], [0, 0]], None),
+    "explicit_pad_larger_than_kernel": ((1, 6, 6, 1), (2, 2, 2, 1), (1, 3, 3, 2), 1,
+                                       [[0, 0], [2, 2], [2, 2], [0, 0]], None),
+    "dilation2": ((1, 5, 5, 2), (3, 3, 2, 2), (1, 5, 5, 2), 1, "SAME", 2),
+    "dilation2_s2": ((1, 4, 4, 2), (3, 3, 2, 2), (1, 11, 11, 2), 2, "VALID", 2),
+    "kernel_larger_than_output": ((1, 1, 1, 2), (5, 5, 3, 2), (1, 2, 2, 3), 2, "SAME", None),
+    "fcn_like_s4_k8": ((1, 3, 3, 3), (8, 8, 3, 3), (1, 12, 12, 3), 4, "SAME", None),
+    "empty_batch": ((0, 3, 3, 2), (3, 3, 2, 2), (0, 6, 6, 2), 2, "SAME", None),
+    "zero_in_channels": ((1, 3, 3, 0), (3, 3, 2, 0), (1, 6, 6, 2), 2, "SAME", None),
+    "1x1_s1": ((2, 4, 4, 6), (1, 1, 5, 6), (2, 4, 4, 5), 1, "VALID", None),
+}
+
+ALGORITHMS = ["direct", "via_forward"]
+
+
+def _nchw(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array.transpose(0, 3, 1, 2))
+
+
+def _nchw_shape(shape):
+    n, h, w, c = shape
+    return (n, c, h, w)
+
+
+def _nchw_attr(value):
+    """A length-4 strides/dilations list re-ordered for NCHW; shorter forms need nothing."""
+    if isinstance(value, list) and len(value) == 4:
+        return [value[0], value[3], value[1], value[2]]
+    return value
+
+
+def _nchw_padding(padding):
+    if isinstance(padding, str):
+        return padding
+    return [padding[0], padding[3], padding[1], padding[2]]
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
+def test_conv2d_matches_reference(device, spec, case, data_format):
+    x_shape, w_shape, strides, padding, dilations = CONV_CASES[case]
+    x, w = random_array(x_shape, seed=1), random_array(w_shape, seed=2)
+    if data_format == "NCHW":
+        x, padding = _nchw(x), _nchw_padding(padding)
+        strides, dilations = _nchw_attr(strides), _nchw_attr(dilations)
+    g = conv2d_case(x.shape, w_shape, strides, padding, data_format, dilations)
+    y = clconv.conv2d(x, w, strides, padding, data_format=data_format, dilations=dilations,
+                      device=spec)
+    assert_close(y, conv2d_reference(x, w, g), np.float32, reduction_length(g))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", list(TRANSPOSE_CASES), ids=list(TRANSPOSE_CASES))
+def test_conv2d_transpose_matches_reference(device, spec, case, data_format, algorithm):
+    dy_shape, w_shape, output_shape, strides, padding, dilations = TRANSPOSE_CASES[case]
+    dy, w = random_array(dy_shape, seed=3), random_array(w_shape, seed=4)
+    if data_format == "NCHW":
+        dy, padding = _nchw(dy), _nchw_padding(padding)
+        strides, dilations = _nchw_attr(strides), _nchw_attr(dilations)
+        if len(output_shape) == 4:
+            output_shape = _nchw_shape(tuple(output_shape))
+    g = backprop_case(output_shape, w_shape, dy.shape, strides, padding, data_format, dilations)
+    dx = clconv.conv2d_transpose(dy, w, output_shape, strides, padding, data_format=data_format,
+                                 dilations=dilations, device=spec, algorithm=algorithm)
+    assert_close(dx, backprop_input_reference(dy, w, g), np.float32,
+                 reduction_length(g, transpose=True))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_backprop_input_is_transpose_with_input_sizes(device, spec, algorithm):
+    """conv2d_backprop_input(input_sizes, w, dy) == conv2d_transpose(dy, w, input_sizes)."""
+    dy, w = random_array((2, 4, 4, 3), seed=5), random_array((3, 3, 2, 3), seed=6)
+    sizes = [2, 8, 7, 2]
+    g = backprop_case(sizes, w.shape, dy.shape, 2, "SAME")
+    dx = clconv.conv2d_backprop_input(sizes, w, dy, [1, 2, 2, 1], "SAME", device=spec,
+                                      algorithm=algorithm)
+    assert_close(dx, backprop_input_reference(dy, w, g), np.float32, reduction_length(g, True))
+    assert np.array_equal(dx, clconv.conv2d_transpose(dy, w, sizes, 2, "SAME", device=spec,
+                                                      algorithm=algorithm))
+
+
+def test_algorithms_agree_on_a_larger_case(device, spec):
+    if device.kind == "simulator":
+        pytest.skip("the simulator runs this size too slowly; the table covers it there")
+    dy, w = random_array((2, 9, 9, 16), seed=7), random_array((5, 5, 8, 16), seed=8)
+    results = [clconv.conv2d_transpose(dy, w, (2, 18, 18, 8), 2, "SAME", device=spec,
+                                       algorithm=a) for a in ALGORITHMS]
+    assert_close(results[0], results[1].astype(np.float64), np.float32, 5 * 5 * 16)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_other_dtypes(device, spec, dtype):
+    x, w = random_array((1, 5, 6, 3), dtype, seed=9), random_array((3, 3, 3, 2), dtype, seed=10)
+    available = device.fp64 if dtype == np.float64 else device.fp16
+    if not available:
+        with pytest.raises(clconv.UnimplementedError, match=device.name.split()[0]):
+            clconv.conv2d(x, w, 1, "SAME", device=spec)
+        return
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    assert_close(clconv.conv2d(x, w, 1, "SAME", device=spec), conv2d_reference(x, w, g),
+                 dtype, reduction_length(g))
+    dx = clconv.conv2d_transpose(x, w.transpose(0, 1, 3, 2).copy(), (1, 10, 12, 2), 2, "SAME",
+                                 device=spec)
+    gt = backprop_case((1, 10, 12, 2), (3, 3, 2, 3), x.shape, 2, "SAME")
+    assert_close(dx, backprop_input_reference(x, w.transpose(0, 1, 3, 2), gt), dtype,
+                 reduction_length(gt, True))
+
+
+def test_pyopencl_arrays_in_and_out(device, spec):
+    """pyopencl.array in gives pyopencl.array out, on the caller's queue."""
+    rt = runtime(spec)
+    x, w = random_array((1, 6, 6, 3), seed=11), random_array((3, 3, 3, 4), seed=12)
+    x_dev, w_dev = cl_array.to_device(rt.queue, x), cl_array.to_device(rt.queue, w)
+    y = clconv.conv2d(x_dev, w_dev, 1, "SAME")
+    assert isinstance(y, cl_array.Array) and y.queue is rt.queue
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    assert_close(y.get(), conv2d_reference(x, w, g), np.float32, reduction_length(g))
+    dx = clconv.conv2d_transpose(y, w_dev, (1, 6, 6, 3), 1, "SAME")
+    assert isinstance(dx, cl_array.Array) and dx.queue is rt.queue
+    gt = backprop_case((1, 6, 6, 3), w.shape, y.shape, 1, "SAME")
+    assert_close(dx.get(), backprop_input_reference(y.get(), w, gt), np.float32,
+                 reduction_length(gt, True))
+
+
+def test_pyopencl_strided_view_is_read_in_place(device, spec):
+    """A non-contiguous view (an NHWC slice) is read through its strides, not copied."""
+    rt = runtime(spec)
+    big = random_array((2, 6, 6, 5), seed=13)
+    w = random_array((3, 3, 3, 2), seed=14)
+    view = cl_array.to_device(rt.queue, big)[1:, :, :, 1:4]
+    y = clconv.conv2d(view, w, 1, "VALID")
+    x = big[1:, :, :, 1:4]
+    g = conv2d_case(x.shape, w.shape, 1, "VALID")
+    assert_close(y.get(), conv2d_reference(x, w, g), np.float32, reduction_length(g))
+
+
+def test_float64_filter_is_cast_to_float32_input_as_tf_does(device, spec):
+    x, w = random_array((1, 4, 4, 2), seed=15), random_array((3, 3, 2, 2), np.float64, seed=16)
+    y = clconv.conv2d(x, w, 1, "SAME", device=spec)
+    assert y.dtype == np.float32
+
+
+def test_adjoint_identity(device, spec):
+    """<conv2d(z, w), x> == <z, conv2d_transpose(x, w)> for the same strides and padding."""
+    z = random_array((2, 9, 8, 3), np.float64 if device.fp64 else np.float32, seed=17)
+    w = random_array((3, 4, 3, 5), z.dtype, seed=18)
+    for strides, padding in [(2, "SAME"), (3, "VALID"), (1, [[0, 0], [2, 1], [0, 2], [0, 0]])]:
+        y = clconv.conv2d(z, w, strides, padding, device=spec)
+        x = random_array(y.shape, z.dtype, seed=19)
+        zt = clconv.conv2d_transpose(x, w, z.shape, strides, padding, device=spec)
+        lhs, rhs = float(np.vdot(y, x)), float(np.vdot(z, zt))
+        rtol = 1e-10 if z.dtype == np.float64 else 1e-4
+        assert abs(lhs - rhs) <= rtol * max(1.0, abs(lhs)), (strides, padding, lhs, rhs)
+
+
+@st.composite
+def transpose_problems(draw):
+    stride_h, stride_w = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    k_h, k_w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dil_h, dil_w = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    padding = draw(st.sampled_from(["SAME", "VALID", "EXPLICIT"]))
+    n, c_in, c_out = draw(st.integers(1, 2)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h_out, w_out = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    if padding == "EXPLICIT":
+        padding = [[0, 0], [draw(st.integers(0, 3)), draw(st.integers(0, 3))],
+                   [draw(st.integers(0, 3)), draw(st.integers(0, 3))], [0, 0]]
+    try:
+        g = conv2d_case((n, h_out, w_out, c_out), (k_h, k_w, c_out, c_in), [stride_h, stride_w],
+                        padding, "NHWC", [dil_h, dil_w])
+    except clconv.InvalidArgumentError:
+        from hypothesis import assume
+        assume(False)
+    return g, [stride_h, stride_w], padding, [dil_h, dil_w]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(problem=transpose_problems(), algorithm=st.sampled_from(ALGORITHMS))
+def test_random_transpose_and_forward(device, spec, problem, algorithm):
+    if device.kind == "simulator":
+        pytest.skip("random cases run on the real devices; the simulator runs the table")
+    g, strides, padding, dilations = problem
+    z = random_array((g.batch, g.in_h, g.in_w, g.in_c), seed=20)
+    w = random_array((g.k_h, g.k_w, g.in_c, g.out_c), seed=21)
+    y = clconv.conv2d(z, w, strides, padding, dilations=dilations, device=spec)
+    assert_close(y, conv2d_reference(z, w, g), np.float32, reduction_length(g))
+    x = random_array(g.y_shape(), seed=22)
+    dx = clconv.conv2d_transpose(x, w, g.x_shape(), strides, padding, dilations=dilations,
+                                 device=spec, algorithm=algorithm)
+    assert_close(dx, backprop_input_reference(x, w, g), np.float32, reduction_length(g, True))
+
+
+def test_largest_relative_error_is_reported(device, spec, record_property):
+    """Records the worst relative error over a mid-sized case of each op (see -rA)."""
+    if device.kind == "simulator":
+        shape, k = (1, 6, 6, 4), (3, 3, 4, 4)
+    else:
+        shape, k = (2, 16, 16, 32), (3, 3, 32, 32)
+    x, w = random_array(shape, seed=23), random_array(k, seed=24)
+    g = conv2d_case(shape, k, 2, "SAME")
+    worst = max_relative_error(clconv.conv2d(x, w, 2, "SAME", device=spec),
+                               conv2d_reference(x, w, g))
+    dy = random_array(g.y_shape(), seed=25)
+    for algorithm in ALGORITHMS:
+        dx = clconv.conv2d_transpose(dy, w, shape, 2, "SAME", device=spec, algorithm=algorithm)
+        worst = max(worst, max_relative_error(dx, backprop_input_reference(dy, w, g)))
+    record_property("max_relative_error", worst)
+    print(f"\n{device.label}: largest relative error {worst:.3g}")
+    assert worst < 1e-4
