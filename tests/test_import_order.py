@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None, reason="tensorflow not importable"
@@ -91,13 +90,10 @@ def test_import_order(order: str) -> None:
     env = dict(os.environ)
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
     code = _PRELUDES[order] + _CHECK
     proc = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=REPO,
+        cwd=Path(__file__).parent,  # the installed clconv, not the source tree
         env=env,
         capture_output=True,
         text=True,

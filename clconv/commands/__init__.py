@@ -1,0 +1,1 @@
+"""Sub-commands of the ``clconv`` command line (see clconv.cli)."""

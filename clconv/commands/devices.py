@@ -1,0 +1,54 @@
+"""``clconv devices``: every OpenCL device, its capabilities, and the default."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from clconv.devices import ENV_DEVICE, devices
+
+HELP = "list OpenCL platforms and devices with the capabilities clconv uses"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    lines = ["  ".join(str(h).ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    found = devices()
+    if args.json:
+        print(json.dumps([d.__dict__ for d in found], indent=2))
+        return 0
+    if not found:
+        print("no OpenCL device found (pip install pocl-binary-distribution gives a CPU one)")
+        return 1
+    rows = []
+    for d in found:
+        rows.append([
+            ("*" if d.is_default else " ") + d.spec, d.name, d.platform, d.kind,
+            d.driver_version, d.opencl_c_version.replace("OpenCL C ", ""),
+            "yes" if d.fp64 else "no", "yes" if d.fp16 else "no",
+            str(d.max_work_group_size), _size(d.local_mem_size), str(d.compute_units),
+            _size(d.max_mem_alloc_size),
+        ])
+    print(format_table(rows, ["device", "name", "platform", "kind", "driver", "OpenCL C",
+                              "fp64", "fp16", "max WG", "local mem", "CUs", "max alloc"]))
+    print(f"\n* default device. Choose another with --device or {ENV_DEVICE}=P:D "
+          "(or a name substring such as pocl, oclgrind, nvidia).")
+    return 0

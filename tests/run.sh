@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs and runs it on every OpenCL device.
+#   - as root with apt-get: Debian's PoCL (pocl-opencl-icd) and Oclgrind, registered
+#     as an OpenCL vendor, so the suite runs on three devices;
+#   - always: a virtual environment .venv with clconv (a normal, non-editable
+#     install, so the tests use what a user gets), pytest, hypothesis and
+#     tensorflow-cpu 2.21.0 (the peer the values and errors are compared with).
+# Extra arguments go to pytest; CLCONV_TEST_DEVICES=pocl,oclgrind narrows the devices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocl-opencl-icd oclgrind >/dev/null
+    mkdir -p /etc/OpenCL/vendors
+    if [ ! -f /etc/OpenCL/vendors/oclgrind.icd ]; then
+        echo /usr/lib/oclgrind/liboclgrind-rt-icd.so > /etc/OpenCL/vendors/oclgrind.icd
+    fi
+fi
+
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q ".[test]" "tensorflow-cpu==2.21.0"
+cd tests
+exec ../.venv/bin/python -m pytest -q "$@"
