@@ -1,7 +1,9 @@
-"""Kernel configurations: which -D tunables and work-group shape a launch uses.
+"""Kernel configurations: which -D tunables and work-group shape a launch uses,
+and which algorithm an op uses when the caller leaves ``algorithm=None``.
 
-For now the shipped defaults of configs/defaults.yaml, chosen by device kind;
-the tuning database slots in ahead of them.
+The ops ask only two questions, ``choose_config`` and ``choose_algorithm``;
+for now they answer from the shipped defaults of configs/defaults.yaml, chosen
+by device kind, and the tuning database slots in ahead of them.
 """
 
 from __future__ import annotations
@@ -35,3 +37,14 @@ def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...
     defines = {k: v for k, v in config.items() if k != "LOCAL_SIZE"}
     local = config.get("LOCAL_SIZE")
     return defines, (tuple(int(v) for v in local) if local else None)
+
+
+def choose_config(family: str, info: DeviceInfo, op: str, geometry: Any) -> dict[str, Any]:
+    """The configuration a launch of ``family`` uses for ``op`` on ``geometry``."""
+    return default_config(family, info)
+
+
+def choose_algorithm(op: str, info: DeviceInfo, geometry: Any) -> str:
+    """The algorithm of a backprop op (conv2d_backprop_input / conv2d_transpose)
+    when the caller passed ``algorithm=None``."""
+    return "direct"

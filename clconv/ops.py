@@ -15,7 +15,7 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import tensors
-from clconv.config import default_config, split_config
+from clconv.config import choose_algorithm, choose_config, split_config
 from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.programs import dtype_defines, get_kernel
@@ -89,10 +89,8 @@ def _result(out: tensors.DeviceTensor, device_resident: bool) -> Any:
     return out.array if device_resident else out.array.get()
 
 
-def _check_algorithm(algorithm: Optional[str]) -> str:
-    if algorithm is None:
-        return "direct"
-    if algorithm not in ALGORITHMS:
+def _check_algorithm(algorithm: Optional[str]) -> Optional[str]:
+    if algorithm is not None and algorithm not in ALGORITHMS:
         raise InvalidArgumentError(
             f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)} (or None to let "
             "clconv choose)"
@@ -143,7 +141,7 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     if g.y_size() > 0 and needs_sum:
         x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input", True)
         w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", allow_cast=True)
-        run_conv2d_direct(rt, x, w, out, g)
+        run_conv2d_direct(rt, x, w, out, g, choose_config("conv2d_direct", rt.info, "conv2d", g))
     result = _result(out, device_resident)
     if lead is not None:
         result = result.reshape(lead + tuple(result.shape[1:]))
@@ -162,7 +160,7 @@ def run_conv2d_direct(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTen
                       x_format: Optional[str] = None) -> cl.Event:
     """Launch conv2d_direct.cl for the conv ``g``: y in g.data_format, x in ``x_format``
     (default the same), the filter as ``w`` or as the view ``w_view`` (offset, 4 strides)."""
-    config = config or default_config("conv2d_direct", rt.info)
+    config = config or choose_config("conv2d_direct", rt.info, "conv2d", g)
     defines, local = split_config(config)
     defines.update(dtype_defines(x.dtype))
     kernel = get_kernel(rt.context, "conv2d_direct.cl", "conv2d_direct", defines)
@@ -211,8 +209,8 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
                 f"cannot compute Conv2DBackpropInput as input #1(zero-based) was expected to be "
                 f"a {tensors.dtype_name(dtype)} tensor but is a {tensors.dtype_name(w_dtype)} tensor"
             )
-    return _backprop(input_sizes, filters, out_backprop, attrs, dtype, device,
-                     _check_algorithm(algorithm))
+    return _backprop("conv2d_backprop_input", input_sizes, filters, out_backprop, attrs, dtype,
+                     device, _check_algorithm(algorithm))
 
 
 def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
@@ -240,12 +238,12 @@ def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     """
     attrs = parse_attrs(strides, padding, data_format, dilations)
     dtype = tensors.check_dtype(_operand_dtype(input, "input"))
-    return _backprop(output_shape, filters, input, attrs, dtype, device,
+    return _backprop("conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
                      _check_algorithm(algorithm))
 
 
-def _backprop(input_sizes: Any, filters: Any, dy_value: Any, attrs, dtype: np.dtype,
-              device: Optional[str], algorithm: str) -> Any:
+def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dtype: np.dtype,
+              device: Optional[str], algorithm: Optional[str]) -> Any:
     dy_shape, w_shape = _shape_of(dy_value, "input"), _shape_of(filters, "filters")
     g = backprop_input_geometry(input_sizes, w_shape, dy_shape, attrs)
     rt = _choose_runtime([dy_value, filters], device)
@@ -257,10 +255,12 @@ def _backprop(input_sizes: Any, filters: Any, dy_value: Any, attrs, dtype: np.dt
     if g.x_size() > 0 and needs_sum:
         dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input", allow_cast=False)
         w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", allow_cast=True)
+        algorithm = algorithm or choose_algorithm(op, rt.info, g)
         if algorithm == "direct":
-            run_backprop_direct(rt, dy, w, dx, g)
+            run_backprop_direct(rt, dy, w, dx, g, choose_config("backprop_direct", rt.info, op, g))
         else:
-            run_backprop_via_forward(rt, dy, w, dx, g)
+            run_backprop_via_forward(rt, dy, w, dx, g,
+                                     choose_config("conv2d_direct", rt.info, op, g))
     return _result(dx, device_resident)
 
 
@@ -268,7 +268,7 @@ def run_backprop_direct(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.Device
                         dx: tensors.DeviceTensor, g: ConvGeometry,
                         config: Optional[dict] = None) -> cl.Event:
     """Launch backprop_direct.cl: dx of the conv ``g`` from dy, gathering real taps only."""
-    config = config or default_config("backprop_direct", rt.info)
+    config = config or choose_config("backprop_direct", rt.info, "conv2d_backprop_input", g)
     defines, local = split_config(config)
     defines.update(dtype_defines(dy.dtype))
     kernel = get_kernel(rt.context, "backprop_direct.cl", "backprop_direct", defines)
