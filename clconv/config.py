@@ -45,6 +45,6 @@ def choose_config(family: str, info: DeviceInfo, op: str, geometry: Any) -> dict
 
 
 def choose_algorithm(op: str, info: DeviceInfo, geometry: Any) -> str:
-    """The algorithm of a backprop op (conv2d_backprop_input / conv2d_transpose)
-    when the caller passed ``algorithm=None``."""
-    return "direct"
+    """The algorithm of ``op`` when the caller passed ``algorithm=None`` (the ops fall
+    back to "direct" where the GEMM kernels do not apply: float16, grouped convs)."""
+    return "gemm"

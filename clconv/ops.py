@@ -14,14 +14,16 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyopencl as cl
 
-from clconv import tensors
+from clconv import gemm, tensors
 from clconv.config import choose_algorithm, choose_config, split_config
 from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.programs import dtype_defines, get_kernel
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
 
-ALGORITHMS = ("direct", "via_forward")
+ALGORITHMS = ("direct", "via_forward", "gemm")  # of the backprop ops
+CONV2D_ALGORITHMS = ("direct", "gemm")
+GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # half accumulates in float: direct
 NHWC_AXES = {"NHWC": (0, 1, 2, 3), "NCHW": (0, 2, 3, 1)}  # positions of n, h, w, c
 FILTER_AXES = (0, 1, 2, 3)  # kh, kw, in, out
 
@@ -89,12 +91,28 @@ def _result(out: tensors.DeviceTensor, device_resident: bool) -> Any:
     return out.array if device_resident else out.array.get()
 
 
-def _check_algorithm(algorithm: Optional[str]) -> Optional[str]:
-    if algorithm is not None and algorithm not in ALGORITHMS:
+def _check_algorithm(algorithm: Optional[str], allowed: Sequence[str] = ALGORITHMS
+                     ) -> Optional[str]:
+    if algorithm is not None and algorithm not in allowed:
         raise InvalidArgumentError(
-            f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)} (or None to let "
+            f"algorithm={algorithm!r} is not one of {', '.join(allowed)} (or None to let "
             "clconv choose)"
         )
+    return algorithm
+
+
+def _resolve_algorithm(requested: Optional[str], op: str, rt: Runtime, g: ConvGeometry,
+                       dtype: np.dtype) -> str:
+    """The caller's choice, else the configured one; the GEMM kernels take float32/64
+    and ungrouped convs only, so anything else runs the direct kernel."""
+    algorithm = requested or choose_algorithm(op, rt.info, g)
+    if algorithm == "gemm" and (dtype not in GEMM_DTYPES or g.groups != 1):
+        if requested:
+            raise UnimplementedError(
+                f"algorithm='gemm' computes float32/float64 ungrouped convolutions; got "
+                f"dtype {dtype.name} with {g.groups} group(s): use algorithm='direct'"
+            )
+        return "direct"
     return algorithm
 
 
@@ -103,7 +121,7 @@ def _check_algorithm(algorithm: Optional[str]) -> Optional[str]:
 
 def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: str = "NHWC",
            dilations: Any = None, name: Optional[str] = None, *,
-           device: Optional[str] = None) -> Any:
+           device: Optional[str] = None, algorithm: Optional[str] = None) -> Any:
     """2-D convolution with tf.nn.conv2d's signature, shape rules, values and errors.
 
     Parameters
@@ -120,12 +138,14 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     name : ignored, for signature compatibility with TF
     device : str, optional
         ``P:D`` or a name substring; default ``CLCONV_DEVICE`` or the default device.
+    algorithm : "gemm" (register-blocked implicit GEMM), "direct" or None (clconv chooses)
 
     Returns
     -------
     numpy.ndarray, or pyopencl.array.Array when ``input`` is one.
     """
     attrs = parse_attrs(strides, padding, data_format, dilations)
+    _check_algorithm(algorithm, CONV2D_ALGORITHMS)
     dtype = tensors.check_dtype(_operand_dtype(input, "input"))
     x_shape, w_shape = _shape_of(input, "input"), _shape_of(filters, "filters")
     lead = x_shape[:-3] if len(x_shape) > 4 else None
@@ -141,7 +161,11 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     if g.y_size() > 0 and needs_sum:
         x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input", True)
         w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", allow_cast=True)
-        run_conv2d_direct(rt, x, w, out, g, choose_config("conv2d_direct", rt.info, "conv2d", g))
+        if _resolve_algorithm(algorithm, "conv2d", rt, g, dtype) == "gemm":
+            gemm.conv2d_gemm(rt, x, w, out, g, choose_config(gemm.FAMILY, rt.info, "conv2d", g))
+        else:
+            run_conv2d_direct(rt, x, w, out, g,
+                              choose_config("conv2d_direct", rt.info, "conv2d", g))
     result = _result(out, device_resident)
     if lead is not None:
         result = result.reshape(lead + tuple(result.shape[1:]))
@@ -191,7 +215,8 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
     filters : ``[kh, kw, C_in, C_out]``, the forward conv's filter
     out_backprop : ``[N, H_out, W_out, C_out]`` (NHWC) or NCHW
     strides, padding, data_format, dilations : those of the forward conv
-    algorithm : "direct" (gather, skips the zeros a stride inserts) or
+    algorithm : "gemm" (per stride phase, an implicit GEMM over the taps that reach
+        real dy pixels), "direct" (gather, skips the zeros a stride inserts) or
         "via_forward" (dilate, pad fully, stride-1 conv with the rotated filter);
         None lets clconv choose.
 
@@ -230,7 +255,7 @@ def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     output_shape : 4 ints in data_format order, or ``[H_out, W_out]``
     strides, dilations : int or sequence of 1, 2 or 4 ints
     padding : "SAME", "VALID" or four [before, after] pairs
-    algorithm : "direct", "via_forward" or None (clconv chooses)
+    algorithm : "gemm", "direct", "via_forward" or None (clconv chooses)
 
     Returns
     -------
@@ -255,8 +280,10 @@ def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dty
     if g.x_size() > 0 and needs_sum:
         dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input", allow_cast=False)
         w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", allow_cast=True)
-        algorithm = algorithm or choose_algorithm(op, rt.info, g)
-        if algorithm == "direct":
+        algorithm = _resolve_algorithm(algorithm, op, rt, g, dtype)
+        if algorithm == "gemm":
+            gemm.backprop_gemm(rt, dy, w, dx, g, choose_config(gemm.FAMILY, rt.info, op, g))
+        elif algorithm == "direct":
             run_backprop_direct(rt, dy, w, dx, g, choose_config("backprop_direct", rt.info, op, g))
         else:
             run_backprop_via_forward(rt, dy, w, dx, g,

@@ -18,7 +18,7 @@ import clconv
 CONV = [  # x_shape, w_shape, strides, padding, dilations, data_format
     ((1, 5, 6, 3), (3, 3, 3, 5), 1, "SAME", None, "NHWC"),
     ((2, 3, 7, 6), (3, 2, 3, 4), 2, "VALID", None, "NCHW"),
-    ((1, 7, 7, 4), (3, 3, 2, 6), 2, "SAME", 2, "NHWC"),  # grouped + dilated
+    ((1, 7, 7, 4), (3, 3, 2, 6), 2, "SAME", 2, "NHWC"),  # grouped + dilated: direct only
     ((1, 2, 2, 2), (5, 5, 2, 3), 1, [[0, 0], [3, 1], [0, 2], [0, 0]], None, "NHWC"),
 ]
 TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, data_format
@@ -29,9 +29,10 @@ TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, d
 ]
 
 
-CASE_IDS = [f"conv2d-{i}" for i in range(len(CONV))] + [
+CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
+            for algorithm in ("direct", "gemm") if not (i == 2 and algorithm == "gemm")] + [
     f"transpose-{i}-{algorithm}" for i in range(len(TRANSPOSE))
-    for algorithm in ("direct", "via_forward")]
+    for algorithm in ("direct", "via_forward", "gemm")]
 
 
 def run_case(case_id: str, spec: str) -> None:
@@ -41,7 +42,7 @@ def run_case(case_id: str, spec: str) -> None:
         x_shape, w_shape, strides, padding, dilations, fmt = CONV[int(index)]
         x = rng.standard_normal(x_shape).astype(np.float32)
         w = rng.standard_normal(w_shape).astype(np.float32)
-        clconv.conv2d(x, w, strides, padding, fmt, dilations, device=spec)
+        clconv.conv2d(x, w, strides, padding, fmt, dilations, device=spec, algorithm=rest[0])
     else:
         dy_shape, w_shape, out_shape, strides, padding, dilations, fmt = TRANSPOSE[int(index)]
         dy = rng.standard_normal(dy_shape).astype(np.float32)

@@ -72,7 +72,7 @@ TRANSPOSE_CASES = {
     "1x1_s1": ((2, 4, 4, 6), (1, 1, 5, 6), (2, 4, 4, 5), 1, "VALID", None),
 }
 
-ALGORITHMS = ["direct", "via_forward"]
+ALGORITHMS = ["direct", "via_forward", "gemm"]
 
 
 def _nchw(array: np.ndarray) -> np.ndarray:
@@ -97,17 +97,23 @@ def _nchw_padding(padding):
     return [padding[0], padding[3], padding[1], padding[2]]
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
-def test_conv2d_matches_reference(device, spec, case, data_format):
+def test_conv2d_matches_reference(device, spec, case, data_format, algorithm):
     x_shape, w_shape, strides, padding, dilations = CONV_CASES[case]
     x, w = random_array(x_shape, seed=1), random_array(w_shape, seed=2)
     if data_format == "NCHW":
         x, padding = _nchw(x), _nchw_padding(padding)
         strides, dilations = _nchw_attr(strides), _nchw_attr(dilations)
     g = conv2d_case(x.shape, w_shape, strides, padding, data_format, dilations)
+    if algorithm == "gemm" and g.groups > 1:
+        with pytest.raises(clconv.UnimplementedError, match="algorithm='direct'"):
+            clconv.conv2d(x, w, strides, padding, data_format=data_format, dilations=dilations,
+                          device=spec, algorithm=algorithm)
+        return
     y = clconv.conv2d(x, w, strides, padding, data_format=data_format, dilations=dilations,
-                      device=spec)
+                      device=spec, algorithm=algorithm)
     assert_close(y, conv2d_reference(x, w, g), np.float32, reduction_length(g))
 
 

@@ -1,0 +1,158 @@
+// gemm_implicit.cl -- convolutions as register-blocked implicit GEMMs over a packed filter.
+//
+// One kernel pair serves the forward conv and the input gradient (conv2d_transpose):
+//
+//   Y[m, n] = sum_k A[m, k] * B[k, n]
+//     m: an output pixel (img, r, c) of one "phase" (see below), n: an output channel,
+//     k = t * CH + ch: filter tap t of the phase and source channel ch.
+//     A[m, k] = src[img, r*SRC_MUL_H + off_h[t], c*SRC_MUL_W + off_w[t], ch], 0 outside src
+//             (A is never materialised: rows outside src read a one-element zero buffer).
+//     B[k, n] = filt[a[t], b[t], ch, n], packed by pack_filter as [N/TN][K][TN] panels
+//             (contiguous per tile, so the inner loop loads whole vectors).
+//
+// Forward conv2d: a single phase covering every output pixel; off = -pad + tap*dilation,
+// SRC_MUL = stride.  Input gradient: one phase per stride residue (ph, pw), i.e. the
+// output pixels R = ph + s*r: only the taps that land on real dy pixels belong to it,
+// so no work is spent on the zeros a stride would insert; off = (ph + pad - a*d) / s,
+// SRC_MUL = 1, and the filter view has in/out swapped.  A phase with no taps writes 0
+// (pixels no input reaches).
+//
+// Tables (int buffers):
+//   phases[p*PHASE_INTS + ...] = rows, cols, row_start, row_step, col_start, col_step,
+//                                tap_begin, tap_count
+//   taps[t*TAP_INTS + ...]     = off_h, off_w, a, b, phase tap_begin, phase tap_count
+// The packed filter of phase p starts at tap_begin * CH * n_padded.
+//
+// Each work-item computes a TM x TN tile (TM pixels x TN channels) held in TM*TN/VEC
+// vector accumulators; the inner loop is plain `acc += a * b` on vectors loaded through
+// pointer casts (some PoCL builds do not inline vloadN/mad/fma, and the resulting calls
+// spill every accumulator).  NDRange: (n_padded/TN, max m-tiles over phases, phases).
+
+#ifndef TM
+#define TM 6 // pixels per work-item tile
+#endif
+#ifndef TN
+#define TN 16 // output channels per work-item tile (a multiple of VEC)
+#endif
+#ifndef VEC
+#define VEC 8 // vector width of the accumulators and filter loads
+#endif
+
+#define PHASE_INTS 8
+#define TAP_INTS 6
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define VREAL CAT(REAL, VEC)
+#define NV (TN / VEC)
+
+// Packed filter: packed[tap_begin*CH*n_padded + (nb*K + (t-tap_begin)*CH + ch)*TN + j]
+//   = filt[a, b, ch, nb*TN + j] (0 past n_out), K = tap_count*CH.
+// NDRange: (n_padded, total taps * CH).
+__kernel void pack_filter(
+    __global const REAL *filt, TENSOR_ARGS(filt), __global const int *taps,
+    __global REAL *packed, int ch_count, int n_out, int n_padded, int total_k)
+{
+    const int n = (int)get_global_id(0);
+    const int kg = (int)get_global_id(1);
+    if (n >= n_padded || kg >= total_k)
+        return;
+    const int t = kg / ch_count;
+    const int ch = kg % ch_count;
+    __global const int *tap = taps + t * TAP_INTS;
+    const int tap_begin = tap[4];
+    const int k_phase = tap[5] * ch_count;
+    const int nb = n / TN;
+    const int j = n % TN;
+    const int k = (t - tap_begin) * ch_count + ch;
+    REAL value = (REAL)0;
+    if (n < n_out)
+        value = filt[AT(filt, tap[2], tap[3], ch, n)];
+    packed[tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN + j] = value;
+}
+
+__kernel void gemm_implicit(
+    __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count,
+    __global const REAL *packed, __global const REAL *zero,
+    __global REAL *y, TENSOR_ARGS(y),
+    int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w,
+    __global const int *phases, __global const int *taps)
+{
+    const int nb = (int)get_global_id(0);
+    const int mb = (int)get_global_id(1);
+    __global const int *phase = phases + (int)get_global_id(2) * PHASE_INTS;
+    const int rows = phase[0], cols = phase[1];
+    const int m_count = batch * rows * cols;
+    if (nb * TN >= n_padded || mb * TM >= m_count)
+        return;
+    const int tap_begin = phase[6], tap_count = phase[7];
+    const int k_phase = tap_count * ch_count;
+
+    // Where each of the tile's TM pixels lives.
+    int img[TM], r[TM], c[TM];
+    #pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int m = min(mb * TM + i, m_count - 1); // rows past the end are computed, not stored
+        img[i] = m / (rows * cols);
+        r[i] = (m / cols) % rows;
+        c[i] = m % cols;
+    }
+
+    VREAL acc[TM][NV];
+    #pragma unroll
+    for (int i = 0; i < TM; ++i)
+        #pragma unroll
+        for (int v = 0; v < NV; ++v)
+            acc[i][v] = (VREAL)0;
+
+    __global const REAL *panel = packed + tap_begin * ch_count * n_padded + nb * k_phase * TN;
+    for (int t = 0; t < tap_count; ++t) {
+        __global const int *tap = taps + (tap_begin + t) * TAP_INTS;
+        __global const REAL *row[TM];
+        int step[TM];
+        #pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int sh = r[i] * src_mul_h + tap[0];
+            const int sw = c[i] * src_mul_w + tap[1];
+            const bool inside = sh >= 0 && sh < src_h && sw >= 0 && sw < src_w;
+            row[i] = inside ? src + AT(src, img[i], sh, sw, 0) : zero;
+            step[i] = inside ? src_s3 : 0;
+        }
+        for (int ch = 0; ch < ch_count; ++ch) {
+            VREAL b[NV];
+            #pragma unroll
+            for (int v = 0; v < NV; ++v)
+                b[v] = *(__global const VREAL *)(panel + v * VEC);
+            panel += TN;
+            #pragma unroll
+            for (int i = 0; i < TM; ++i) {
+                const REAL a = *row[i];
+                row[i] += step[i];
+                #pragma unroll
+                for (int v = 0; v < NV; ++v)
+                    acc[i][v] += a * b[v];
+            }
+        }
+    }
+
+    const int row_start = phase[2], row_step = phase[3];
+    const int col_start = phase[4], col_step = phase[5];
+    #pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        if (mb * TM + i >= m_count)
+            break;
+        __global REAL *out = y + AT(y, img[i], row_start + r[i] * row_step,
+                                    col_start + c[i] * col_step, 0);
+        #pragma unroll
+        for (int v = 0; v < NV; ++v) {
+            union { VREAL vector; REAL lane[VEC]; } u;
+            u.vector = acc[i][v];
+            #pragma unroll
+            for (int e = 0; e < VEC; ++e) {
+                const int n = nb * TN + v * VEC + e;
+                if (n < n_out)
+                    out[n * y_s3] = u.lane[e];
+            }
+        }
+    }
+}
