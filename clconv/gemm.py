@@ -148,8 +148,11 @@ class _Tables:
 def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format: str,
              src_hw: tuple[int, int], ch_count: int, filt: tensors.DeviceTensor,
              filt_view: list, y: tensors.DeviceTensor, y_format: str, batch: int, n_out: int,
-             config: dict[str, Any]) -> cl.Event:
-    """Pack the filter for ``plan`` and run the implicit GEMM into ``y``."""
+             config: dict[str, Any], timeline: Optional[list] = None) -> cl.Event:
+    """Pack the filter for ``plan`` and run the implicit GEMM into ``y``.
+
+    ``timeline``, if given, receives (phase name, cl.Event) pairs for profiling.
+    """
     config = tile_for(config, n_out, rt.info)
     local = config.get("LOCAL_SIZE")
     defines = {k: v for k, v in config.items() if k != "LOCAL_SIZE"}
@@ -166,8 +169,11 @@ def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format:
     if total_k:
         pack = get_kernel(rt.context, SOURCE, "pack_filter", defines)
         pack.set_args(filt.buffer, *filt_view, taps_buf, packed.buffer, i32(ch_count),
-                      i32(n_out), i32(n_padded), i32(total_k))
-        cl.enqueue_nd_range_kernel(rt.queue, pack, (n_padded, total_k), None)
+                      i32(n_out), i32(n_padded))
+        event = cl.enqueue_nd_range_kernel(rt.queue, pack,
+                                           (ch_count, n_padded // tn, len(plan.taps)), None)
+        if timeline is not None:
+            timeline.append(("pack filter", event))
 
     gemm = get_kernel(rt.context, SOURCE, "gemm_implicit", defines)
     gemm.set_args(src.buffer, *src.view_args(NHWC_AXES[src_format]), i32(src_hw[0]),
@@ -178,22 +184,27 @@ def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format:
     if local:
         local = tuple(int(v) for v in local) + (1,) * (3 - len(local))
         work = [-(-w // l) * l for w, l in zip(work, local)]
-    return cl.enqueue_nd_range_kernel(rt.queue, gemm, tuple(work), local)
+    event = cl.enqueue_nd_range_kernel(rt.queue, gemm, tuple(work), local)
+    if timeline is not None:
+        timeline.append(("gemm", event))
+    return event
 
 
 def conv2d_gemm(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTensor,
-                y: tensors.DeviceTensor, g: ConvGeometry, config: dict[str, Any]) -> cl.Event:
+                y: tensors.DeviceTensor, g: ConvGeometry, config: dict[str, Any],
+                timeline: Optional[list] = None) -> cl.Event:
     """y = conv2d(x, w) for ungrouped g."""
     return run_gemm(rt, forward_plan(g), x, g.data_format, (g.in_h, g.in_w), g.in_c, w,
-                    w.view_args(FILTER_AXES), y, g.data_format, g.batch, g.out_c, config)
+                    w.view_args(FILTER_AXES), y, g.data_format, g.batch, g.out_c, config,
+                    timeline)
 
 
 def backprop_gemm(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.DeviceTensor,
                   dx: tensors.DeviceTensor, g: ConvGeometry,
-                  config: Optional[dict[str, Any]]) -> cl.Event:
+                  config: Optional[dict[str, Any]], timeline: Optional[list] = None) -> cl.Event:
     """dx of the conv g: per stride phase, a GEMM over the taps that reach real dy pixels.
     The filter view swaps in/out: B[k=(tap, co), n=ci] = w[a, b, ci, co]."""
     offset, s_a, s_b, s_in, s_out = w.view_args(FILTER_AXES)
     swapped = [offset, s_a, s_b, s_out, s_in]
     return run_gemm(rt, backprop_plan(g), dy, g.data_format, (g.out_h, g.out_w), g.out_c, w,
-                    swapped, dx, g.data_format, g.batch, g.in_c, config or {})
+                    swapped, dx, g.data_format, g.batch, g.in_c, config or {}, timeline)

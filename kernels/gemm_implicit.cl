@@ -48,27 +48,29 @@
 
 // Packed filter: packed[tap_begin*CH*n_padded + (nb*K + (t-tap_begin)*CH + ch)*TN + j]
 //   = filt[a, b, ch, nb*TN + j] (0 past n_out), K = tap_count*CH.
-// NDRange: (n_padded, total taps * CH).
+// NDRange: (CH, n_padded/TN, taps).  Each work-item writes one whole TN-wide row
+// (a cache line or two) and consecutive work-items read consecutive ch, so neither
+// side of this transpose is scattered whichever filter axis has unit stride.
 __kernel void pack_filter(
     __global const REAL *filt, TENSOR_ARGS(filt), __global const int *taps,
-    __global REAL *packed, int ch_count, int n_out, int n_padded, int total_k)
+    __global REAL *packed, int ch_count, int n_out, int n_padded)
 {
-    const int n = (int)get_global_id(0);
-    const int kg = (int)get_global_id(1);
-    if (n >= n_padded || kg >= total_k)
+    const int ch = (int)get_global_id(0);
+    const int nb = (int)get_global_id(1);
+    const int t = (int)get_global_id(2);
+    if (ch >= ch_count)
         return;
-    const int t = kg / ch_count;
-    const int ch = kg % ch_count;
     __global const int *tap = taps + t * TAP_INTS;
     const int tap_begin = tap[4];
     const int k_phase = tap[5] * ch_count;
-    const int nb = n / TN;
-    const int j = n % TN;
     const int k = (t - tap_begin) * ch_count + ch;
-    REAL value = (REAL)0;
-    if (n < n_out)
-        value = filt[AT(filt, tap[2], tap[3], ch, n)];
-    packed[tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN + j] = value;
+    __global const REAL *from = filt + AT(filt, tap[2], tap[3], ch, 0);
+    __global REAL *to = packed + tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN;
+    #pragma unroll
+    for (int j = 0; j < TN; ++j) {
+        const int n = nb * TN + j;
+        to[j] = n < n_out ? from[n * filt_s3] : (REAL)0;
+    }
 }
 
 __kernel void gemm_implicit(
