@@ -57,17 +57,6 @@ def _choose_runtime(operands: Sequence[Any], device: Optional[str]) -> Runtime:
     return rt
 
 
-def _operand_dtype(value: Any, name: str) -> np.dtype:
-    if tensors.is_device_array(value):
-        return value.dtype
-    if hasattr(value, "dtype"):
-        try:
-            return np.dtype(getattr(value.dtype, "as_numpy_dtype", value.dtype))
-        except TypeError:
-            pass
-    return tensors.as_host_array(value, name).dtype
-
-
 def _shape_of(value: Any, name: str) -> tuple[int, ...]:
     if hasattr(value, "shape") and not isinstance(value, (list, tuple)):
         return tuple(int(v) for v in value.shape)
@@ -146,12 +135,13 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     """
     attrs = parse_attrs(strides, padding, data_format, dilations)
     _check_algorithm(algorithm, CONV2D_ALGORITHMS)
-    dtype = tensors.check_dtype(_operand_dtype(input, "input"))
+    dtype = tensors.resolve_dtype("Conv2D", [(input, "input"), (filters, "filters")])
     x_shape, w_shape = _shape_of(input, "input"), _shape_of(filters, "filters")
     lead = x_shape[:-3] if len(x_shape) > 4 else None
     if lead is not None:  # TF folds extra leading axes into the batch
         x_shape = (int(np.prod(lead)),) + x_shape[-3:]
     g = conv2d_geometry(x_shape, w_shape, attrs)
+    tensors.check_computable(dtype)
     rt = _choose_runtime([input, filters], device)
     _check_device_dtype(rt, dtype)
     device_resident = tensors.is_device_array(input)
@@ -159,8 +149,8 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     needs_sum = g.x_size() > 0 and g.k_h * g.k_w > 0 and g.out_c > 0
     out = tensors.empty_output(g.y_shape(), dtype, rt.queue, rt.info, zero=not needs_sum)
     if g.y_size() > 0 and needs_sum:
-        x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input", True)
-        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", allow_cast=True)
+        x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input")
+        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters")
         if _resolve_algorithm(algorithm, "conv2d", rt, g, dtype) == "gemm":
             gemm.conv2d_gemm(rt, x, w, out, g, choose_config(gemm.FAMILY, rt.info, "conv2d", g))
         else:
@@ -226,14 +216,8 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
     ``out_backprop`` is one.
     """
     attrs = parse_attrs(strides, padding, data_format, dilations)
-    dtype = tensors.check_dtype(_operand_dtype(out_backprop, "out_backprop"))
-    if not tensors.is_device_array(filters):
-        w_dtype = _operand_dtype(filters, "filters")
-        if w_dtype != dtype:  # the raw op casts nothing: both inputs must agree
-            raise InvalidArgumentError(
-                f"cannot compute Conv2DBackpropInput as input #1(zero-based) was expected to be "
-                f"a {tensors.dtype_name(dtype)} tensor but is a {tensors.dtype_name(w_dtype)} tensor"
-            )
+    dtype = tensors.resolve_dtype("Conv2DBackpropInput",
+                                  [(filters, "filters"), (out_backprop, "out_backprop")])
     return _backprop("conv2d_backprop_input", input_sizes, filters, out_backprop, attrs, dtype,
                      device, _check_algorithm(algorithm))
 
@@ -262,7 +246,8 @@ def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     numpy.ndarray of shape output_shape, or pyopencl.array.Array when ``input`` is one.
     """
     attrs = parse_attrs(strides, padding, data_format, dilations)
-    dtype = tensors.check_dtype(_operand_dtype(input, "input"))
+    # TF passes filters as the op's input #1 and input as #2: T follows the filter.
+    dtype = tensors.resolve_dtype("Conv2DBackpropInput", [(filters, "filters"), (input, "input")])
     return _backprop("conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
                      _check_algorithm(algorithm))
 
@@ -271,6 +256,7 @@ def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dty
               device: Optional[str], algorithm: Optional[str]) -> Any:
     dy_shape, w_shape = _shape_of(dy_value, "input"), _shape_of(filters, "filters")
     g = backprop_input_geometry(input_sizes, w_shape, dy_shape, attrs)
+    tensors.check_computable(dtype)
     rt = _choose_runtime([dy_value, filters], device)
     _check_device_dtype(rt, dtype)
     device_resident = tensors.is_device_array(dy_value)
@@ -278,8 +264,8 @@ def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dty
     needs_sum = g.y_size() > 0 and g.k_h * g.k_w > 0
     dx = tensors.empty_output(g.x_shape(), dtype, rt.queue, rt.info, zero=not needs_sum)
     if g.x_size() > 0 and needs_sum:
-        dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input", allow_cast=False)
-        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", allow_cast=True)
+        dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input")
+        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters")
         algorithm = _resolve_algorithm(algorithm, op, rt, g, dtype)
         if algorithm == "gemm":
             gemm.backprop_gemm(rt, dy, w, dx, g, choose_config(gemm.FAMILY, rt.info, op, g))

@@ -319,19 +319,23 @@ def conv2d_geometry(x_shape: Sequence[int], w_shape: Sequence[int],
         raise InvalidArgumentError(
             f"input depth must be evenly divisible by filter depth: {in_c} vs {f_in}"
         )
-    groups = in_c // f_in
-    if out_c % groups != 0:
-        raise InvalidArgumentError(
-            f"output depth must be evenly divisible by number of groups: {out_c} vs {groups}"
-        )
+    groups = max(1, in_c // f_in)  # in_c == 0: nothing to group (and the output is zeros)
     out_h, top, bottom = windowed_output_size(in_h, k_h, dil_h, stride_h, attrs.padding, "h", fmt)
     out_w, left, right = windowed_output_size(in_w, k_w, dil_w, stride_w, attrs.padding, "w", fmt)
     geometry = ConvGeometry(fmt, batch, in_h, in_w, in_c, k_h, k_w, out_h, out_w, out_c,
                             stride_h, stride_w, dil_h, dil_w, top, bottom, left, right, groups)
-    if geometry.y_size() > 0 and (k_h == 0 or k_w == 0):
+    # TF returns early for an empty output, then (zeros) for an empty input; only then
+    # does it check the filter's size and, in its CPU launcher, the groups.
+    if geometry.y_size() == 0 or geometry.x_size() == 0:
+        return geometry
+    if k_h == 0 or k_w == 0:
         raise InvalidArgumentError(
             "filter must not have zero elements (i.e. all dimensions must be non-zero); "
             f"filter shape {list(w_shape)}"
+        )
+    if out_c % groups != 0:
+        raise InvalidArgumentError(
+            f"output depth must be evenly divisible by number of groups: {out_c} vs {groups}"
         )
     return geometry
 

@@ -45,20 +45,56 @@ def dtype_name(dtype: np.dtype) -> str:
     return {"float16": "half", "float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
 
 
-def check_dtype(dtype: np.dtype) -> np.dtype:
-    """TF's attribute check for T, then clconv's own limits."""
-    dtype = np.dtype(dtype)
+def is_typed_tensor(value: Any) -> bool:
+    """A device array or a TF tensor: an operand whose dtype TF would not convert."""
+    return is_device_array(value) or (
+        not isinstance(value, np.ndarray)
+        and hasattr(getattr(value, "dtype", None), "as_numpy_dtype"))
+
+
+def operand_dtype(value: Any, name: str) -> np.dtype:
+    if is_device_array(value) or isinstance(value, np.ndarray):
+        return value.dtype
+    if is_typed_tensor(value):
+        return np.dtype(value.dtype.as_numpy_dtype)
+    return as_host_array(value, name).dtype
+
+
+def resolve_dtype(op: str, operands: Sequence[tuple[Any, str]]) -> np.dtype:
+    """TF's conversion of the inputs that share the type attribute T.
+
+    T comes from the first operand (in the op's input order) that is already a
+    typed tensor (a TF tensor or, here, a pyopencl array), else from the first
+    operand; the other host operands are cast to it, and a typed tensor of another
+    dtype is an InvalidArgumentError naming its input index.  Then TF's attribute
+    check of T.
+    """
+    typed = [(i, v, n) for i, (v, n) in enumerate(operands) if is_typed_tensor(v)]
+    first = typed[0] if typed else (0, operands[0][0], operands[0][1])
+    dtype = operand_dtype(first[1], first[2])
+    for index, value, name in typed:
+        other = operand_dtype(value, name)
+        if other != dtype:
+            raise InvalidArgumentError(
+                f"cannot compute {op} as input #{index + 1 if op != 'Conv2D' else index}"
+                f"(zero-based) was expected to be a {dtype_name(dtype)} tensor but is a "
+                f"{dtype_name(other)} tensor ({name})"
+            )
     if dtype.name not in ("float16", "float32", "float64", "int32", "bfloat16"):
         raise InvalidArgumentError(
             f"Value for attr 'T' of {dtype.name} is not in the list of allowed values: "
             f"{TF_ALLOWED_DTYPES}"
         )
+    return dtype
+
+
+def check_computable(dtype: np.dtype) -> None:
+    """clconv's own limit, applied after TF's shape checks (as TF would compute them)."""
     if dtype not in COMPUTED_DTYPES:
         raise UnimplementedError(
             f"clconv computes float16, float32 and float64; dtype {dtype.name} (which TF also "
             "accepts) is not implemented"
         )
-    return dtype
 
 
 @dataclass
@@ -102,8 +138,10 @@ def check_fits(nbytes: int, elements: int, what: str, info) -> None:
 
 
 def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: str,
-              allow_cast: bool) -> DeviceTensor:
-    """Place an operand on ``queue``'s device (in place if it already is)."""
+              allow_cast: bool = True) -> DeviceTensor:
+    """Place an operand on ``queue``'s device (in place if it already is), as ``dtype``.
+    A host operand of another dtype is cast unless ``allow_cast`` is False; the ops
+    have resolved T with TF's rule (resolve_dtype) before, so they always cast."""
     if is_device_array(value):
         if value.context != queue.context:
             raise InvalidArgumentError(

@@ -32,7 +32,13 @@ import pytest
 import clconv
 from clconv.reference import backprop_input_reference, conv2d_reference
 from conftest import DEVICES, is_simulator
-from helpers import assert_close, backprop_case, conv2d_case, random_array, reduction_length
+from helpers import (
+    assert_close,
+    backprop_case,
+    conv2d_case,
+    random_array,
+    reduction_length,
+)
 
 IAE = clconv.InvalidArgumentError
 UNIMPL = clconv.UnimplementedError
@@ -42,21 +48,24 @@ def z(*shape, dtype=np.float32) -> np.ndarray:
     return np.zeros(shape, dtype)
 
 
-class _Int64Tensor:
-    """Enough of a tf.Tensor of dtype int64 for clconv to recognise it."""
+class _FakeTensor:
+    """Enough of a tf.Tensor for clconv to recognise a typed tensor (no TF needed)."""
 
-    class _DType:
-        as_numpy_dtype = np.int64
-        name = "int64"
-
-    dtype = _DType()
-
-    def __init__(self, values):
-        self._values = np.asarray(values, np.int64)
+    def __init__(self, values, dtype):
+        self._values = np.asarray(values, dtype)
         self.shape = self._values.shape
+        self.dtype = type("DType", (), {"as_numpy_dtype": np.dtype(dtype).type,
+                                        "name": np.dtype(dtype).name})()
 
     def __array__(self, dtype=None, copy=None):
         return self._values if dtype is None else self._values.astype(dtype)
+
+    def numpy(self):
+        return self._values
+
+
+def _Int64Tensor(values):  # noqa: N802 - reads as the tensor it stands for
+    return _FakeTensor(values, np.int64)
 
 
 def conv(x, w, strides=1, padding="VALID", **kw):
@@ -129,6 +138,17 @@ BACKPROP_ROWS = [
           "expected to be a int32 tensor but is a int64 tensor", "[1, 4, 4, 2]"),
     *both("output-shape-float", [1, 4.0, 4, 2], WT, DY, TypeError,
           "to EagerTensor of dtype int32", "[1, 4.0, 4, 2]"),
+    *both("output-shape-string", "abcd", WT, DY, TypeError,
+          "Cannot convert 'abcd' to EagerTensor of dtype int32", "'abcd'"),
+    *both("output-shape-none", None, WT, DY, ValueError,
+          "Attempt to convert a value (None) with an unsupported type", "None"),
+    *both("output-shape-ragged", [1, [4], 4, 2], WT, DY, ValueError,
+          "Can't convert Python sequence with mixed types to Tensor", "[1, [4], 4, 2]"),
+    # TF's order: converting output_shape comes before the kernel's stride check
+    *both("order-float-output-shape-before-stride0", [1, 4.0, 4, 2], WT, DY, TypeError,
+          "to EagerTensor of dtype int32", "[1, 4.0, 4, 2]", strides=0),
+    *both("order-int64-tensor-before-stride0", _Int64Tensor(OUT), WT, DY, IAE,
+          "expected to be a int32 tensor but is a int64 tensor", "[1, 4, 4, 2]", strides=0),
     *both("stride-batch", OUT, WT, DY, UNIMPL,
           "does not yet support strides in the batch and depth dimensions", "[2, 1, 1, 1]",
           strides=[2, 1, 1, 1]),
@@ -192,17 +212,11 @@ BACKPROP_ROWS = [
     *both("negative-computed-size", [1, 1, 1, 2], WT, z(1, 1, 1, 3), IAE,
           "Computed output size would be negative: -1 [input_size: 1, effective_filter_size: 3, "
           "stride: 1]", "input_size: 1", padding="VALID"),
-    # Only conv2d_backprop_input refuses mixed NumPy operands.  TF's raw op takes T from
-    # the filter (input #1) and reports out_backprop (input #2); clconv's ops.py takes T
-    # from out_backprop, so only the class and the wording match for now.
-    pytest.param(backprop(OUT, WT.astype(np.float64), DY), IAE,
-                 "cannot compute Conv2DBackpropInput as input #", "double",
-                 id="backprop-mixed-dtypes"),
-    pytest.param(backprop(OUT, WT.astype(np.float64), DY), IAE,
-                 "input #2(zero-based) was expected to be a double tensor but is a float tensor",
-                 "double", id="backprop-mixed-dtypes-tf-text",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "ops.conv2d_backprop_input takes T from out_backprop, TF from the filter"))),
+    # Mixed dtypes fail only between typed tensors (NumPy operands are cast to T, which
+    # TF takes from the filter, input #1); TF then reports out_backprop, input #2.
+    *both("mixed-dtypes-tensors", OUT, _FakeTensor(WT, np.float64), _FakeTensor(DY, np.float32),
+          IAE, "input #2(zero-based) was expected to be a double tensor but is a float tensor",
+          "double"),
 ]
 
 FORWARD_ROWS = [
@@ -254,7 +268,8 @@ FORWARD_ROWS = [
             "Value for attr 'padding' of \"same\" is not in the list of allowed values: \"SAME\", "
             "\"VALID\", \"EXPLICIT\"", '"same"'),
     forward("padding-valid", conv(X, W, 1, "valid"), IAE,
-            "Value for attr 'padding' of \"valid\" is not in the list of allowed values", '"valid"'),
+            "Value for attr 'padding' of \"valid\" is not in the list of allowed values",
+            '"valid"'),
     forward("padding-FULL", conv(X, W, 1, "FULL"), IAE,
             "Value for attr 'padding' of \"FULL\" is not in the list of allowed values", '"FULL"'),
     forward("padding-EXPLICIT-string", conv(X, W, 1, "EXPLICIT"), ValueError,
@@ -293,6 +308,9 @@ FORWARD_ROWS = [
     forward("dtype-uint8", conv(X.astype(np.uint8), W.astype(np.uint8)), IAE,
             "Value for attr 'T' of uint8 is not in the list of allowed values", "uint8"),
     # deliberate: TF computes int32 and bfloat16; clconv does not
+    forward("mixed-dtypes-tensors", conv(_FakeTensor(X, np.float32), _FakeTensor(W, np.float64)),
+            IAE, "cannot compute Conv2D as input #1(zero-based) was expected to be a float "
+            "tensor but is a double tensor", "double"),
     forward("dtype-int32", conv(X.astype(np.int32), W.astype(np.int32)), UNIMPL, "int32",
             "int32"),
     forward("negative-size-valid", conv(z(1, 1, 1, 3), z(5, 5, 3, 3)), IAE,
@@ -393,8 +411,9 @@ def _check_backprop(out_shape, w_shape, dy_shape, strides, padding, data_format=
     got = clconv.conv2d_backprop_input(out_shape, w, dy, strides, padding, data_format,
                                        dilations, device=spec)
     assert_close(got, want, np.float32, reduction_length(g, transpose=True))
-    # conv2d_transpose's filter is [kh, kw, out, in] = the forward filter itself
-    got = clconv.conv2d_transpose(dy, w, out_shape, strides, padding, data_format, dilations, device=spec)
+    # conv2d_transpose(dy, w, out_shape) is Conv2DBackpropInput(out_shape, w, dy)
+    got = clconv.conv2d_transpose(dy, w, out_shape, strides, padding, data_format, dilations,
+                                  device=spec)
     assert_close(got, want, np.float32, reduction_length(g, transpose=True))
 
 
@@ -409,12 +428,30 @@ COMPUTES = [
                  id="conv2d-grouped-2"),
     pytest.param(lambda: _check_conv2d((1, 5, 6, 6), (2, 3, 2, 3), [1, 2], PAD1, dilations=[2, 1]),
                  id="conv2d-grouped-3-explicit-dilated"),
+    # TF checks out % groups only when the output is not empty
+    pytest.param(lambda: _check_conv2d((0, 5, 5, 4), (3, 3, 2, 3), 1, "VALID"),
+                 id="conv2d-grouped-uneven-empty-batch"),
+    pytest.param(lambda: _check_conv2d((1, 2, 2, 4), (3, 3, 2, 3), 1, "VALID"),
+                 id="conv2d-grouped-uneven-empty-output"),
+    # ... nor for an empty input (the output is zeros, padding only), nor the filter's size
+    pytest.param(lambda: _check_conv2d((1, 0, 4, 4), (3, 3, 2, 3), 1,
+                                       [[0, 0], [2, 2], [1, 1], [0, 0]]),
+                 id="conv2d-grouped-uneven-empty-input"),
+    pytest.param(lambda: _check_conv2d((2, 6, 0, 1), (0, 0, 1, 2), [2, 1], "VALID",
+                                       dilations=[1, 3]), id="conv2d-0x0-filter-empty-input"),
     pytest.param(lambda: _check_backprop([1, 2, 7, 7], (3, 3, 2, 3), (1, 3, 4, 4), 2, "SAME",
                                          "NCHW"), id="backprop-NCHW"),
     pytest.param(lambda: _check_backprop([1, 8, 8, 2], (3, 3, 2, 3), (1, 4, 4, 3), 2, "SAME",
                                          dilations=2), id="backprop-dilation2-stride2"),
     pytest.param(lambda: _check_backprop([1, 9, 8, 2], (3, 2, 2, 3), (1, 5, 5, 3), 1, "VALID",
                                          dilations=[2, 3]), id="backprop-dilation-2x3"),
+    # TF's conversions: float strides truncate, NumPy output shapes are cast, Python ints wrap
+    pytest.param(lambda: _check_conv2d((1, 9, 9, 2), (3, 3, 2, 2), 2.7, "VALID"),
+                 id="conv2d-float-strides"),
+    pytest.param(lambda: _check_backprop(np.array([1, 4.7, 4, 2]), (3, 3, 2, 3), (1, 4, 4, 3), 1,
+                                         "SAME"), id="backprop-float-ndarray-output-shape"),
+    pytest.param(lambda: _check_backprop([1, 2**32 + 4, 4, 2], (3, 3, 2, 3), (1, 4, 4, 3), 1,
+                                         "SAME"), id="backprop-output-shape-wraps-to-int32"),
     pytest.param(lambda: _check_backprop(np.array([1, 4, 4, 2], np.int64), (3, 3, 2, 3),
                                          (1, 4, 4, 3), 1, "SAME"),
                  id="backprop-int64-ndarray-output-shape"),

@@ -18,16 +18,20 @@ Covered:
   and explicit padding; output_shape as list, tuple, int32 ndarray, int64 ndarray,
   int32 tf.Tensor and length 2; kernels larger than the input, strides larger
   than the kernel, odd sizes, empty batch, zero input channels, zero output
-  channels, 1x1 kernels and 1x1 images; plus TF-only argument forms and errors
-  that need a real tf.Tensor (int64 tensor output_shape, scalar tensor strides,
-  float output_shape, off-by-one output_shape, mixed tf-tensor dtypes).  Each
+  channels, 1x1 kernels and 1x1 images, grouped forward convs (an uneven one is
+  only an error when input and output are non-empty); plus argument forms and
+  errors that need a real tf.Tensor or TF's own conversions (int64 tensor
+  output_shape, scalar tensor strides, mixed tf-tensor dtypes; float, None,
+  string, float64-ndarray and int32-wrapping output_shape; float strides;
+  off-by-one output_shape; strides on N; negative explicit padding).  Each
   successful NHWC case is also run by clconv in NCHW and compared with TF's NHWC
   result transposed (TF's CPU kernels refuse NCHW).
 * ``random_cases`` (PoCL devices only, not Oclgrind): ~40 seeded cases per op
   mixing valid and invalid combinations -- random shapes, argument forms,
   strides (sometimes 0 or on N/C), paddings (sometimes negative or on N/C),
-  forward dilations (sometimes 0), channel/batch mismatches, output_shape off
-  by one.  Dilations > 1 in backprop and NCHW are left out: clconv computes them
+  forward dilations (sometimes 0), channel/batch mismatches, grouped channels,
+  output_shape off by one or with a float, strides of length 3, lower-case
+  padding.  ``random_cases(op, count, seed)`` gives more cases for a soak run.  Dilations > 1 in backprop and NCHW are left out: clconv computes them
   on purpose and TF's CPU kernels refuse them (tests/test_errors.py covers them).
 
 The largest relative error vs TF per test is recorded as the ``max_rel_err``
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -58,6 +62,8 @@ for _device in DEVICES:
                   "SAME", device=_device.spec)
 
 tf = pytest.importorskip("tensorflow")
+
+pytestmark = pytest.mark.tensorflow
 
 OPS = ("conv2d", "transpose", "backprop")
 
@@ -83,7 +89,6 @@ class Case:
     w_dtype: Any = np.float32
     as_tf_tensors: bool = False  # pass tf.Tensors (to both) instead of NumPy arrays
     nchw: bool = True  # also compare clconv's NCHW result
-    extra: dict = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [f"{self.op} {self.name!r}: x={self.x_shape} w={self.w_shape}",
@@ -267,6 +272,12 @@ TABLE = [
     Case("1x1-kernel", "conv2d", (2, 3, 4, 5), (1, 1, 5, 3), 1, "VALID"),
     Case("1x1-image", "conv2d", (1, 1, 1, 2), (3, 3, 2, 2), 2, "SAME"),
     Case("grouped", "conv2d", (1, 5, 5, 4), (3, 3, 2, 4), 1, "SAME"),
+    Case("grouped-uneven-but-empty", "conv2d", (0, 5, 5, 4), (3, 3, 2, 3), 1, "VALID"),
+    Case("error-grouped-uneven", "conv2d", (1, 5, 5, 4), (3, 3, 2, 3), 1, "VALID"),
+    Case("empty-input-padded-grouped-uneven", "conv2d", (1, 0, 4, 4), (3, 3, 2, 3), 1,
+         [[0, 0], [2, 2], [1, 1], [0, 0]]),
+    Case("empty-input-0x0-filter", "conv2d", (2, 6, 0, 1), (0, 0, 1, 2), [2, 1], "VALID",
+         dilations=[1, 3]),
     # conv2d_transpose
     Case("list-same-s2", "transpose", (1, 3, 4, 3), (3, 3, 2, 3), 2, "SAME",
          output_shape=[1, 6, 7, 2]),
@@ -310,6 +321,10 @@ TABLE = [
          output_shape=tf.constant([1, 4, 4, 2], tf.int64), nchw=False),
     Case("error-float-output-shape", "transpose", (1, 4, 4, 3), (3, 3, 2, 3), 1, "SAME",
          output_shape=[1, 4.0, 4, 2]),
+    Case("error-string-output-shape", "transpose", (1, 4, 4, 3), (3, 3, 2, 3), 1, "SAME",
+         output_shape="abcd"),
+    Case("error-none-output-shape", "transpose", (1, 4, 4, 3), (3, 3, 2, 3), 1, "SAME",
+         output_shape=None),
     Case("float64-ndarray-output-shape", "transpose", (1, 4, 4, 3), (3, 3, 2, 3), 1, "SAME",
          output_shape=np.array([1, 4.7, 4, 2])),
     Case("wrapping-output-shape", "transpose", (1, 4, 4, 3), (3, 3, 2, 3), 1, "SAME",
@@ -341,6 +356,8 @@ def test_table(case: Case, device: clconv.DeviceInfo, record_property) -> None:
 def _fwd_size(size: int, k: int, s: int, d: int, padding: Any, axis: int) -> int:
     """TF's forward output size (C++ truncating division), as in tf-semantics.md section 2."""
     k_eff = (k - 1) * d + 1
+    if isinstance(padding, str):  # "same"/"Valid" too: the case is invalid anyway
+        padding = padding.upper()
     if padding == "SAME":
         return -(-size // s) if s > 0 else size
     before, after = (0, 0) if padding == "VALID" else padding[axis]
@@ -359,8 +376,9 @@ def _strides_form(rng: np.random.Generator, sh: int, sw: int) -> Any:
     return [1, int(sh), int(sw), 1]
 
 
-def random_cases(op: str, count: int = 40) -> list[Case]:
-    rng = np.random.default_rng(OPS.index(op) * 1000 + 7)
+def random_cases(op: str, count: int = 40, seed: int = 7) -> list[Case]:
+    """``count`` reproducible cases; other seeds give other cases (for longer soak runs)."""
+    rng = np.random.default_rng(OPS.index(op) * 1000 + seed)
     cases = []
     for i in range(count):
         n = int(rng.choice([0, 1, 1, 2, 3]))
@@ -376,8 +394,9 @@ def random_cases(op: str, count: int = 40) -> list[Case]:
         strides = _strides_form(rng, sh, sw)
         dilations = None if dh == dw == 1 and rng.random() < 0.5 else _strides_form(rng, dh, dw)
         # roughly one case in three breaks one rule
-        fault = rng.choice(["none"] * 8 + ["stride0", "strideN", "pad-neg", "pad-C", "dil0",
-                                           "channels", "batch", "off-by-one", "grouped"])
+        fault = rng.choice(["none"] * 9 + ["stride0", "strideN", "pad-neg", "pad-C", "dil0",
+                                           "channels", "batch", "off-by-one", "grouped",
+                                           "strides-len3", "padding-case", "float-shape"])
         if fault == "stride0":
             strides = [0, sw]
         elif fault == "strideN":
@@ -388,6 +407,10 @@ def random_cases(op: str, count: int = 40) -> list[Case]:
             padding = [[0, 0], [0, 0], [0, 0], [0, 1]]
         elif fault == "dil0" and op == "conv2d":
             dilations = [1, 0]
+        elif fault == "strides-len3" and op != "backprop":  # the raw op has no Python checks
+            strides = [sh, sw, 1]
+        elif fault == "padding-case":
+            padding = "same" if kind == 0 else "Valid"
         name = f"r{i:02d}" + ("" if fault == "none" else f"-{fault}")
         if op == "conv2d":
             fin = cin
@@ -413,7 +436,9 @@ def random_cases(op: str, count: int = 40) -> list[Case]:
             out_c = cin * 2
         out_hw = [out_h, w]
         output_shape: Any = [n, *out_hw, out_c]
-        if rng.random() < 0.2 and fault not in ("batch", "grouped"):
+        if fault == "float-shape":
+            output_shape[1] = float(output_shape[1])
+        elif rng.random() < 0.2 and fault not in ("batch", "grouped"):
             output_shape = out_hw
         elif rng.random() < 0.3:
             output_shape = np.array(output_shape, rng.choice([np.int32, np.int64]))

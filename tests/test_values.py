@@ -209,6 +209,17 @@ def test_float64_filter_is_cast_to_float32_input_as_tf_does(device, spec):
     assert y.dtype == np.float32
 
 
+def test_transpose_takes_the_filters_dtype_as_tf_does(device, spec):
+    """TF's Conv2DBackpropInput converts the filter (input #1) first: a NumPy input of
+    another dtype is cast to it."""
+    if not device.fp64:
+        pytest.skip(f"{device.name} has no fp64")
+    dy, w = random_array((1, 3, 3, 2), seed=15), random_array((3, 3, 2, 2), np.float64, seed=16)
+    assert clconv.conv2d_transpose(dy, w, (1, 6, 6, 2), 2, device=spec).dtype == np.float64
+    assert clconv.conv2d_backprop_input((1, 6, 6, 2), w.astype(np.float32), dy.astype(np.float64),
+                                        2, "SAME", device=spec).dtype == np.float32
+
+
 def test_adjoint_identity(device, spec):
     """<conv2d(z, w), x> == <z, conv2d_transpose(x, w)> for the same strides and padding."""
     z = random_array((2, 9, 8, 3), np.float64 if device.fp64 else np.float32, seed=17)
