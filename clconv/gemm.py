@@ -11,6 +11,7 @@ contiguous per tile.
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -54,6 +55,7 @@ def _tables(phase_taps: list[list[tuple[int, int, int, int]]]) -> tuple[list, li
     return taps, spans
 
 
+@functools.lru_cache(maxsize=512)
 def forward_plan(g: ConvGeometry) -> GemmPlan:
     """conv2d: one phase over all output pixels; tap (a, b) reads row
     oh*stride - pad + a*dilation."""
@@ -75,6 +77,7 @@ def _residue_taps(residue: int, pad: int, k: int, dil: int, stride: int) -> list
     return found
 
 
+@functools.lru_cache(maxsize=512)
 def backprop_plan(g: ConvGeometry) -> GemmPlan:
     """Input gradient: one phase per stride residue (ph, pw) of the dx pixels."""
     phase_rows, phase_taps = [], []

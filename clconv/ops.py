@@ -149,8 +149,12 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     needs_sum = g.x_size() > 0 and g.k_h * g.k_w > 0 and g.out_c > 0
     out = tensors.empty_output(g.y_shape(), dtype, rt.queue, rt.info, zero=not needs_sum)
     if g.y_size() > 0 and needs_sum:
-        x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input")
-        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters")
+        # numpy in, numpy out: the result's .get() finishes the queue before the borrowed
+        # host memory can go away, so the inputs need no upload copy on a CPU device.
+        borrow = not device_resident
+        x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input",
+                              borrow=borrow)
+        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", borrow=borrow)
         if _resolve_algorithm(algorithm, "conv2d", rt, g, dtype) == "gemm":
             gemm.conv2d_gemm(rt, x, w, out, g, choose_config(gemm.FAMILY, rt.info, "conv2d", g))
         else:
@@ -264,8 +268,9 @@ def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dty
     needs_sum = g.y_size() > 0 and g.k_h * g.k_w > 0
     dx = tensors.empty_output(g.x_shape(), dtype, rt.queue, rt.info, zero=not needs_sum)
     if g.x_size() > 0 and needs_sum:
-        dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input")
-        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters")
+        borrow = not device_resident  # see conv2d
+        dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input", borrow=borrow)
+        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", borrow=borrow)
         algorithm = _resolve_algorithm(algorithm, op, rt, g, dtype)
         if algorithm == "gemm":
             gemm.backprop_gemm(rt, dy, w, dx, g, choose_config(gemm.FAMILY, rt.info, op, g))

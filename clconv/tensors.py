@@ -103,6 +103,7 @@ class DeviceTensor:
 
     array: cl_array.Array
     shape: tuple[int, ...]
+    borrowed: Optional[np.ndarray] = None  # host memory the buffer uses; keep it alive
 
     @property
     def dtype(self) -> np.dtype:
@@ -138,10 +139,15 @@ def check_fits(nbytes: int, elements: int, what: str, info) -> None:
 
 
 def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: str,
-              allow_cast: bool = True) -> DeviceTensor:
+              allow_cast: bool = True, borrow: bool = False) -> DeviceTensor:
     """Place an operand on ``queue``'s device (in place if it already is), as ``dtype``.
+
     A host operand of another dtype is cast unless ``allow_cast`` is False; the ops
-    have resolved T with TF's rule (resolve_dtype) before, so they always cast."""
+    have resolved T with TF's rule (resolve_dtype) before, so they always cast.
+    With ``borrow`` on a CPU device the buffer uses the host memory itself
+    (CL_MEM_USE_HOST_PTR: no upload copy); the caller must then finish the work
+    on it before the returned DeviceTensor is dropped.
+    """
     if is_device_array(value):
         if value.context != queue.context:
             raise InvalidArgumentError(
@@ -161,6 +167,11 @@ def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: s
         )
     host = np.ascontiguousarray(host, dtype=dtype)
     check_fits(host.nbytes, host.size, what, info)
+    if borrow and info.kind == "CPU" and host.size:
+        buffer = cl.Buffer(queue.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR,
+                           hostbuf=host)
+        array = cl_array.Array(queue, host.shape, dtype, data=buffer)
+        return DeviceTensor(array, host.shape, borrowed=host)
     return DeviceTensor(cl_array.to_device(queue, host), host.shape)
 
 
