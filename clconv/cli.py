@@ -18,6 +18,7 @@ from clconv.errors import DeviceNotFoundError, InvalidArgumentError, Unimplement
 COMMANDS = {
     "devices": "devices",
     "demo": "demo",
+    "bench": "bench",
 }
 
 USER_ERRORS = (DeviceNotFoundError, InvalidArgumentError, UnimplementedError, ValueError,

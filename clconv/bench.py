@@ -1,0 +1,551 @@
+"""Benchmarks: suite cases, useful FLOPs, and timing clconv beside TensorFlow and PyTorch.
+
+A case is one op on one set of shapes, read from a suite file (the format of
+configs/bench_suite.yaml) or built from the command line.  clconv is timed two
+ways: device-resident (pyopencl arrays in and out, wall time of the call plus
+``queue.finish()``) and end to end (numpy in, numpy out).  Peers, when
+installed, run the equivalent op on the same data, are checked against
+clconv's result and are timed the same way: a warm-up, then the median of
+several runs.  TensorFlow and PyTorch are imported lazily and only here; they
+are never runtime dependencies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from clconv.errors import InvalidArgumentError
+from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
+
+SUITE_FILE = "bench_suite.yaml"
+OPS = ("conv2d", "conv2d_transpose", "conv2d_backprop_input")
+PEERS = ("tensorflow", "torch")
+
+# Keys of a suite case, per op: the tensor shapes each op needs.  ``input`` is
+# conv2d's input, conv2d_transpose's input (the small tensor) and, for
+# conv2d_backprop_input, an alias of ``out_backprop``.
+SHAPE_KEYS = {
+    "conv2d": ("input", "filter"),
+    "conv2d_transpose": ("input", "filter", "output"),
+    "conv2d_backprop_input": ("input_sizes", "filter", "out_backprop"),
+}
+ATTR_KEYS = ("strides", "padding", "dilations")
+
+# Largest |peer - clconv| relative to the largest |clconv| that still counts as
+# agreement: 4*sqrt(eps) of float32, the project's float32 rtol.
+AGREEMENT_RTOL = 4 * float(np.finfo(np.float32).eps) ** 0.5
+
+
+class SuiteError(ValueError):
+    """A malformed suite file or case; its message is one line naming the culprit."""
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One benchmark case, shapes in TensorFlow's NHWC order.
+
+    ``x_shape`` is the tensor that goes in (conv2d's input; conv2d_transpose's
+    input; conv2d_backprop_input's out_backprop), ``w_shape`` the filter as the
+    op takes it and ``out_shape`` conv2d_transpose's output_shape or
+    conv2d_backprop_input's input_sizes (None for conv2d).
+    """
+
+    name: str
+    op: str
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    out_shape: Optional[tuple[int, ...]]
+    strides: Any = 1
+    padding: Any = "SAME"
+    dilations: Any = None
+
+    def geometry(self) -> ConvGeometry:
+        """The forward conv of the case (validated with TensorFlow's rules)."""
+        attrs = parse_attrs(self.strides, self.padding, "NHWC", self.dilations)
+        if self.op == "conv2d":
+            return conv2d_geometry(self.x_shape, self.w_shape, attrs)
+        return backprop_input_geometry(list(self.out_shape), self.w_shape, self.x_shape, attrs)
+
+    def shapes(self) -> dict[str, list[int]]:
+        """The shapes under the names the suite file uses for this op."""
+        if self.op == "conv2d":
+            g = self.geometry()
+            return {"input": list(self.x_shape), "filter": list(self.w_shape),
+                    "output": [g.batch, g.out_h, g.out_w, g.out_c]}
+        if self.op == "conv2d_transpose":
+            return {"input": list(self.x_shape), "filter": list(self.w_shape),
+                    "output": list(self.out_shape)}
+        return {"input_sizes": list(self.out_shape), "filter": list(self.w_shape),
+                "out_backprop": list(self.x_shape)}
+
+
+def useful_flops(case: BenchCase) -> int:
+    """2 * the multiply-adds of the matching forward conv, as the suite file defines it.
+
+    conv2d: 2*N*Ho*Wo*KH*KW*Cin*Cout; conv2d_transpose and conv2d_backprop_input:
+    2*N*Hi*Wi*KH*KW*Cin*Cout with Hi, Wi those of the small tensor (the transpose's
+    input, out_backprop), i.e. the forward conv's output.  Multiplies by the zeros
+    a stride inserts do not count; taps on SAME padding do, as in the formula.
+    """
+    g = case.geometry()
+    return 2 * g.batch * g.out_h * g.out_w * g.k_h * g.k_w * (g.in_c // g.groups) * g.out_c
+
+
+def _shape(value: Any, what: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        value = [part for part in text.replace("x", ",").split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise SuiteError(f"{what} must be a list of 4 integers such as [1, 8, 8, 16], "
+                         f"got {value!r}")
+    try:
+        dims = tuple(int(str(v).strip()) for v in value)
+    except ValueError:
+        raise SuiteError(f"{what} must be a list of 4 integers such as [1, 8, 8, 16], "
+                         f"got {value!r}") from None
+    if len(dims) != 4 or any(d < 0 for d in dims):
+        raise SuiteError(f"{what} must be 4 non-negative integers (NHWC, or [kh, kw, ...] for "
+                         f"a filter), got {list(dims)}")
+    return dims
+
+
+def make_case(entry: dict[str, Any], where: str) -> BenchCase:
+    """A BenchCase from one suite entry (a mapping); ``where`` prefixes every error."""
+    if not isinstance(entry, dict):
+        raise SuiteError(f"{where}: a case must be a mapping with name, op and shapes, "
+                         f"got {entry!r}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise SuiteError(f"{where}: missing 'name' (a non-empty string)")
+    where = f"{where} ({name!r})"
+    op = entry.get("op")
+    if op not in OPS:
+        raise SuiteError(f"{where}: op must be one of {', '.join(OPS)}, got {op!r}")
+    allowed = {"name", "op", *SHAPE_KEYS[op], *ATTR_KEYS}
+    if op == "conv2d_backprop_input":
+        allowed.add("input")  # alias of out_backprop
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise SuiteError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for {op}; "
+                         f"expected {', '.join(sorted(allowed))}")
+    if op == "conv2d_backprop_input" and "input" in entry:
+        if "out_backprop" in entry:
+            raise SuiteError(f"{where}: give out_backprop or its alias input, not both")
+        entry = {**entry, "out_backprop": entry["input"]}
+    missing = [k for k in SHAPE_KEYS[op] if entry.get(k) is None]
+    if missing:
+        raise SuiteError(f"{where}: missing {', '.join(map(repr, missing))} (an {op} case "
+                         f"needs {', '.join(SHAPE_KEYS[op])})")
+    shapes = {k: _shape(entry[k], f"{where}: {k}") for k in SHAPE_KEYS[op]}
+    if op == "conv2d":
+        x, out = shapes["input"], None
+    elif op == "conv2d_transpose":
+        x, out = shapes["input"], shapes["output"]
+    else:
+        x, out = shapes["out_backprop"], shapes["input_sizes"]
+    case = BenchCase(name=name, op=op, x_shape=x, w_shape=shapes["filter"], out_shape=out,
+                     strides=entry.get("strides", 1), padding=entry.get("padding", "SAME"),
+                     dilations=entry.get("dilations"))
+    try:
+        case.geometry()
+    except (InvalidArgumentError, ValueError, TypeError) as exc:
+        raise SuiteError(f"{where}: {exc}") from None
+    return case
+
+
+def load_suite(text: str, origin: str) -> list[BenchCase]:
+    """Parse a suite file's text (``origin`` names it in errors) into its cases."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SuiteError(f"{origin}: not valid YAML{at}: {problem}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        raise SuiteError(f"{origin}: expected a mapping with a 'cases' list (see clconv's "
+                         f"configs/{SUITE_FILE})")
+    if not data["cases"]:
+        raise SuiteError(f"{origin}: 'cases' is empty")
+    cases = [make_case(entry, f"{origin}: case #{i + 1}") for i, entry in enumerate(data["cases"])]
+    seen: set[str] = set()
+    for case in cases:
+        if case.name in seen:
+            raise SuiteError(f"{origin}: two cases are named {case.name!r}")
+        seen.add(case.name)
+    return cases
+
+
+def select_cases(cases: Sequence[BenchCase], names: Optional[Sequence[str]]) -> list[BenchCase]:
+    """The cases named in ``names`` (in that order), or all of them."""
+    if not names:
+        return list(cases)
+    by_name = {c.name: c for c in cases}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SuiteError(f"unknown case(s) {', '.join(map(repr, unknown))}; the suite has "
+                         f"{', '.join(by_name)}")
+    return [by_name[n] for n in names]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+MIN_RUNS = 3  # the fewest timed runs a median is taken of, whatever the time cap
+
+
+def time_runs(call: Callable[[], Any], repeat: int,
+              max_seconds: Optional[float] = None) -> list[float]:
+    """Wall-clock seconds of ``repeat`` calls (the caller has warmed up); with
+    ``max_seconds``, stop early once the runs add up to that, after MIN_RUNS."""
+    times: list[float] = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+        if (max_seconds is not None and len(times) >= MIN_RUNS
+                and sum(times) >= max_seconds):
+            break
+    return times
+
+
+def median_ms(times: Sequence[float]) -> float:
+    return statistics.median(times) * 1e3
+
+
+def agreement(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max |expected| (0 for empty or all-zero results)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if actual.shape != expected.shape:
+        return math.inf
+    if expected.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(expected)))
+    diff = float(np.max(np.abs(actual - expected)))
+    return diff / scale if scale > 0 else diff
+
+
+def case_data(case: BenchCase) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded float32 operands in [-1, 1] (the same for every device and peer)."""
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+    x = rng.uniform(-1, 1, size=case.x_shape).astype(np.float32)
+    w = rng.uniform(-1, 1, size=case.w_shape).astype(np.float32)
+    return x, w
+
+
+def op_algorithms(op: str) -> tuple[str, ...]:
+    """The algorithms ``op`` accepts as ``algorithm=``."""
+    from clconv import ops
+
+    if op == "conv2d":
+        return tuple(getattr(ops, "CONV2D_ALGORITHMS", ()))
+    return tuple(ops.ALGORITHMS)
+
+
+def all_algorithms() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(op_algorithms("conv2d") + op_algorithms("conv2d_transpose")))
+
+
+def _clconv_call(case: BenchCase, x: Any, w: Any, device: Optional[str],
+                 algorithm: Optional[str]) -> Any:
+    import clconv
+
+    if case.op == "conv2d":
+        return clconv.conv2d(x, w, case.strides, case.padding, dilations=case.dilations,
+                             device=device, algorithm=algorithm)
+    if case.op == "conv2d_transpose":
+        return clconv.conv2d_transpose(x, w, list(case.out_shape), case.strides, case.padding,
+                                       dilations=case.dilations, device=device,
+                                       algorithm=algorithm)
+    return clconv.conv2d_backprop_input(list(case.out_shape), w, x, case.strides, case.padding,
+                                        dilations=case.dilations, device=device,
+                                        algorithm=algorithm)
+
+
+# --------------------------------------------------------------------------- peers
+
+
+class PeerUnsupported(Exception):
+    """The peer has no equivalent of this case (the reason is reported, not raised)."""
+
+
+@dataclass
+class Peer:
+    """An installed peer library: how to run a case and what configuration it ran in."""
+
+    name: str  # "tensorflow" or "torch"
+    label: str  # short column title
+    version: str
+    config: str  # one line saying how it was set up
+    prepare: Callable[[BenchCase, np.ndarray, np.ndarray], tuple[Callable[[], Any],
+                                                                 Callable[[Any], np.ndarray]]]
+
+
+def _tensorflow_peer() -> Optional[Peer]:
+    # Quieten TF's C++ info lines unless the user chose a level; oneDNN is left as
+    # the user set it (default on), since that is TF's real CPU speed.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return None
+    onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    try:  # private, but the one place TF says whether its oneDNN ops are active
+        from tensorflow.python.util import _pywrap_util_port
+        active = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        active = "unknown"
+    source = ("TF_ENABLE_ONEDNN_OPTS unset, TF's default" if onednn is None
+              else f"TF_ENABLE_ONEDNN_OPTS={onednn}")
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or "default"
+    config = f"oneDNN {active} ({source}); intra-op threads {threads}; eager, float32, NHWC"
+
+    def prepare(case: BenchCase, x: np.ndarray, w: np.ndarray):
+        tx, tw = tf.constant(x), tf.constant(w)
+        g = case.geometry()
+        if case.op == "conv2d":
+            def call():
+                return tf.nn.conv2d(tx, tw, case.strides, case.padding, dilations=case.dilations)
+        elif case.op == "conv2d_transpose":
+            shape = tf.constant(list(case.out_shape), dtype=tf.int32)
+
+            def call():
+                return tf.nn.conv2d_transpose(tx, tw, shape, case.strides, case.padding,
+                                              dilations=case.dilations)
+        else:
+            sizes = tf.constant(list(case.out_shape), dtype=tf.int32)
+            strides = [1, g.stride_h, g.stride_w, 1]
+            dilations = [1, g.dil_h, g.dil_w, 1]
+            if isinstance(case.padding, str):
+                padding, explicit = case.padding.upper(), []
+            else:
+                padding = "EXPLICIT"
+                explicit = [0, 0, g.pad_top, g.pad_bottom, g.pad_left, g.pad_right, 0, 0]
+
+            def call():
+                return tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=sizes, filter=tw, out_backprop=tx, strides=strides,
+                    padding=padding, explicit_paddings=explicit, dilations=dilations)
+        return call, lambda result: result.numpy()
+
+    return Peer("tensorflow", "TF", tf.__version__, config, prepare)
+
+
+def _torch_peer() -> Optional[Peer]:
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return None
+    mkldnn = "mkldnn" if torch.backends.mkldnn.is_available() else "no mkldnn"
+    config = (f"{torch.get_num_threads()} threads, {mkldnn}; inference_mode, float32, NCHW "
+              "(layout converted outside the timed region)")
+
+    def prepare(case: BenchCase, x: np.ndarray, w: np.ndarray):
+        g = case.geometry()
+        # Every op's filter as torch wants it: conv2d [out, in, kh, kw] from TF's
+        # [kh, kw, in, out]; conv_transpose2d [in, out, kh, kw] from TF's
+        # [kh, kw, out, in] -- the same axis permutation.
+        tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        stride, dilation = (g.stride_h, g.stride_w), (g.dil_h, g.dil_w)
+        if case.op == "conv2d":
+            if g.pad_top == g.pad_bottom and g.pad_left == g.pad_right:
+                padding, pad = (g.pad_top, g.pad_left), None
+            else:  # asymmetric SAME: what a torch user writes, so it is timed
+                padding, pad = (0, 0), (g.pad_left, g.pad_right, g.pad_top, g.pad_bottom)
+
+            def run():
+                inp = F.pad(tx, pad) if pad else tx
+                return F.conv2d(inp, tw, None, stride, padding, dilation, g.groups)
+        else:
+            # conv_transpose2d crops `padding` from both ends of the full
+            # (Hi-1)*s + k_eff output and appends `output_padding` rows; TF's
+            # output starts pad_top into the full one.  A longer torch result is
+            # cropped (a view); a shorter one is extended with output_padding.
+            padding = (g.pad_top, g.pad_left)
+            extra, crop = [], []
+            for size, start, n, s, k_eff in ((g.in_h, g.pad_top, g.out_h, g.stride_h, g.k_eff_h),
+                                             (g.in_w, g.pad_left, g.out_w, g.stride_w,
+                                              g.k_eff_w)):
+                natural = (n - 1) * s + k_eff - 2 * start
+                extra.append(max(0, size - natural))
+                crop.append(size)
+            if any(e >= max(s, d) for e, s, d in zip(extra, stride, dilation)):
+                raise PeerUnsupported("this padding needs output_padding >= stride, which "
+                                      "conv_transpose2d refuses")
+            output_padding = tuple(extra)
+
+            def run():
+                y = F.conv_transpose2d(tx, tw, None, stride, padding, output_padding, 1,
+                                       dilation)
+                return y[:, :, :crop[0], :crop[1]]
+
+        def call():
+            with torch.inference_mode():
+                return run()
+
+        return call, lambda result: result.permute(0, 2, 3, 1).numpy()
+
+    return Peer("torch", "torch", torch.__version__, config, prepare)
+
+
+def load_peers(wanted: Sequence[str]) -> tuple[list[Peer], list[str]]:
+    """The installed peers among ``wanted`` and the names of those missing.
+
+    Call after ``import clconv`` (so after clconv's LLVM guard) -- importing
+    TensorFlow first could break PoCL's first program build.
+    """
+    import clconv  # noqa: F401 - the import order is the point
+
+    found, missing = [], []
+    for name in wanted:
+        peer = {"tensorflow": _tensorflow_peer, "torch": _torch_peer}[name]()
+        (found if peer else missing).append(peer or name)
+    return found, missing
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class PeerResult:
+    ms: Optional[float] = None
+    ratio: Optional[float] = None  # peer ms / clconv device-resident ms
+    max_rel_diff: Optional[float] = None
+    agrees: Optional[bool] = None
+    runs_ms: list[float] = field(default_factory=list)
+    error: Optional[str] = None
+
+
+@dataclass
+class CaseResult:
+    case: BenchCase
+    flops: int
+    algorithm: Optional[str]
+    clconv_ms: float
+    end_to_end_ms: float
+    clconv_runs_ms: list[float]
+    end_to_end_runs_ms: list[float]
+    peers: dict[str, PeerResult]
+
+    @property
+    def gflops(self) -> float:
+        return self.flops / (self.clconv_ms * 1e6) if self.clconv_ms > 0 else math.inf
+
+    @property
+    def end_to_end_gflops(self) -> float:
+        return self.flops / (self.end_to_end_ms * 1e6) if self.end_to_end_ms > 0 else math.inf
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.case
+        return {
+            "name": c.name, "op": c.op, "shapes": c.shapes(), "strides": c.strides,
+            "padding": c.padding, "dilations": c.dilations, "algorithm": self.algorithm,
+            "flops": self.flops, "gflops": self.gflops, "clconv_ms": self.clconv_ms,
+            "end_to_end_ms": self.end_to_end_ms, "end_to_end_gflops": self.end_to_end_gflops,
+            "clconv_runs_ms": self.clconv_runs_ms,
+            "end_to_end_runs_ms": self.end_to_end_runs_ms,
+            "peers": {name: dataclasses.asdict(p) for name, p in self.peers.items()},
+        }
+
+
+def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
+             algorithm: Optional[str], max_seconds: Optional[float] = None) -> CaseResult:
+    """Time one case on device ``spec`` and on every peer.
+
+    Each contender -- clconv device-resident, clconv end to end, each peer -- is
+    warmed up once and then timed ``repeat`` times in a row (fewer, but at least
+    MIN_RUNS, once its runs add up to ``max_seconds``).  Not round-robin:
+    PyTorch's OpenMP and TF's thread pools spin for a while after a call, which
+    on a small CPU would slow whatever runs next; a warm-up absorbs it.
+    clconv's warm-up also builds its kernels and gives the result each peer
+    is checked against.
+    """
+    import pyopencl.array as cl_array
+
+    from clconv.config import choose_algorithm
+    from clconv.devices import runtime
+
+    rt = runtime(spec)
+    x, w = case_data(case)
+    if algorithm not in op_algorithms(case.op):
+        algorithm = None  # e.g. via_forward forced on a suite that has conv2d cases
+    used = algorithm or choose_algorithm(case.op, rt.info, case.geometry())
+    if used == "gemm" and case.geometry().groups != 1:
+        used = "direct"  # what the ops fall back to (the bench's data is float32)
+
+    x_dev, w_dev = cl_array.to_device(rt.queue, x), cl_array.to_device(rt.queue, w)
+    rt.queue.finish()
+
+    def resident():
+        out = _clconv_call(case, x_dev, w_dev, None, algorithm)
+        rt.queue.finish()
+        return out
+
+    def end_to_end():
+        return _clconv_call(case, x, w, spec, algorithm)
+
+    expected = resident().get()
+    resident_times = time_runs(resident, repeat, max_seconds)
+    end_to_end()
+    e2e_times = time_runs(end_to_end, repeat, max_seconds)
+    clconv_ms = median_ms(resident_times)
+
+    results: dict[str, PeerResult] = {}
+    for peer in peers:
+        result = results[peer.name] = PeerResult()
+        try:
+            call, to_numpy = peer.prepare(case, x, w)
+            result.max_rel_diff = agreement(to_numpy(call()), expected)  # also the warm-up
+            result.agrees = result.max_rel_diff <= AGREEMENT_RTOL
+            times = time_runs(call, repeat, max_seconds)
+        except PeerUnsupported as exc:
+            result.error = str(exc)
+            continue
+        except Exception as exc:  # noqa: BLE001 - a peer's refusal is reported, not fatal
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            result.error = f"{type(exc).__name__}: {first}"[:200]
+            continue
+        result.runs_ms = [t * 1e3 for t in times]
+        result.ms = median_ms(times)
+        result.ratio = result.ms / clconv_ms if clconv_ms > 0 else None
+    return CaseResult(case, useful_flops(case), used, clconv_ms, median_ms(e2e_times),
+                      [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results)
+
+
+def geometric_mean(values: Sequence[float]) -> Optional[float]:
+    values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change a timing (peers only if imported)."""
+    import pyopencl
+
+    import clconv
+
+    found = {"clconv": clconv.__version__, "python": sys.version.split()[0],
+             "numpy": np.__version__, "pyopencl": pyopencl.VERSION_TEXT}
+    for name in PEERS:
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = module.__version__
+    return found

@@ -1,0 +1,292 @@
+"""``clconv bench``: time a suite (or one case) on a device, beside TensorFlow and
+PyTorch when they are installed, and print useful GFLOP/s and peer/clconv ratios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from typing import Optional
+
+from clconv.bench import (
+    AGREEMENT_RTOL,
+    MIN_RUNS,
+    OPS,
+    PEERS,
+    SUITE_FILE,
+    BenchCase,
+    CaseResult,
+    SuiteError,
+    all_algorithms,
+    geometric_mean,
+    load_peers,
+    load_suite,
+    make_case,
+    op_algorithms,
+    run_case,
+    select_cases,
+    versions,
+)
+from clconv.cli import UsageError
+from clconv.devices import find_device
+from clconv.resources import config_text
+
+HELP = "time ops on a benchmark suite (or one case), side by side with TensorFlow/PyTorch"
+
+# Each timing is 1 warm-up + up to REPEAT runs, for clconv (device-resident),
+# clconv end to end and each peer; a contender stops after MAX_SECONDS of runs
+# (at least bench.MIN_RUNS).  On a 2-core CPU with PoCL this keeps the shipped
+# suite to about a minute with the GEMM kernels and a few minutes with the
+# direct ones (1-5 s a call on the large cases).
+DEFAULT_REPEAT = 10
+DEFAULT_MAX_SECONDS = 2.0
+PEER_ALIASES = {"tensorflow": "tensorflow", "tf": "tensorflow", "torch": "torch",
+                "pytorch": "torch"}
+OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
+             "conv2d_backprop_input": "backprop"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", nargs="?", metavar="SUITE",
+                        help=f"suite YAML file (default: the shipped configs/{SUITE_FILE}); "
+                             "not with --op")
+    parser.add_argument("--cases", metavar="NAME,NAME",
+                        help="run only these cases of the suite, in this order")
+    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE "
+                                         "or the default device)")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
+                        help=f"timed runs per measurement after one warm-up; the median is "
+                             f"reported (default {DEFAULT_REPEAT})")
+    parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, metavar="S",
+                        help=f"stop a measurement's runs once they add up to S seconds, after "
+                             f"at least {MIN_RUNS} (default {DEFAULT_MAX_SECONDS:g}; 0: no cap)")
+    parser.add_argument("--algorithm", choices=all_algorithms(),
+                        help="force this algorithm on every case whose op has it (the others "
+                             "keep the library's choice); default: the library's choice")
+    parser.add_argument("--peers", default="auto", metavar="LIST",
+                        help="auto (every installed one of tensorflow, torch), none, or a "
+                             "comma-separated list (default auto)")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    one = parser.add_argument_group(
+        "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC)")
+    one.add_argument("--op", choices=OPS)
+    one.add_argument("--name", default="cli", help="the case's name in the output (default cli)")
+    one.add_argument("--input", metavar="SHAPE",
+                     help="conv2d / conv2d_transpose input; out_backprop for "
+                          "conv2d_backprop_input (alias --out-backprop)")
+    one.add_argument("--out-backprop", dest="input", metavar="SHAPE", help=argparse.SUPPRESS)
+    one.add_argument("--filter", metavar="SHAPE",
+                     help="[kh, kw, in, out] for conv2d; [kh, kw, out, in] for the others")
+    one.add_argument("--output", "--input-sizes", dest="output", metavar="SHAPE",
+                     help="conv2d_transpose's output_shape / conv2d_backprop_input's "
+                          "input_sizes")
+    one.add_argument("--strides", default="1", help="int or list, as TF takes it (default 1)")
+    one.add_argument("--padding", default="SAME",
+                     help="SAME, VALID or explicit pairs such as [[0,0],[1,1],[1,1],[0,0]] "
+                          "(default SAME)")
+    one.add_argument("--dilations", default=None, help="int or list (default 1)")
+
+
+def _yaml_value(text: Optional[str], what: str):
+    import yaml
+
+    if text is None:
+        return None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UsageError(f"{what} {text!r} is not an int, a list or a word such as SAME") from None
+    return value
+
+
+def _cases(args: argparse.Namespace) -> tuple[list[BenchCase], str]:
+    one_off = [f"--{k}" for k in ("input", "filter", "output") if getattr(args, k) is not None]
+    if args.op is None:
+        if one_off:
+            raise UsageError(f"{', '.join(one_off)} describe one case: give --op too")
+        if args.suite is None:
+            origin, text = f"configs/{SUITE_FILE} (shipped)", config_text(SUITE_FILE)
+        else:
+            origin = args.suite
+            try:
+                with open(args.suite, encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError as exc:
+                raise UsageError(f"cannot read suite file {args.suite!r}: "
+                                 f"{exc.strerror or exc}") from None
+        names = [n.strip() for n in args.cases.split(",") if n.strip()] if args.cases else None
+        return select_cases(load_suite(text, origin), names), origin
+    if args.suite is not None or args.cases:
+        raise UsageError("give either a suite file (with --cases) or --op with shapes, not both")
+    entry = {"name": args.name, "op": args.op, "filter": args.filter,
+             "strides": _yaml_value(args.strides, "--strides"),
+             "padding": _yaml_value(args.padding, "--padding"),
+             "dilations": _yaml_value(args.dilations, "--dilations")}
+    if args.op == "conv2d_backprop_input":
+        entry.update(out_backprop=args.input, input_sizes=args.output)
+    else:
+        entry["input"] = args.input
+        if args.op == "conv2d_transpose":
+            entry["output"] = args.output
+        elif args.output is not None:
+            raise UsageError("--output/--input-sizes is for conv2d_transpose and "
+                             "conv2d_backprop_input; conv2d's output shape follows from the rest")
+    for key in ("input", "filter", "output", "out_backprop", "input_sizes"):
+        if key in entry and entry[key] is not None:
+            entry[key] = str(entry[key])
+    flags = {"input": "--input", "filter": "--filter", "output": "--output",
+             "out_backprop": "--input", "input_sizes": "--input-sizes"}
+    missing = [flags[k] for k in ("input", "filter", "output", "out_backprop", "input_sizes")
+               if k in entry and entry[k] is None]
+    if missing:
+        raise UsageError(f"--op {args.op} needs {', '.join(missing)}")
+    return [make_case(entry, "command line")], "command line"
+
+
+def _peer_names(text: str) -> list[str]:
+    text = text.strip().lower()
+    if text in ("auto", "all"):
+        return list(PEERS)
+    if text in ("none", ""):
+        return []
+    names = []
+    for part in text.split(","):
+        part = part.strip()
+        if part not in PEER_ALIASES:
+            raise UsageError(f"--peers: unknown peer {part!r}; expected auto, none or a list "
+                             f"of {', '.join(PEERS)}")
+        names.append(PEER_ALIASES[part])
+    return list(dict.fromkeys(names))
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+class _Table:
+    """Rows printed as each case completes, so the columns are sized up front."""
+
+    def __init__(self, cases: list[BenchCase], peers: list) -> None:
+        name_width = max(4, *(len(c.name) for c in cases))
+        algorithm_width = max(9, *(len(a) for a in all_algorithms()))
+        self.columns = [("case", name_width), ("op", 9), ("algorithm", algorithm_width),
+                        ("GFLOP", 7), ("ms", 9), ("GFLOP/s", 7), ("e2e ms", 9)]
+        for peer in peers:
+            self.columns += [(f"{peer.label} ms", 9), (f"{peer.label}/clconv", 12)]
+        self.columns.append(("check", 5))
+
+    def _line(self, cells: list[str]) -> str:
+        left = (0, 1, 2, len(self.columns) - 1)  # the text columns
+        parts = [c.ljust(w) if i in left else c.rjust(w)
+                 for i, (c, (_, w)) in enumerate(zip(cells, self.columns))]
+        return "  ".join(parts).rstrip()
+
+    def header(self) -> str:
+        return (self._line([name for name, _ in self.columns]) + "\n"
+                + "  ".join("-" * w for _, w in self.columns))
+
+    def row(self, r: CaseResult, peers: list) -> str:
+        cells = [r.case.name, OP_LABELS[r.case.op], r.algorithm or "-",
+                 _fmt(r.flops / 1e9), _fmt(r.clconv_ms),
+                 _fmt(r.gflops), _fmt(r.end_to_end_ms)]
+        checks = []
+        for peer in peers:
+            p = r.peers[peer.name]
+            cells += [_fmt(p.ms) if p.error is None else "n/a", _fmt(p.ratio)]
+            if p.error is not None:
+                checks.append(f"{peer.label} n/a")
+            elif not p.agrees:
+                checks.append(f"{peer.label} DIFFERS ({p.max_rel_diff:.1e})")
+        cells.append("; ".join(checks) or "ok")
+        return self._line(cells)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.max_seconds < 0:
+        raise UsageError(f"--max-seconds must be 0 (no cap) or more, got {args.max_seconds}")
+    try:
+        cases, origin = _cases(args)
+    except SuiteError as exc:
+        raise UsageError(str(exc)) from None
+    _, info = find_device(args.device)
+    peers, missing = load_peers(_peer_names(args.peers))
+
+    print(f"clconv bench: {len(cases)} case(s) from {origin} on {info.label}")
+    cap = (f" (fewer, at least {MIN_RUNS}, once they take {args.max_seconds:g} s)"
+           if args.max_seconds else "")
+    print(f"  timing: per contender, 1 warm-up, then the median of {args.repeat} runs in a "
+          f"row{cap}")
+    print("  ms: device-resident (pyopencl arrays in and out, the call + queue.finish()); "
+          "e2e ms: numpy in, numpy out")
+    print("  GFLOP: useful FLOPs, 2 x the multiply-adds of the forward conv (inserted zeros "
+          "do not count); GFLOP/s from ms")
+    if args.algorithm:
+        without = sorted({OP_LABELS[c.op] for c in cases
+                          if args.algorithm not in op_algorithms(c.op)})
+        print(f"  algorithm: {args.algorithm}, forced"
+              + (f" (not on {', '.join(without)} cases: no such algorithm there, the "
+                 "library chooses)" if without else ""))
+    else:
+        print("  algorithm: the library's choice")
+    for peer in peers:
+        print(f"  peer {peer.label}: {peer.name} {peer.version}, {peer.config}")
+    for name in missing:
+        print(f"  peer {name}: not installed, skipped")
+    if peers:
+        print("  X/clconv: X's ms / clconv's ms (> 1: clconv is faster); check: each peer's "
+              f"output within {AGREEMENT_RTOL:.1e} x max|y| of clconv's")
+    table = _Table(cases, peers)
+    print()
+    print(table.header(), flush=True)
+
+    results: list[CaseResult] = []
+    for case in cases:
+        result = run_case(case, info.spec, peers, args.repeat, args.algorithm,
+                          args.max_seconds or None)
+        results.append(result)
+        print(table.row(result, peers), flush=True)
+
+    geomeans = {p.name: geometric_mean([r.peers[p.name].ratio for r in results]) for p in peers}
+    for peer in peers:
+        counted = sum(1 for r in results if r.peers[peer.name].ratio is not None)
+        print(f"\ngeometric mean {peer.label}/clconv over {counted} case(s): "
+              f"{_fmt(geomeans[peer.name])}", end="")
+    if peers:
+        print()
+    problems = []
+    for r in results:
+        for peer in peers:
+            p = r.peers[peer.name]
+            if p.error is not None:
+                problems.append(f"  {r.case.name}: {peer.label} n/a: {p.error}")
+            elif not p.agrees:
+                problems.append(f"  {r.case.name}: {peer.label} differs from clconv: "
+                                f"max|diff|/max|y| = {p.max_rel_diff:.2e} > "
+                                f"{AGREEMENT_RTOL:.1e}")
+    if problems:
+        print("\n" + "\n".join(problems))
+
+    if args.json:
+        document = {
+            "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
+            "versions": versions(), "repeat": args.repeat, "warmup": 1,
+            "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
+            "algorithm": args.algorithm,
+            "peers": {p.name: {"version": p.version, "config": p.config} for p in peers},
+            "agreement_rtol": AGREEMENT_RTOL,
+            "cases": [r.to_json() for r in results],
+            "geomean_ratio": geomeans,
+        }
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+        print(f"\nwrote {args.json}")
+    disagree = any(r.peers[p.name].agrees is False for r in results for p in peers)
+    return 1 if disagree else 0

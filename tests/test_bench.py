@@ -1,0 +1,217 @@
+"""``clconv bench`` runs and reports; it is a command, not a timed test.
+
+Checked: a one-off case from the command line and a small custom suite run on
+one PoCL device, print the table's columns and write JSON with the expected
+keys; useful FLOPs follow the suite file's formula (hand-computed counts); the
+peers (TensorFlow / PyTorch, when installed) agree with clconv on shapes that
+exercise the padding mappings, and a disagreeing peer is flagged; mistakes
+(malformed suite, unknown case, half a one-off case) end as one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clconv import bench
+from clconv.cli import main
+from clconv.resources import config_text
+from conftest import DEVICES, is_simulator
+
+PLAIN_DEVICES = [d for d in DEVICES if not is_simulator(d)]
+pytestmark = pytest.mark.skipif(not PLAIN_DEVICES, reason="bench needs a non-simulator device")
+
+COLUMNS = ("case", "op", "GFLOP", "ms", "GFLOP/s", "e2e ms", "check")
+
+# Tiny cases whose peer equivalents need each padding mapping: asymmetric SAME
+# (conv2d: F.pad; transpose: a longer torch result, cropped), VALID with rows
+# left over (output_padding), explicit padding, dilation, backprop-input.
+TINY_SUITE = """\
+cases:
+  - name: t_same_s2
+    op: conv2d_transpose
+    input: [2, 4, 4, 6]
+    filter: [3, 3, 5, 6]
+    output: [2, 8, 8, 5]
+    strides: 2
+    padding: SAME
+  - name: t_valid_left
+    op: conv2d_transpose
+    input: [1, 3, 3, 4]
+    filter: [3, 3, 2, 4]
+    output: [1, 8, 8, 2]
+    strides: 2
+    padding: VALID
+  - name: b_explicit
+    op: conv2d_backprop_input
+    input_sizes: [1, 7, 7, 3]
+    filter: [3, 3, 3, 4]
+    out_backprop: [1, 4, 4, 4]
+    strides: 2
+    padding: [[0, 0], [1, 1], [1, 1], [0, 0]]
+  - name: f_same_s2
+    op: conv2d
+    input: [1, 8, 8, 3]
+    filter: [3, 3, 3, 4]
+    strides: 2
+    padding: SAME
+  - name: f_dilated
+    op: conv2d
+    input: [1, 9, 9, 2]
+    filter: [3, 3, 2, 3]
+    dilations: 2
+    padding: SAME
+"""
+
+
+@pytest.fixture(scope="module")
+def spec() -> str:
+    return PLAIN_DEVICES[0].spec
+
+
+def _bench(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["bench", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _header(out: str) -> str:
+    lines = out.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("----"))
+    return lines[rule - 1]
+
+
+def test_useful_flops_follow_the_suite_formula():
+    cases = {c.name: c for c in bench.load_suite(config_text(bench.SUITE_FILE), "shipped")}
+    # conv2d_transpose: 2*N*Hi*Wi*KH*KW*Cin*Cout with Hi, Wi of the (small) input
+    assert bench.useful_flops(cases["dcgan_g2"]) == 2 * 16 * 8 * 8 * 5 * 5 * 512 * 256
+    assert bench.useful_flops(cases["fcn8s_up8"]) == 2 * 1 * 64 * 64 * 16 * 16 * 21 * 21
+    # conv2d: 2*N*Ho*Wo*KH*KW*Cin*Cout (56 -> 28 -> 14 with the 1x1 stride-2 VALID)
+    assert bench.useful_flops(cases["resnet_1x1s2_fwd"]) == 2 * 8 * 14 * 14 * 1 * 1 * 256 * 512
+    # backprop-input: the forward conv's output is out_backprop
+    assert bench.useful_flops(cases["resnet_3x3s2_bwd"]) == 2 * 8 * 28 * 28 * 3 * 3 * 64 * 128
+    assert bench.useful_flops(cases["resnet_3x3s2_bwd"]) == 924_844_032
+
+
+def test_time_cap_keeps_at_least_min_runs():
+    calls = []
+    assert len(bench.time_runs(lambda: calls.append(1), 10)) == 10
+    assert len(bench.time_runs(lambda: calls.append(1), 10, 0.0)) == bench.MIN_RUNS
+    assert len(bench.time_runs(lambda: calls.append(1), 2, 0.0)) == 2
+    assert len(calls) == 10 + bench.MIN_RUNS + 2
+
+
+def test_one_off_case(capsys, tmp_path, spec):
+    out_json = tmp_path / "one.json"
+    code, out, err = _bench(capsys, "--op", "conv2d_transpose", "--input", "1,3,3,4",
+                            "--filter", "3,3,2,4", "--output", "[1, 6, 6, 2]", "--strides", "2",
+                            "--device", spec, "--repeat", "2", "--peers", "none",
+                            "--algorithm", "via_forward", "--json", str(out_json))
+    assert code == 0, err
+    header = _header(out)
+    for column in COLUMNS:
+        assert column in header.split("  ") or column in header, (column, header)
+    assert "cli" in out and "via_forward" in out
+    data = json.loads(out_json.read_text())
+    assert {"suite", "device", "versions", "repeat", "peers", "cases", "geomean_ratio"} <= set(data)
+    assert data["device"]["spec"] == spec and data["versions"]["clconv"]
+    (case,) = data["cases"]
+    assert {"name", "op", "shapes", "flops", "clconv_ms", "end_to_end_ms", "gflops",
+            "algorithm", "peers"} <= set(case)
+    assert case["shapes"] == {"input": [1, 3, 3, 4], "filter": [3, 3, 2, 4],
+                              "output": [1, 6, 6, 2]}
+    assert case["flops"] == 2 * 1 * 3 * 3 * 3 * 3 * 2 * 4
+    assert case["algorithm"] == "via_forward" and len(case["clconv_runs_ms"]) == 2
+    assert case["clconv_ms"] > 0 and case["end_to_end_ms"] > 0
+
+
+def test_custom_suite_with_case_selection(capsys, tmp_path, spec):
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    out_json = tmp_path / "suite.json"
+    code, out, err = _bench(capsys, str(suite), "--cases", "f_same_s2,b_explicit",
+                            "--device", spec, "--repeat", "1", "--peers", "none",
+                            "--algorithm", "via_forward", "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert [c["name"] for c in data["cases"]] == ["f_same_s2", "b_explicit"]
+    assert "not on conv2d cases" in out  # conv2d has no via_forward: the library chooses
+    assert data["cases"][1]["shapes"]["out_backprop"] == [1, 4, 4, 4]
+    assert data["cases"][0]["algorithm"] in bench.op_algorithms("conv2d")
+    assert data["cases"][1]["algorithm"] == "via_forward"
+    rows = out.splitlines()
+    assert any(r.startswith("f_same_s2 ") for r in rows)
+    assert any(r.startswith("b_explicit ") for r in rows)
+
+
+def test_peers_agree_on_every_padding_mapping(capsys, tmp_path, spec):
+    peers, _ = bench.load_peers(bench.PEERS)
+    if not peers:
+        pytest.skip("neither TensorFlow nor PyTorch is installed")
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text(TINY_SUITE)
+    out_json = tmp_path / "peers.json"
+    code, out, err = _bench(capsys, str(suite), "--device", spec, "--repeat", "1",
+                            "--json", str(out_json))
+    assert code == 0, out + err
+    assert "DIFFERS" not in out and "geometric mean" in out
+    data = json.loads(out_json.read_text())
+    for case in data["cases"]:
+        for peer in peers:
+            result = case["peers"][peer.name]
+            assert result["error"] is None, (case["name"], peer.name, result["error"])
+            assert result["agrees"] and result["ratio"] > 0, (case["name"], peer.name, result)
+    assert all(data["geomean_ratio"][p.name] > 0 for p in peers)
+
+
+def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):
+    def prepare(case, x, w):
+        return (lambda: None), (lambda _: np.full(case.shapes()["output"], 7, np.float32))
+
+    wrong = bench.Peer("torch", "fake", "0", "returns sevens", prepare)
+    monkeypatch.setattr("clconv.commands.bench.load_peers", lambda names: ([wrong], []))
+    code, out, _ = _bench(capsys, "--op", "conv2d", "--input", "1,4,4,2", "--filter", "1,1,2,2",
+                          "--device", spec, "--repeat", "1")
+    assert code == 1
+    assert "fake DIFFERS" in out and "differs from clconv" in out
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("cases: [", "not valid YAML at line"),
+    ("cases: []", "'cases' is empty"),
+    ("- 1\n- 2", "expected a mapping with a 'cases' list"),
+    ("cases:\n  - {name: a, op: conv3d}", "op must be one of"),
+    ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4, 2]}", "missing 'filter'"),
+    ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4], filter: [1, 1, 2, 2]}",
+     "4 non-negative integers"),
+    ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4, 2], filter: [1, 1, 3, 2]}",
+     "case #1 ('a')"),
+    ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4, 2], filter: [1, 1, 2, 2], size: 3}",
+     "unknown key(s) 'size'"),
+])
+def test_malformed_suite_is_one_line(capsys, tmp_path, text, expected):
+    suite = tmp_path / "bad.yaml"
+    suite.write_text(text)
+    code, out, err = _bench(capsys, str(suite), "--peers", "none")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("clconv bench: error: "), err
+    assert expected in err and "bad.yaml" in err, err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--cases", "resnet_3x3_fwd,nope"], "unknown case(s) 'nope'; the suite has dcgan_g2"),
+    (["--input", "1,4,4,2"], "give --op too"),
+    (["--op", "conv2d_transpose", "--input", "1,4,4,2", "--filter", "1,1,2,2"],
+     "needs --output"),
+    (["--op", "conv2d", "--input", "1,4,4,2", "--filter", "3,3,5,2"], "command line"),
+    (["no_such_suite.yaml"], "cannot read suite file 'no_such_suite.yaml'"),
+    (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--max-seconds", "-1"], "--max-seconds must be 0 (no cap) or more"),
+    (["--peers", "jax"], "unknown peer 'jax'"),
+])
+def test_usage_errors_are_one_line(capsys, argv, expected):
+    code, out, err = _bench(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and expected in err, err
