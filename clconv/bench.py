@@ -529,6 +529,39 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
                       [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results)
 
 
+def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float
+                    ) -> dict[str, float]:
+    """Where a GEMM-algorithm call's time goes: each kernel's median time from
+    profiling events (packing the filter, the GEMM itself) and what remains of the
+    device-resident time: the host side (argument checks, buffers) and launches."""
+    from clconv import gemm, tensors
+    from clconv.config import choose_config
+    from clconv.devices import runtime
+
+    rt = runtime(spec)
+    g = case.geometry()
+    x, w = case_data(case)
+    dtype = np.dtype(np.float32)
+    src = tensors.to_device(x, dtype, rt.queue, rt.info, "input")
+    filt = tensors.to_device(w, dtype, rt.queue, rt.info, "filters")
+    out_shape = g.y_shape() if case.op == "conv2d" else g.x_shape()
+    out = tensors.empty_output(out_shape, dtype, rt.queue, rt.info, zero=False)
+    config = choose_config(gemm.FAMILY, rt.info, case.op, g)
+    launch = gemm.conv2d_gemm if case.op == "conv2d" else gemm.backprop_gemm
+    kernel_ms: dict[str, list[float]] = {}
+    for run in range(repeat + 1):
+        timeline: list = []
+        launch(rt, src, filt, out, g, config, timeline)
+        rt.queue.finish()
+        if run:  # the first run is the warm-up
+            for name, event in timeline:
+                kernel_ms.setdefault(name, []).append(
+                    (event.profile.end - event.profile.start) * 1e-6)
+    phases = {name: float(statistics.median(times)) for name, times in kernel_ms.items()}
+    phases["host + launches"] = max(0.0, resident_ms - sum(phases.values()))
+    return phases
+
+
 def geometric_mean(values: Sequence[float]) -> Optional[float]:
     values = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
     if not values:

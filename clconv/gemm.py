@@ -135,6 +135,25 @@ class _Tables:
                 cls._cache[key] = found
         return found
 
+    _scratch: dict[tuple, tensors.DeviceTensor] = {}
+
+    @classmethod
+    def scratch(cls, rt: Runtime, elements: int, dtype: np.dtype) -> tensors.DeviceTensor:
+        """The packed-filter buffer, reused by every call on an in-order queue: the next
+        call's packing cannot start before this call's GEMM has read it, and reusing
+        memory saves the page faults of touching a fresh allocation."""
+        in_order = not (rt.queue.properties
+                        & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE)
+        key = (rt.queue.int_ptr, np.dtype(dtype).str)
+        with cls._lock:
+            found = cls._scratch.get(key) if in_order else None
+            if found is None or found.size < elements:
+                found = tensors.empty_output((elements,), np.dtype(dtype), rt.queue, rt.info,
+                                             zero=False)
+                if in_order:
+                    cls._scratch[key] = found
+        return found
+
     @classmethod
     def zero(cls, rt: Runtime, dtype: np.dtype) -> cl.Buffer:
         """A one-element zero buffer that rows outside the source read instead."""
@@ -146,6 +165,15 @@ class _Tables:
                                 hostbuf=np.zeros(4, dtype=dtype))
                 cls._zeros[key] = buf
         return buf
+
+
+def _pack_local(ch_count: int, info: DeviceInfo) -> Optional[tuple[int, int, int]]:
+    """Work-groups of many consecutive channels, so that the filter lines each
+    work-item touches are shared by its neighbours (OpenCL 1.2: it must divide)."""
+    size = 1
+    while size < 64 and ch_count % (size * 2) == 0 and size * 2 <= info.max_work_group_size:
+        size *= 2
+    return (size, 1, 1) if size > 1 else None
 
 
 def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format: str,
@@ -167,14 +195,13 @@ def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format:
     total_k = len(plan.taps) * ch_count
     i32 = np.int32
 
-    packed = tensors.empty_output((max(1, total_k * n_padded),), src.dtype, rt.queue, rt.info,
-                                  zero=False)
+    packed = _Tables.scratch(rt, max(1, total_k * n_padded), src.dtype)
     if total_k:
         pack = get_kernel(rt.context, SOURCE, "pack_filter", defines)
         pack.set_args(filt.buffer, *filt_view, taps_buf, packed.buffer, i32(ch_count),
                       i32(n_out), i32(n_padded))
-        event = cl.enqueue_nd_range_kernel(rt.queue, pack,
-                                           (ch_count, n_padded // tn, len(plan.taps)), None)
+        work = (ch_count, n_padded // tn, len(plan.taps))
+        event = cl.enqueue_nd_range_kernel(rt.queue, pack, work, _pack_local(ch_count, rt.info))
         if timeline is not None:
             timeline.append(("pack filter", event))
 

@@ -10,6 +10,7 @@ import platform
 from typing import Optional
 
 from clconv.bench import (
+    phase_breakdown,
     AGREEMENT_RTOL,
     MIN_RUNS,
     OPS,
@@ -29,6 +30,7 @@ from clconv.bench import (
     versions,
 )
 from clconv.cli import UsageError
+from clconv.commands.devices import format_table
 from clconv.devices import find_device
 from clconv.resources import config_text
 
@@ -68,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (every installed one of tensorflow, torch), none, or a "
                              "comma-separated list (default auto)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    parser.add_argument("--phases", action="store_true",
+                        help="after the table, where each GEMM case's time goes: filter "
+                             "packing, the GEMM kernel, host side and launches")
     one = parser.add_argument_group(
         "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC)")
     one.add_argument("--op", choices=OPS)
@@ -272,6 +277,14 @@ def run(args: argparse.Namespace) -> int:
                                 f"{AGREEMENT_RTOL:.1e}")
     if problems:
         print("\n" + "\n".join(problems))
+    phases = {}
+    if args.phases:
+        phases = {r.case.name: phase_breakdown(r.case, info.spec, args.repeat, r.clconv_ms)
+                  for r in results if r.algorithm == "gemm"}
+        print("\nwhere the device-resident time goes (ms; kernels from profiling events):")
+        names = list(dict.fromkeys(n for p in phases.values() for n in p))
+        rows = [[case] + [f"{p.get(n, 0.0):.2f}" for n in names] for case, p in phases.items()]
+        print(format_table(rows, ["case"] + names))
 
     if args.json:
         document = {
@@ -283,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
             "agreement_rtol": AGREEMENT_RTOL,
             "cases": [r.to_json() for r in results],
             "geomean_ratio": geomeans,
+            "phases_ms": phases,
         }
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(document, handle, indent=2)
