@@ -19,6 +19,7 @@ COMMANDS = {
     "devices": "devices",
     "demo": "demo",
     "bench": "bench",
+    "conformance": "conformance",
 }
 
 USER_ERRORS = (DeviceNotFoundError, InvalidArgumentError, UnimplementedError, ValueError,

@@ -141,19 +141,19 @@ __kernel void gemm_implicit(
     const int col_start = phase[4], col_step = phase[5];
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        if (mb * TM + i >= m_count)
-            break;
-        __global REAL *out = y + AT(y, img[i], row_start + r[i] * row_step,
-                                    col_start + c[i] * col_step, 0);
-        #pragma unroll
-        for (int v = 0; v < NV; ++v) {
-            union { VREAL vector; REAL lane[VEC]; } u;
-            u.vector = acc[i][v];
+        if (mb * TM + i < m_count) {
+            __global REAL *out = y + AT(y, img[i], row_start + r[i] * row_step,
+                                        col_start + c[i] * col_step, 0);
             #pragma unroll
-            for (int e = 0; e < VEC; ++e) {
-                const int n = nb * TN + v * VEC + e;
-                if (n < n_out)
-                    out[n * y_s3] = u.lane[e];
+            for (int v = 0; v < NV; ++v) {
+                union { VREAL vector; REAL lane[VEC]; } u;
+                u.vector = acc[i][v];
+                #pragma unroll
+                for (int e = 0; e < VEC; ++e) {
+                    const int n = nb * TN + v * VEC + e;
+                    if (n < n_out)
+                        out[n * y_s3] = u.lane[e];
+                }
             }
         }
     }

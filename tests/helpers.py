@@ -1,4 +1,5 @@
-"""Shared test helpers: random data, the reference, and one tolerance rule."""
+"""Shared test helpers: random data, the reference, and the tolerance rule of
+clconv.tolerance."""
 
 from __future__ import annotations
 
@@ -11,37 +12,14 @@ from clconv.shapes import (
     conv2d_geometry,
     parse_attrs,
 )
+from clconv.tolerance import max_relative_error, tolerance
 
-__all__ = ["assert_close", "random_array", "conv2d_case", "backprop_case",
-           "conv2d_reference", "backprop_input_reference"]
+__all__ = ["assert_close", "random_array", "tolerance", "max_relative_error", "conv2d_case",
+           "backprop_case", "conv2d_reference", "backprop_input_reference"]
 
 
 def random_array(shape, dtype=np.float32, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-1, 1, size=shape).astype(dtype)
-
-
-def tolerance(dtype, reduction: int) -> tuple[float, float]:
-    """(rtol, atol) for a result that sums ``reduction`` products of values in [-1, 1].
-
-    rtol is about 4*sqrt(eps) of the dtype; atol grows with the reduction length,
-    since rounding error of a sum scales with the number of terms (and the
-    values, of magnitude ~sqrt(reduction), cancel).
-    """
-    eps = float(np.finfo(np.dtype(dtype)).eps)
-    rtol = 4 * eps ** 0.5
-    atol = 4 * eps * max(1, reduction) ** 0.5 * 8
-    if np.dtype(dtype) == np.float16:
-        atol = 1e-2 * max(1, reduction) ** 0.5
-    return rtol, atol
-
-
-def max_relative_error(actual, expected) -> float:
-    """Largest |a - e| / max(|e|, 1): the figure reported per device."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    if expected.size == 0:
-        return 0.0
-    return float(np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1.0)))
 
 
 def assert_close(actual, expected, dtype, reduction: int, rtol=None, atol=None) -> None:
