@@ -20,6 +20,7 @@ COMMANDS = {
     "demo": "demo",
     "bench": "bench",
     "conformance": "conformance",
+    "autotune": "autotune",
 }
 
 USER_ERRORS = (DeviceNotFoundError, InvalidArgumentError, UnimplementedError, ValueError,

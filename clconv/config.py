@@ -1,35 +1,148 @@
 """Kernel configurations: which -D tunables and work-group shape a launch uses,
 and which algorithm an op uses when the caller leaves ``algorithm=None``.
 
-The ops ask only two questions, ``choose_config`` and ``choose_algorithm``;
-for now they answer from the shipped defaults of configs/defaults.yaml, chosen
-by device kind, and the tuning database slots in ahead of them.
+The ops ask only two questions, ``choose_config`` and ``choose_algorithm``.
+The answer comes from the first of:
+
+1. ``exact``: the tuning database's entry for this device, op and shape;
+2. ``nearest``: the entry of the nearest tuned shape on this device
+   (clconv.tuning_db.distance);
+3. ``device defaults``: configs/defaults.yaml, the section of the device's
+   kind (CPU, GPU...) then the vendor entries that match it;
+4. ``generic``: the ``generic`` section of configs/defaults.yaml, over the
+   defaults of configs/<family>.yaml (what the kernel compiles with alone).
+
+Database entries count only while their key is current (device, driver,
+clconv version, kernel source hash).  Each answer is memoised per (database,
+device, op, family, geometry), so a process pays the look-up once per shape;
+a write by this process's tuner drops the memo.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+import hashlib
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
 
 import yaml
 
+from clconv import search_space, tuning_db
 from clconv.devices import DeviceInfo
+from clconv.programs import source_hash
 from clconv.resources import config_text
 
 DEFAULTS_FILE = "defaults.yaml"
+FALLBACK_ALGORITHM = "direct"  # every op has a direct kernel
+LEVELS = ("exact", "nearest", "device defaults", "generic")
+_SECTION_KEYS = ("algorithm",)
+
+
+class DefaultsError(ValueError):
+    """A malformed configs/defaults.yaml."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An answer and where it came from (one of LEVELS)."""
+
+    value: Any
+    source: str
+    entry: Optional[Mapping[str, Any]] = None  # the database entry, for exact / nearest
+
+
+# --------------------------------------------------------------------------- shipped defaults
+
+
+def _check_section(section: Any, where: str) -> dict[str, Any]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise DefaultsError(f"configs/{DEFAULTS_FILE}: key {where!r}: expected a mapping of "
+                            f"families to configurations, got {section!r}")
+    for key, value in section.items():
+        if key in ("match", "kind") and where.startswith("vendors"):
+            continue
+        if not isinstance(value, dict):
+            raise DefaultsError(f"configs/{DEFAULTS_FILE}: key '{where}.{key}': expected a "
+                                f"mapping, got {value!r}")
+    return section
 
 
 @functools.lru_cache(maxsize=1)
 def _shipped_defaults() -> dict[str, Any]:
-    return yaml.safe_load(config_text(DEFAULTS_FILE))
+    data = yaml.safe_load(config_text(DEFAULTS_FILE)) or {}
+    if not isinstance(data, dict):
+        raise DefaultsError(f"configs/{DEFAULTS_FILE}: expected a mapping with generic, "
+                            "device kinds and vendors")
+    for key, value in data.items():
+        if key == "vendors":
+            if not isinstance(value, list):
+                raise DefaultsError(f"configs/{DEFAULTS_FILE}: key 'vendors': expected a list "
+                                    f"of {{match, kind, <family>: ...}}, got {value!r}")
+            for i, item in enumerate(value):
+                if not isinstance(item, dict) or not isinstance(item.get("match"), str):
+                    raise DefaultsError(f"configs/{DEFAULTS_FILE}: key 'vendors[{i}]': expected "
+                                        f"a mapping with a 'match' substring, got {item!r}")
+                _check_section(item, f"vendors[{i}]")
+        else:
+            _check_section(value, key)
+    return data
+
+
+def _device_sections(info: DeviceInfo) -> list[Mapping[str, Any]]:
+    """The sections of defaults.yaml that apply to ``info``, most general first."""
+    shipped = _shipped_defaults()
+    sections = [shipped.get("generic") or {}, shipped.get(info.kind) or {}]
+    text = f"{info.vendor} {info.platform} {info.name}".lower()
+    for item in shipped.get("vendors") or []:
+        if item["match"].lower() in text and item.get("kind", info.kind) == info.kind:
+            sections.append(item)
+    return sections
+
+
+def shipped_config(family: str, info: DeviceInfo) -> dict[str, Any]:
+    """Levels 3-4 for ``family``: the family file's defaults, then defaults.yaml's
+    generic, device-kind and vendor sections (a fresh dict)."""
+    return _shipped_config(family, info)[0]
+
+
+def _shipped_config(family: str, info: DeviceInfo) -> tuple[dict[str, Any], str]:
+    space = search_space.shipped_spaces().get(family)
+    config = space.default_config() if space is not None else {}
+    sections = _device_sections(info)
+    source = "generic"
+    for i, section in enumerate(sections):
+        if family in section:
+            config.update(section[family])
+            if i > 0:
+                source = "device defaults"
+    if not config:
+        raise KeyError(f"no configuration for kernel family {family!r}: neither "
+                       f"configs/{family}.yaml nor configs/{DEFAULTS_FILE} knows it")
+    return config, source
+
+
+def shipped_algorithm(op: str, info: DeviceInfo) -> str:
+    """Levels 3-4 of choose_algorithm."""
+    return _shipped_algorithm(op, info)[0]
+
+
+def _shipped_algorithm(op: str, info: DeviceInfo) -> tuple[str, str]:
+    algorithm, source = FALLBACK_ALGORITHM, "generic"
+    for i, section in enumerate(_device_sections(info)):
+        chosen = (section.get("algorithm") or {}).get(op)
+        if chosen:
+            algorithm, source = chosen, ("device defaults" if i > 0 else "generic")
+    return algorithm, source
 
 
 def default_config(family: str, info: DeviceInfo) -> dict[str, Any]:
     """Shipped defaults for ``family`` on a device like ``info`` (a fresh dict)."""
-    shipped = _shipped_defaults()
-    config = dict(shipped["generic"][family])
-    config.update(shipped.get(info.kind, {}).get(family, {}))
-    return config
+    return shipped_config(family, info)
 
 
 def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...] | None]:
@@ -39,12 +152,135 @@ def split_config(config: dict[str, Any]) -> tuple[dict[str, Any], tuple[int, ...
     return defines, (tuple(int(v) for v in local) if local else None)
 
 
+# --------------------------------------------------------------------------- database keys
+
+
+@functools.lru_cache(maxsize=None)
+def op_source_hash(op: str) -> str:
+    """Digest of every kernel source that any family computing ``op`` builds: a change
+    to any of them may change which configuration, or algorithm, is best."""
+    names = sorted({s for _, space in search_space.spaces_for(op) for s in space.sources})
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}:{source_hash(name)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def clconv_version() -> str:
+    from clconv import __version__  # at call time: clconv/__init__ imports this module
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- look-ups
+
+_memo_lock = threading.Lock()
+_memo: dict[tuple, Choice] = {}
+_memo_generation = -1
+
+
+def invalidate() -> None:
+    """Forget memoised answers and cached hashes (the tuner calls this after writing)."""
+    global _memo_generation
+    with _memo_lock:
+        _memo.clear()
+        _memo_generation = tuning_db.generation()
+    op_source_hash.cache_clear()
+
+
+def _memoised(key: tuple, compute) -> Choice:
+    global _memo_generation
+    with _memo_lock:
+        if _memo_generation != tuning_db.generation():
+            _memo.clear()
+            _memo_generation = tuning_db.generation()
+        found = _memo.get(key)
+    if found is None:
+        found = compute()
+        with _memo_lock:
+            _memo[key] = found
+    return found
+
+
+def _db_key(db: Any) -> str:
+    """Which database a memoised answer came from (cheap: no path resolution)."""
+    return str(db) if db else "env:" + os.environ.get(tuning_db.ENV_DB, "")
+
+
+def _device_id(info: DeviceInfo) -> tuple:
+    return (info.platform, info.name, info.driver_version, info.kind, info.vendor)
+
+
+def _known_algorithms(op: str) -> set[str]:
+    return {algorithm for algorithm, _ in search_space.spaces_for(op)}
+
+
+def _database(op: str, info: DeviceInfo, geometry: Any, db: Any, usable) -> Optional[Choice]:
+    """Levels 1-2, or None.  Never raises: a problem gives a warning and None."""
+    try:
+        found = tuning_db.entries(db)
+        if not found:
+            return None
+        entry, level = tuning_db.find(found, info, op, geometry, op_source_hash(op),
+                                      clconv_version(), usable)
+    except Exception as exc:  # noqa: BLE001 - the ops must run whatever the database holds
+        warnings.warn(f"clconv tuning database look-up failed ({type(exc).__name__}: {exc}); "
+                      "using defaults", tuning_db.TuningDatabaseWarning, stacklevel=4)
+        return None
+    return Choice(entry, level, entry) if entry is not None else None
+
+
+def _tuned_config(entry: Mapping[str, Any], family: str) -> Optional[dict[str, Any]]:
+    space = search_space.shipped_spaces().get(family)
+    for result in entry["results"].values():
+        if result.get("family") == family and isinstance(result.get("config"), dict):
+            config = dict(result["config"])
+            if space is None or set(config) == set(space.names):
+                return config
+    return None
+
+
+def explain_config(family: str, info: DeviceInfo, op: str, geometry: Any,
+                   db: Any = None) -> Choice:
+    """choose_config's answer and the level it came from."""
+    key = ("config", _db_key(db), _device_id(info), op, family, geometry)
+
+    def compute() -> Choice:
+        path = tuning_db.resolve_path(db)
+        found = _database(op, info, geometry, path,
+                          lambda e: _tuned_config(e, family) is not None)
+        if found is not None:
+            return Choice(_tuned_config(found.entry, family), found.source, found.entry)
+        config, source = _shipped_config(family, info)
+        return Choice(config, source)
+
+    return _memoised(key, compute)
+
+
+def explain_algorithm(op: str, info: DeviceInfo, geometry: Any, db: Any = None) -> Choice:
+    """choose_algorithm's answer and the level it came from."""
+    key = ("algorithm", _db_key(db), _device_id(info), op, geometry)
+
+    def compute() -> Choice:
+        path = tuning_db.resolve_path(db)
+        known = _known_algorithms(op)
+        found = _database(op, info, geometry, path, lambda e: e.get("algorithm") in known)
+        if found is not None:
+            return Choice(found.entry["algorithm"], found.source, found.entry)
+        algorithm, source = _shipped_algorithm(op, info)
+        return Choice(algorithm, source)
+
+    return _memoised(key, compute)
+
+
 def choose_config(family: str, info: DeviceInfo, op: str, geometry: Any) -> dict[str, Any]:
-    """The configuration a launch of ``family`` uses for ``op`` on ``geometry``."""
-    return default_config(family, info)
+    """The configuration a launch of ``family`` uses for ``op`` on ``geometry``
+    (a fresh dict: the caller may change it)."""
+    return {k: list(v) if isinstance(v, list) else v
+            for k, v in explain_config(family, info, op, geometry).value.items()}
 
 
 def choose_algorithm(op: str, info: DeviceInfo, geometry: Any) -> str:
     """The algorithm of ``op`` when the caller passed ``algorithm=None`` (the ops fall
     back to "direct" where the GEMM kernels do not apply: float16, grouped convs)."""
-    return "gemm"
+    return explain_algorithm(op, info, geometry).value

@@ -1,0 +1,327 @@
+"""``clconv autotune``: tune ops on a device, one case or a suite, into the tuning
+database that the ops then use with no further action."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any, Optional
+
+from clconv import config, search_space, tuner, tuning_db
+from clconv.bench import OPS, SUITE_FILE, load_suite, make_case, select_cases
+from clconv.cli import UsageError
+from clconv.commands.devices import format_table
+from clconv.devices import find_device, runtime
+from clconv.resources import config_text
+
+HELP = "tune ops/shapes (a suite file or one case) on a device into the tuning database"
+OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
+             "conv2d_backprop_input": "backprop"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", nargs="?", metavar="SUITE",
+                        help=f"suite YAML file (default: the shipped configs/{SUITE_FILE}); "
+                             "not with --op")
+    parser.add_argument("--cases", metavar="NAME,NAME", help="tune only these cases of the suite")
+    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE or "
+                                         "the default device)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="hard bound on the wall-clock time of the whole run, shared out "
+                             "among the cases (default: none)")
+    parser.add_argument("--strategy", choices=tuner.STRATEGIES,
+                        help="exhaustive: every candidate; random: a random order; greedy: "
+                             "coordinate descent from the defaults, then random while the "
+                             "budget lasts (default: greedy with --budget, else exhaustive)")
+    parser.add_argument("--db", metavar="FILE",
+                        help=f"tuning database (default: {tuning_db.ENV_DB} or "
+                             f"{tuning_db.FILE_NAME} in the per-user cache folder)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the size of each search space before and after its "
+                             "constraints and the device limits; tune nothing")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as JSON instead of a table")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="draw default vs tuned times (needs matplotlib: clconv[plot])")
+    parser.add_argument("--retune", action="store_true",
+                        help="tune cases the database already holds current results for "
+                             "(default: skip them, so an interrupted run resumes)")
+    parser.add_argument("--runs", type=int, default=tuner.MAX_RUNS, metavar="N",
+                        help=f"timed runs per candidate at most, after the checked warm-up "
+                             f"(default {tuner.MAX_RUNS}; fewer when runs are long or the "
+                             "budget short)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random orders "
+                                                            "and the test data (default 0)")
+    one = parser.add_argument_group(
+        "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC)")
+    one.add_argument("--op", choices=OPS)
+    one.add_argument("--name", default="cli", help="the case's name (default cli)")
+    one.add_argument("--input", metavar="SHAPE",
+                     help="conv2d / conv2d_transpose input; out_backprop for "
+                          "conv2d_backprop_input (alias --out-backprop)")
+    one.add_argument("--out-backprop", dest="input", metavar="SHAPE", help=argparse.SUPPRESS)
+    one.add_argument("--filter", metavar="SHAPE",
+                     help="[kh, kw, in, out] for conv2d; [kh, kw, out, in] for the others")
+    one.add_argument("--output", "--input-sizes", dest="output", metavar="SHAPE",
+                     help="conv2d_transpose's output_shape / conv2d_backprop_input's input_sizes")
+    one.add_argument("--strides", default="1", help="int or list, as TF takes it (default 1)")
+    one.add_argument("--padding", default="SAME",
+                     help="SAME, VALID or explicit pairs such as [[0,0],[1,1],[1,1],[0,0]]")
+    one.add_argument("--dilations", default=None, help="int or list (default 1)")
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _yaml_value(text: Optional[str], what: str) -> Any:
+    import yaml
+
+    if text is None:
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UsageError(f"{what} {text!r} is not an int, a list or a word such as SAME") from None
+
+
+def _cases(args: argparse.Namespace) -> list[tuner.TuneCase]:
+    if args.op is None:
+        given = [f"--{k}" for k in ("input", "filter", "output") if getattr(args, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} describe one case: give --op too")
+        if args.suite is None:
+            origin, text = f"configs/{SUITE_FILE} (shipped)", config_text(SUITE_FILE)
+        else:
+            origin = args.suite
+            try:
+                with open(args.suite, encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError as exc:
+                raise UsageError(f"cannot read suite file {args.suite!r}: "
+                                 f"{exc.strerror or exc}") from None
+        names = [n.strip() for n in args.cases.split(",") if n.strip()] if args.cases else None
+        found = select_cases(load_suite(text, origin), names)
+    else:
+        if args.suite is not None or args.cases:
+            raise UsageError("give either a suite file (with --cases) or --op with shapes, "
+                             "not both")
+        entry: dict[str, Any] = {
+            "name": args.name, "op": args.op, "filter": args.filter,
+            "strides": _yaml_value(args.strides, "--strides"),
+            "padding": _yaml_value(args.padding, "--padding"),
+            "dilations": _yaml_value(args.dilations, "--dilations")}
+        if args.op == "conv2d_backprop_input":
+            entry.update(out_backprop=args.input, input_sizes=args.output)
+        else:
+            entry["input"] = args.input
+            if args.op == "conv2d_transpose":
+                entry["output"] = args.output
+            elif args.output is not None:
+                raise UsageError("--output/--input-sizes is for conv2d_transpose and "
+                                 "conv2d_backprop_input")
+        missing = [k for k in ("input", "filter", "output", "out_backprop", "input_sizes")
+                   if k in entry and entry[k] is None]
+        if missing:
+            raise UsageError(f"--op {args.op} needs "
+                             f"{', '.join('--' + k.replace('_', '-') for k in missing)}")
+        for key in ("input", "filter", "output", "out_backprop", "input_sizes"):
+            if entry.get(key) is not None:
+                entry[key] = str(entry[key])
+        found = [make_case(entry, "command line")]
+    return [tuner.TuneCase(c.name, c.op, c.geometry()) for c in found]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _current_entry(entries: list, info, case: tuner.TuneCase) -> Optional[dict]:
+    entry, level = tuning_db.find(entries, info, case.op, case.geometry,
+                                  config.op_source_hash(case.op), config.clconv_version())
+    if level == "exact" and entry["op"] == case.op:
+        return entry
+    return None
+
+
+def _ms(value: Optional[float]) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def _chosen(trial: Optional[tuner.Trial]) -> str:
+    return trial.candidate.describe() if trial is not None else "-"
+
+
+def _dry_run(rt, cases: list[tuner.TuneCase], db_path) -> int:
+    rows = []
+    for case in cases:
+        pools, sizes = tuner.pools_for(case, rt.info)
+        for algorithm, size in sizes.items():
+            pruned = ", ".join(f"{k} {v}" for k, v in {**size.by_constraint,
+                                                       **size.by_limit}.items())
+            rows.append([case.name, OP_LABELS[case.op], algorithm, size.family,
+                         str(size.total), str(size.after_constraints), str(size.after_limits),
+                         pruned or "-"])
+    print(f"search spaces on {rt.info.label}")
+    print(format_table(rows, ["case", "op", "algorithm", "family", "space",
+                              "constraints", "device limits", "pruned by"]))
+    entries = tuning_db.entries(db_path)
+    here = [e for e in entries if tuning_db.same_device(e, rt.info)]
+    current = [e for e in here if tuning_db.is_current(
+        e, rt.info, config.op_source_hash(e["op"]), config.clconv_version())]
+    tuned = sum(_current_entry(entries, rt.info, c) is not None for c in cases)
+    print(f"\ndatabase {db_path}: {len(entries)} entries, {len(current)} current for this "
+          f"device, {len(here) - len(current)} stale; {tuned} of these {len(cases)} cases "
+          "tuned already")
+    print("space: every combination of candidate values; constraints: what the family's "
+          "constraints keep; device limits: what this device can run (checks that need "
+          "the built kernel come later)")
+    return 0
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'clconv[plot]'") from None
+    return plt
+
+
+def _plot(path: str, results: list[tuner.CaseResult]) -> None:
+    plt = _pyplot()
+    done = [r for r in results if r.speedup is not None]
+    names = [r.case.name for r in done]
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(done) + 2), 4))
+    xs = range(len(done))
+    ax.bar([x - 0.2 for x in xs], [r.default_ms for r in done], 0.4, label="default")
+    ax.bar([x + 0.2 for x in xs], [r.tuned_ms for r in done], 0.4, label="tuned")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (median)")
+    ax.set_title(f"clconv autotune on {done[0].device.name if done else ''}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # the budget counts from here: device set-up included
+    cases = _cases(args)
+    if args.budget is not None and args.budget <= 0:
+        raise UsageError(f"--budget must be a positive number of seconds, got {args.budget:g}")
+    if args.runs < 1:
+        raise UsageError(f"--runs must be at least 1, got {args.runs}")
+    if args.plot:
+        _pyplot()  # fail before tuning, not after
+    _, info = find_device(args.device)
+    if info.kind == "simulator" and not args.dry_run:
+        print(f"clconv autotune: note: {info.name} is a simulator; its timings say nothing "
+              "about real hardware", file=sys.stderr)
+    rt = runtime(info.spec)
+    db_path = tuning_db.resolve_path(args.db)
+    search_space.shipped_spaces()  # a malformed family file fails here, with its name
+    if args.dry_run:
+        return _dry_run(rt, cases, db_path)
+
+    strategy = args.strategy or ("greedy" if args.budget is not None else "exhaustive")
+    entries = tuning_db.entries(db_path)
+    todo, kept = [], {}
+    for case in cases:
+        entry = _current_entry(entries, rt.info, case) if not args.retune else None
+        if entry is not None and entry.get("search", {}).get("status") != "interrupted":
+            kept[case.name] = entry
+        else:
+            todo.append(case)
+    if kept:
+        print(f"{len(kept)} case(s) already tuned in {db_path}, kept (--retune tunes them "
+              f"again): {', '.join(kept)}", file=sys.stderr)
+
+    done = 0
+
+    def write(result: tuner.CaseResult) -> None:
+        nonlocal done
+        done += 1
+        entry = result.to_entry()
+        if entry is not None:
+            tuning_db.record([entry], db_path)
+            config.invalidate()
+        speed = f" ({result.speedup:.2f}x)" if result.speedup else ""
+        print(f"[{done}/{len(todo)}] {result.case.name}: default {_ms(result.default_ms)} ms "
+              f"-> {_ms(result.tuned_ms)} ms{speed}, {len(result.trials)} tried, "
+              f"{result.status}, {result.seconds:.0f} s", file=sys.stderr)
+
+    try:
+        budget = None if args.budget is None else args.budget - (time.monotonic() - started)
+        results = tuner.tune_all(rt, todo, strategy=strategy, budget=budget,
+                                 max_runs=args.runs, seed=args.seed,
+                                 progress=not args.json, on_result=write)
+    except tuning_db.TuningDatabaseError as exc:
+        print(f"clconv autotune: error: {exc}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+    interrupted = any(r.status == "interrupted" for r in results)
+
+    if args.json:
+        print(json.dumps({"device": rt.info.label, "db": str(db_path), "strategy": strategy,
+                          "budget_s": args.budget, "seconds": round(elapsed, 2),
+                          "kept": sorted(kept), "results": [r.to_json() for r in results]},
+                         indent=2))
+    else:
+        _print_table(rt, results, kept, strategy, args.budget, elapsed, db_path)
+    if args.plot:
+        _plot(args.plot, results)
+    return 130 if interrupted else 0
+
+
+def _print_table(rt, results, kept, strategy, budget, elapsed, db_path) -> None:
+    rows, speedups = [], []
+    for r in results:
+        default = r.default
+        if r.speedup:
+            speedups.append(r.speedup)
+        notes = [r.status] if r.status != "complete" else []
+        for status in ("wrong", "build failed", "launch failed", "pruned"):
+            if r.count(status):
+                notes.append(f"{r.count(status)} {status}")
+        if r.detail:
+            notes.append(r.detail)
+        rows.append([r.case.name, OP_LABELS[r.case.op],
+                     default.candidate.algorithm if default else "-", _ms(r.default_ms),
+                     _ms(r.tuned_ms), f"{r.speedup:.2f}x" if r.speedup else "-",
+                     _chosen(r.chosen),
+                     f"{len(r.trials)}/{sum(s.after_limits for s in r.spaces.values())}",
+                     "; ".join(notes) or "-"])
+    for name, entry in kept.items():
+        default = entry.get("default") or {}
+        tuned = entry["results"].get(entry["algorithm"]) or {}
+        ms, tuned_ms = default.get("ms"), tuned.get("ms")
+        config_text_ = " ".join(f"{k}={v}" for k, v in (tuned.get("config") or {}).items())
+        rows.append([name, OP_LABELS[entry["op"]], default.get("algorithm", "-"), _ms(ms),
+                     _ms(tuned_ms), f"{ms / tuned_ms:.2f}x" if ms and tuned_ms else "-",
+                     f"{entry['algorithm']} {config_text_}", "-", "from database"])
+    print(f"clconv autotune on {rt.info.label}: strategy {strategy}, budget "
+          f"{'none' if budget is None else f'{budget:g} s'}, {elapsed:.0f} s")
+    print(format_table(rows, ["case", "op", "default", "default ms", "tuned ms", "speedup",
+                              "chosen", "tried", "notes"]))
+    print("default ms / tuned ms: medians of the default and the winner timed again, run for "
+          "run alternately, at the end of each case")
+    if speedups:
+        mean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+        print(f"\ngeometric mean speedup over {len(speedups)} tuned case(s): {mean:.2f}x")
+    rejected = [(r.case.name, t) for r in results for t in r.trials
+                if t.status in ("wrong", "build failed", "launch failed")]
+    if rejected:
+        print("\nrejected candidates:")
+        for name, t in rejected:
+            print(f"  {name}: {t.candidate.describe()}: {t.status}: {t.detail}")
+    print(f"\nresults written to {db_path}")

@@ -1,0 +1,793 @@
+"""The autotuner: for one op and shape on one device, find the fastest correct
+(algorithm, configuration) among the search spaces of configs/<family>.yaml.
+
+For each family that computes the op (its ``algorithms`` key) and has a
+launcher registered here, the candidates are the space's configurations that
+pass its constraints and the device limits that need no build.  Each
+candidate is then, in the order the strategy picks:
+
+1. built (a build failure is recorded with the compiler's reason, and skipped);
+2. checked against the limits only the built kernel knows
+   (CL_KERNEL_WORK_GROUP_SIZE, its local memory);
+3. run once on a NaN-poisoned output and checked against the float64
+   reference (clconv.reference, tolerance of clconv.tolerance): a wrong
+   result is rejected and reported, never timed, never chosen.  This run is
+   also the warm-up (it includes any compilation at first launch);
+4. timed: the median of several runs, each measured with profiling events
+   from a marker to the end of the launch's last kernel, all enqueued behind
+   a user event and then released (Session._run_once), so every kernel of a
+   multi-kernel algorithm counts and the host's enqueue time does not.  A
+   candidate whose first timed run is over SLOW_FACTOR times the best so far
+   is recorded as "slow" and not timed further.
+
+At the end of a case, the default and the FINALISTS fastest candidates are
+timed again, run for run alternately (CONFIRM_ROUNDS rounds; time for them is
+kept back from the search): the fastest median is chosen (the default on a
+tie) and these are the reported times.
+
+Strategies: ``exhaustive`` (every candidate), ``random`` (a random order,
+skipping algorithms whose fastest run so far is HOPELESS_FACTOR times the
+best) and ``greedy`` (coordinate descent from the default, one tunable at a
+time, then from each other algorithm's default; with a budget, what time
+remains goes to random candidates).  The first
+candidate is always the shipped default, the baseline of the speedup.  A
+budget is a hard wall-clock bound: before each candidate and each timed run
+the tuner checks that what it is about to do fits in the time left
+(estimated from what it has seen), and the best result so far is kept at
+every moment.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import pyopencl as cl
+
+from clconv import config as config_module
+from clconv import gemm, ops, search_space, tensors, tuning_db
+from clconv.devices import DeviceInfo, Runtime
+from clconv.errors import KernelBuildError
+from clconv.programs import dtype_defines, get_kernel
+from clconv.reference import backprop_input_reference, conv2d_reference
+from clconv.search_space import ConstraintError, SearchSpace, SearchSpaceError
+from clconv.shapes import ConvGeometry
+from clconv.tolerance import compare
+
+STRATEGIES = ("exhaustive", "random", "greedy")
+MAX_RUNS = 5  # timed runs per candidate at most
+MIN_RUNS = 3  # ... and at least, while the budget allows
+RUN_SECONDS = 1.0  # timed runs stop adding up beyond this (never below MIN_RUNS)
+CONFIRM_ROUNDS = 5  # the default and the finalists timed again, alternating, at the end
+FINALISTS = 3  # ... the fastest candidates of the search that are re-timed
+BLAS_SETTLE_S = 0.3  # see Session._prepare
+RECENT = 5  # builds and first launches the time estimates look back on
+GATE_TIMEOUT_S = 2.0  # see Session._run_once
+HOPELESS_FACTOR = 10.0  # see Session.hopeless
+SLOW_FACTOR = 3.0  # a first timed run this many times the best so far: not worth more
+
+
+# --------------------------------------------------------------------------- launchers
+
+Run = Callable[[Runtime, tensors.DeviceTensor, tensors.DeviceTensor, tensors.DeviceTensor,
+                ConvGeometry, dict], cl.Event]
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """How the tuner runs one family for one op: ``run(rt, src, w, out, g, config)``
+    returns the event of the last kernel it enqueued.  ``kernel_geometry`` is the
+    conv the tuned kernel itself computes (what the constraints read); ``resolve``
+    turns values a launch fills in itself ("auto") into concrete ones."""
+
+    run: Run
+    kernel_geometry: Callable[[ConvGeometry], ConvGeometry] = lambda g: g
+    resolve: Optional[Callable[[dict, ConvGeometry, DeviceInfo], dict]] = None
+
+
+# (family, op) -> Launcher.  A new family: its configs/<family>.yaml plus entries here.
+LAUNCHERS: dict[tuple[str, str], Launcher] = {}
+BACKPROP_OPS = ("conv2d_backprop_input", "conv2d_transpose")
+
+
+def register(family: str, op_names: Iterable[str], launcher: Launcher,
+             registry: Optional[dict] = None) -> None:
+    registry = LAUNCHERS if registry is None else registry
+    for op in op_names:
+        registry[(family, op)] = launcher
+
+
+register("conv2d_direct", ["conv2d"], Launcher(ops.run_conv2d_direct))
+register("conv2d_direct", BACKPROP_OPS,
+         Launcher(ops.run_backprop_via_forward, kernel_geometry=ops.via_forward_geometry))
+register("backprop_direct", BACKPROP_OPS, Launcher(ops.run_backprop_direct))
+register(gemm.FAMILY, ["conv2d"],
+         Launcher(gemm.conv2d_gemm, resolve=lambda c, g, info: gemm.tile_for(c, g.out_c, info)))
+register(gemm.FAMILY, BACKPROP_OPS,
+         Launcher(gemm.backprop_gemm, resolve=lambda c, g, info: gemm.tile_for(c, g.in_c, info)))
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class TuneCase:
+    """One op on one shape (NHWC), named for reports."""
+
+    name: str
+    op: str
+    geometry: ConvGeometry
+
+
+@dataclass(frozen=True)
+class Candidate:
+    algorithm: str
+    family: str
+    config: Mapping[str, Any]
+
+    @property
+    def key(self) -> tuple:
+        return (self.algorithm, tuple(sorted(
+            (k, tuple(v) if isinstance(v, list) else v) for k, v in self.config.items())))
+
+    def describe(self) -> str:
+        parts = [f"{k}={'x'.join(map(str, v)) if isinstance(v, list) else v}"
+                 for k, v in self.config.items()]
+        return f"{self.algorithm} {' '.join(parts)}"
+
+
+@dataclass
+class Trial:
+    """What became of one candidate: status is ok, wrong, build failed, launch failed,
+    pruned (a limit of the built kernel), slow (warm-up only) or untimed (budget)."""
+
+    candidate: Candidate
+    status: str
+    ms: Optional[float] = None
+    runs: int = 0
+    detail: str = ""
+    wall: float = 0.0  # seconds of wall time per timed run (median)
+
+
+@dataclass
+class SpaceSize:
+    family: str
+    total: int
+    after_constraints: int
+    after_limits: int
+    by_constraint: dict[str, int]
+    by_limit: dict[str, int]
+
+
+@dataclass
+class CaseResult:
+    case: TuneCase
+    device: DeviceInfo
+    strategy: str
+    spaces: dict[str, SpaceSize] = field(default_factory=dict)  # by algorithm
+    trials: list[Trial] = field(default_factory=list)
+    default: Optional[Trial] = None
+    status: str = "complete"  # complete, budget, interrupted, skipped
+    seconds: float = 0.0
+    detail: str = ""
+
+    # Medians of the final, alternating re-timing (see _confirm), by candidate key.
+    confirmed: dict[tuple, float] = field(default_factory=dict)
+    confirm_runs: int = 0
+
+    @property
+    def best(self) -> Optional[Trial]:
+        """The fastest correct candidate of the search."""
+        timed = [t for t in self.trials if t.status == "ok"]
+        return min(timed, key=lambda t: t.ms) if timed else None
+
+    def _trial_of(self, key: tuple) -> Trial:
+        return next(t for t in self.trials if t.candidate.key == key)
+
+    @property
+    def chosen(self) -> Optional[Trial]:
+        """The fastest of the re-timed finalists (the default among them, which wins
+        ties), else the search's best."""
+        if self.confirmed:
+            fastest = min(self.confirmed.values())
+            default_key = self.default.candidate.key if self.default else None
+            if self.confirmed.get(default_key) == fastest:
+                return self.default
+            return self._trial_of(min(self.confirmed, key=self.confirmed.get))
+        return self.best
+
+    @property
+    def default_ms(self) -> Optional[float]:
+        if self.default is None or self.default.status != "ok":
+            return None
+        return self.confirmed.get(self.default.candidate.key, self.default.ms)
+
+    @property
+    def tuned_ms(self) -> Optional[float]:
+        if self.confirmed:
+            return min(self.confirmed.values())
+        return self.best.ms if self.best is not None else None
+
+    def best_per_algorithm(self) -> dict[str, Trial]:
+        found: dict[str, Trial] = {}
+        for t in self.trials:
+            if t.status == "ok":
+                alg = t.candidate.algorithm
+                if alg not in found or t.ms < found[alg].ms:
+                    found[alg] = t
+        chosen = self.chosen
+        if chosen is not None:
+            found[chosen.candidate.algorithm] = chosen
+        return found
+
+    @property
+    def speedup(self) -> Optional[float]:
+        default_ms, tuned_ms = self.default_ms, self.tuned_ms
+        if default_ms is None or tuned_ms is None or tuned_ms <= 0:
+            return None
+        return default_ms / tuned_ms
+
+    def count(self, *statuses: str) -> int:
+        return sum(t.status in statuses for t in self.trials)
+
+    def to_entry(self) -> Optional[dict[str, Any]]:
+        """The database entry of this result, or None when nothing was timed."""
+        best = self.chosen
+        if best is None:
+            return None
+        g = self.case.geometry
+        results = {alg: {"family": t.candidate.family, "config": dict(t.candidate.config),
+                         "ms": round(t.ms, 4)}
+                   for alg, t in sorted(self.best_per_algorithm().items())}
+        entry = {
+            "case": self.case.name,
+            "op": self.case.op,
+            "device": tuning_db.device_key(self.device),
+            "clconv": config_module.clconv_version(),
+            "source_hash": config_module.op_source_hash(self.case.op),
+            "geometry": tuning_db.geometry_dict(g),
+            "algorithm": best.candidate.algorithm,
+            "results": results,
+            "search": {"strategy": self.strategy, "status": self.status,
+                       "tried": len(self.trials),
+                       "candidates": sum(s.after_limits for s in self.spaces.values()),
+                       "rejected": self.count("wrong"),
+                       "failed": self.count("build failed", "launch failed"),
+                       "seconds": round(self.seconds, 1), "when": tuning_db.now_text()},
+        }
+        results[best.candidate.algorithm]["ms"] = round(self.tuned_ms, 4)
+        if self.default_ms is not None:
+            entry["default"] = {"algorithm": self.default.candidate.algorithm,
+                                "ms": round(self.default_ms, 4)}
+        return entry
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "case": self.case.name, "op": self.case.op, "device": self.device.spec,
+            "strategy": self.strategy, "status": self.status, "seconds": round(self.seconds, 2),
+            "default": _trial_json(self.default), "best": _trial_json(self.best),
+            "chosen": _trial_json(self.chosen),
+            "confirmed": [{**_trial_json(self._trial_of(k)), "retimed_ms": round(ms, 4)}
+                          for k, ms in self.confirmed.items()],
+            "confirm_runs": self.confirm_runs,
+            "default_ms": self.default_ms, "tuned_ms": self.tuned_ms,
+            "speedup": None if self.speedup is None else round(self.speedup, 3),
+            "spaces": {alg: dataclasses.asdict(s) for alg, s in self.spaces.items()},
+            "trials": [_trial_json(t) for t in self.trials],
+            "detail": self.detail,
+        }
+
+
+def _trial_json(trial: Optional[Trial]) -> Optional[dict[str, Any]]:
+    if trial is None:
+        return None
+    return {"algorithm": trial.candidate.algorithm, "family": trial.candidate.family,
+            "config": dict(trial.candidate.config), "status": trial.status,
+            "ms": None if trial.ms is None else round(trial.ms, 4), "runs": trial.runs,
+            "detail": trial.detail}
+
+
+class OutOfTime(Exception):
+    """The budget has no room for the next step."""
+
+
+# --------------------------------------------------------------------------- spaces of a case
+
+
+@dataclass
+class Pool:
+    """The candidates of one algorithm for one case."""
+
+    algorithm: str
+    space: SearchSpace
+    launcher: Launcher
+    candidates: list[Candidate]
+    start: Candidate  # the family's shipped default, resolved
+
+
+def pools_for(case: TuneCase, info: DeviceInfo,
+              spaces: Optional[Mapping[str, SearchSpace]] = None,
+              launchers: Optional[Mapping[tuple[str, str], Launcher]] = None,
+              dtype_size: int = 4) -> tuple[list[Pool], dict[str, SpaceSize]]:
+    """Every algorithm's candidates for ``case`` on ``info``, after the constraints and
+    the device limits that need no build; and the size of each space at each stage."""
+    launchers = LAUNCHERS if launchers is None else launchers
+    pools, sizes = [], {}
+    for algorithm, space in search_space.spaces_for(case.op, spaces):
+        launcher = launchers.get((space.family, case.op))
+        if launcher is None:
+            raise SearchSpaceError(f"{space.origin}: computes {case.op} as {algorithm!r} but no "
+                                   f"launcher is registered for ({space.family!r}, {case.op!r}) "
+                                   "in clconv.tuner.LAUNCHERS")
+        ctx = search_space.context(launcher.kernel_geometry(case.geometry), info, case.op,
+                                   algorithm, dtype_size)
+        try:
+            pruned = space.prune(ctx)
+        except ConstraintError as exc:
+            raise SearchSpaceError(f"{space.origin}: {exc}") from None
+        candidates = [Candidate(algorithm, space.family, c) for c in pruned.candidates]
+        sizes[algorithm] = SpaceSize(space.family, pruned.total, pruned.after_constraints,
+                                     pruned.after_limits, pruned.by_constraint, pruned.by_limit)
+        start = _resolved(Candidate(algorithm, space.family,
+                                    _family_default(space, info)), launcher, case, info)
+        pools.append(Pool(algorithm, space, launcher, candidates, start))
+    return pools, sizes
+
+
+def _family_default(space: SearchSpace, info: DeviceInfo) -> dict[str, Any]:
+    """The shipped configuration of the family, or the space's own defaults for a
+    family clconv does not ship (a test's, or one being written)."""
+    try:
+        config = config_module.shipped_config(space.family, info)
+    except KeyError:
+        return space.default_config()
+    return config if set(config) == set(space.names) else space.default_config()
+
+
+def _resolved(candidate: Candidate, launcher: Launcher, case: TuneCase,
+              info: DeviceInfo) -> Candidate:
+    if launcher.resolve is None:
+        return candidate
+    config = launcher.resolve(dict(candidate.config), case.geometry, info)
+    return dataclasses.replace(candidate, config=config)
+
+
+def default_candidate(case: TuneCase, info: DeviceInfo, pools: Sequence[Pool]) -> Candidate:
+    """What the op runs untuned: the shipped algorithm (or the first one tunable here)
+    with its family's shipped configuration."""
+    algorithm = config_module.shipped_algorithm(case.op, info)
+    for pool in pools:
+        if pool.algorithm == algorithm:
+            return pool.start
+    return pools[0].start
+
+
+# --------------------------------------------------------------------------- one case
+
+
+_recent_builds: dict[str, collections.deque] = {}
+
+
+class Session:
+    """Evaluates candidates of one case within a deadline; keeps every trial."""
+
+    def __init__(self, rt: Runtime, case: TuneCase, pools: Sequence[Pool], result: CaseResult,
+                 deadline: float, max_runs: int, progress: Any, seed: int = 0) -> None:
+        self.rt, self.case, self.result = rt, case, result
+        self.pools = {p.algorithm: p for p in pools}
+        self.deadline = deadline
+        self.max_runs = max(1, max_runs)
+        self.progress = progress
+        self.trials: dict[tuple, Trial] = {}
+        self.built: set[tuple] = set()
+        # Recent builds on this device (over all cases: they do not depend on the shape)
+        # and first launches in this case (which include compiling for the work-group
+        # size): the longest of them is what the next candidate is expected to need.
+        self.builds = _recent_builds.setdefault(rt.info.spec, collections.deque(maxlen=RECENT))
+        self.firsts: collections.deque = collections.deque(maxlen=RECENT)
+        self.first_by_algorithm: dict[str, float] = {}  # longest first launch in this case
+        self.dtype = np.dtype(np.float32)
+        self._prepare(seed)
+
+    # -- data and reference
+    def _prepare(self, seed: int) -> None:
+        g, rt = self.case.geometry, self.rt
+        rng = np.random.default_rng(seed)
+        src_shape = g.x_shape() if self.case.op == "conv2d" else g.y_shape()
+        w_shape = (g.k_h, g.k_w, g.in_c // g.groups, g.out_c)
+        src = rng.uniform(-1, 1, size=src_shape).astype(self.dtype)
+        w = rng.uniform(-1, 1, size=w_shape).astype(self.dtype)
+        if self.case.op == "conv2d":
+            self.expected = conv2d_reference(src, w, g)
+            self.reduction = g.k_h * g.k_w * (g.in_c // g.groups)
+            out_shape = g.y_shape()
+        else:
+            self.expected = backprop_input_reference(src, w, g)
+            self.reduction = g.k_h * g.k_w * g.out_c
+            out_shape = g.x_shape()
+        # BLAS worker threads spin for a while after the reference's matmuls; on a CPU
+        # device they would steal cores from the first timings.
+        time.sleep(max(0.0, min(BLAS_SETTLE_S, self.time_left())))
+        self.src = tensors.to_device(src, self.dtype, rt.queue, rt.info, "input", False)
+        self.w = tensors.to_device(w, self.dtype, rt.queue, rt.info, "filters", False)
+        self.out = tensors.empty_output(out_shape, self.dtype, rt.queue, rt.info, zero=False)
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def ms(self, candidate: Candidate) -> Optional[float]:
+        trial = self.trials.get(candidate.key)
+        return trial.ms if trial is not None and trial.status == "ok" else None
+
+    def best(self) -> Optional[Trial]:
+        return self.result.best
+
+    # -- one candidate
+    def evaluate(self, candidate: Candidate) -> Optional[float]:
+        """Time ``candidate`` (once: later calls return the same answer); None unless it
+        is correct and timed.  OutOfTime when the budget has no room for it."""
+        if candidate.key in self.trials:
+            return self.ms(candidate)
+        if self.time_left() <= self._expected_seconds(candidate):
+            best = self.best()
+            if best is None or candidate.algorithm == best.candidate.algorithm or \
+                    self.time_left() <= self._expected_seconds(
+                        dataclasses.replace(best.candidate, config={})):
+                raise OutOfTime()
+            return None  # a slower algorithm's candidate does not fit; others may
+        trial = self._trial(candidate)
+        self.trials[candidate.key] = trial
+        self.result.trials.append(trial)
+        if self.progress is not None:
+            self.progress.update(1)
+            best = self.best()
+            if best is not None:
+                self.progress.set_postfix_str(f"best {best.ms:.3g} ms", refresh=False)
+        if trial.status == "untimed":
+            raise OutOfTime()
+        return trial.ms if trial.status == "ok" else None
+
+    def _expected_seconds(self, candidate: Candidate) -> float:
+        """What evaluating ``candidate`` should take at least: a build (unless its
+        program exists), a first launch and a timed run.  An algorithm not run yet in
+        this case is assumed as fast per multiply-add as the slowest one that has,
+        scaled by the multiply-adds its kernels do (via_forward's stride-1 conv over
+        the dilated input does s_h*s_w times those of the others)."""
+        best = self.best()
+        first = self.first_by_algorithm.get(candidate.algorithm)
+        run = max([best.ms if best else 0.0] + [
+            t.ms for t in self.result.trials
+            if t.ms is not None and t.candidate.algorithm == candidate.algorithm]) / 1e3
+        if first is None:
+            first = max(self.firsts, default=0.0)
+            if self.first_by_algorithm:
+                scale = max(1.0, self._work(candidate.algorithm) / min(
+                    self._work(a) for a in self.first_by_algorithm))
+                first, run = first * scale, run * scale
+        needs_build = self._program_key(candidate) not in self.built
+        return (max(self.builds, default=0.0) if needs_build else 0.0) + first + run
+
+    def hopeless(self, algorithm: str) -> bool:
+        """True when even the fastest run of ``algorithm`` so far is HOPELESS_FACTOR
+        times slower than the best: no configuration of it is likely to win, and its
+        runs are the long ones that eat a budget."""
+        best = self.best()
+        seen = [t.ms for t in self.result.trials
+                if t.ms is not None and t.candidate.algorithm == algorithm]
+        return bool(best and seen and min(seen) > HOPELESS_FACTOR * best.ms)
+
+    def _work(self, algorithm: str) -> int:
+        geometry = self.pools[algorithm].launcher.kernel_geometry(self.case.geometry)
+        return max(1, geometry.macs())
+
+    def _program_key(self, candidate: Candidate) -> tuple:
+        return (candidate.family,) + candidate.key[1:]
+
+    def _trial(self, candidate: Candidate) -> Trial:
+        pool = self.pools[candidate.algorithm]
+        space, launcher = pool.space, pool.launcher
+        config = dict(candidate.config)
+        defines, _ = config_module.split_config(config)
+        defines.update(dtype_defines(self.dtype))
+
+        started = time.monotonic()
+        try:
+            kernel = get_kernel(self.rt.context, space.kernel[0], space.kernel[1], defines)
+        except KernelBuildError as exc:
+            return Trial(candidate, "build failed", detail=_first_lines(str(exc)))
+        finally:
+            if self._program_key(candidate) not in self.built:
+                self.built.add(self._program_key(candidate))
+                self.builds.append(time.monotonic() - started)
+
+        limits = space.after_build_limits
+        if limits:
+            try:
+                device = self.rt.device
+                info = cl.kernel_work_group_info
+                kernel_values = {
+                    "kernel_work_group_size": kernel.get_work_group_info(
+                        info.WORK_GROUP_SIZE, device),
+                    "kernel_local_mem_size": kernel.get_work_group_info(
+                        info.LOCAL_MEM_SIZE, device),
+                    "kernel_preferred_work_group_size_multiple": kernel.get_work_group_info(
+                        info.PREFERRED_WORK_GROUP_SIZE_MULTIPLE, device),
+                }
+                ctx = search_space.context(
+                    launcher.kernel_geometry(self.case.geometry), self.rt.info, self.case.op,
+                    candidate.algorithm, self.dtype.itemsize, kernel_values)
+                rule = space.violated(config, ctx, limits)
+            except ConstraintError:
+                rule = None  # e.g. an "auto" default: the launch itself is the judge
+            if rule is not None:
+                return Trial(candidate, "pruned", detail=f"{rule.name}: {rule.reason}")
+
+        launch = self._launch(candidate)
+        # Check before timing: NaN in the output shows any element the kernel skips.
+        try:
+            self.out.array.fill(np.nan)
+            self.rt.queue.finish()
+            _, first_wall = self._run_once(launch)
+            got = self.out.array.get()
+        except (cl.Error, cl.RuntimeError, RuntimeError, ValueError) as exc:
+            self.rt.queue.finish()
+            return Trial(candidate, "launch failed", detail=_first_lines(str(exc)))
+        self.firsts.append(first_wall)
+        self.first_by_algorithm[candidate.algorithm] = max(
+            first_wall, self.first_by_algorithm.get(candidate.algorithm, 0.0))
+        check = compare(got, self.expected, self.dtype, self.reduction)
+        if not check.ok:
+            return Trial(candidate, "wrong", detail=check.describe())
+        runs = min(self.max_runs, max(MIN_RUNS, int(RUN_SECONDS / max(first_wall, 1e-6))))
+        best = self.best()
+        times: list[float] = []
+        walls: list[float] = []
+        wall = first_wall
+        for _ in range(runs):
+            if self.time_left() <= wall:
+                break
+            ms, wall = self._run_once(launch)
+            times.append(ms)
+            walls.append(wall)
+            # The warm-up includes compilation (PoCL compiles per work-group size at the
+            # first launch), so only a timed run can show a candidate is hopeless.
+            if best is not None and ms > SLOW_FACTOR * best.ms:
+                return Trial(candidate, "slow", ms=ms, runs=1,
+                             detail=f"first timed run {ms:.3g} ms > {SLOW_FACTOR:g} x best")
+        if not times:
+            return Trial(candidate, "untimed", detail="the budget ran out after the check")
+        return Trial(candidate, "ok", ms=statistics.median(times), runs=len(times),
+                     wall=statistics.median(walls))
+
+    def _launch(self, candidate: Candidate) -> Callable[[], cl.Event]:
+        launcher = self.pools[candidate.algorithm].launcher
+        config = dict(candidate.config)
+        return lambda: launcher.run(self.rt, self.src, self.w, self.out, self.case.geometry,
+                                    dict(config))
+
+    def time_once(self, candidate: Candidate) -> tuple[float, float]:
+        """One more timed run of an evaluated candidate: (ms, wall seconds)."""
+        return self._run_once(self._launch(candidate))
+
+    def _run_once(self, launch: Callable[[], cl.Event]) -> tuple[float, float]:
+        """(milliseconds on the device's clock, seconds of wall time) of one launch.
+
+        The launch enqueues its kernels behind a marker held by a user event, then the
+        event is released: the kernels run back to back, and marker end -> last kernel
+        end measures the device's work without the host's enqueue time, which on a
+        busy CPU device is noise.  A launch that blocks on its queue would wait for
+        the gate forever: a watchdog releases it after GATE_TIMEOUT_S."""
+        started = time.monotonic()
+        gate = cl.UserEvent(self.rt.context)
+        marker = cl.enqueue_marker(self.rt.queue, wait_for=[gate])
+        opened = threading.Lock()
+
+        def release() -> None:
+            with opened:
+                if gate.command_execution_status != cl.command_execution_status.COMPLETE:
+                    gate.set_status(cl.command_execution_status.COMPLETE)
+
+        watchdog = threading.Timer(GATE_TIMEOUT_S, release)
+        watchdog.start()
+        try:
+            event = launch()
+        finally:
+            watchdog.cancel()
+            release()
+        event.wait()
+        wall = time.monotonic() - started
+        try:
+            ms = (event.profile.end - marker.profile.end) * 1e-6
+        except cl.Error:  # a queue without profiling: wall time it is
+            ms = wall * 1e3
+        return ms, wall
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[:count])
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def _exhaustive(session: Session, pools: Sequence[Pool], rng: random.Random) -> None:
+    for pool in pools:
+        for candidate in pool.candidates:
+            session.evaluate(candidate)
+
+
+def _random(session: Session, pools: Sequence[Pool], rng: random.Random) -> None:
+    """A random order, leaving out algorithms that have shown themselves hopeless."""
+    everything = [c for pool in pools for c in pool.candidates]
+    rng.shuffle(everything)
+    for candidate in everything:
+        if not session.hopeless(candidate.algorithm):
+            session.evaluate(candidate)
+
+
+def _neighbours(current: Candidate, pool: Pool, name: str) -> list[Candidate]:
+    """Candidates of ``pool`` that differ from ``current`` in tunable ``name`` only."""
+    rest = {k: v for k, v in current.config.items() if k != name}
+    return [c for c in pool.candidates
+            if c.key != current.key and {k: v for k, v in c.config.items() if k != name} == rest]
+
+
+def _descend(session: Session, pool: Pool, start: Candidate) -> None:
+    """Coordinate descent: try every value of one tunable at a time, move to the
+    fastest, until a whole pass over the tunables finds nothing faster."""
+    current = start
+    improved = True
+    while improved:
+        improved = False
+        for tunable in pool.space.tunables:
+            neighbours = _neighbours(current, pool, tunable.name)
+            for candidate in neighbours:
+                session.evaluate(candidate)
+            timed = [c for c in [current] + neighbours if session.ms(c) is not None]
+            if not timed:
+                continue
+            best = min(timed, key=session.ms)
+            if best.key != current.key and (session.ms(current) is None
+                                            or session.ms(best) < session.ms(current)):
+                current, improved = best, True
+
+
+def _greedy(session: Session, pools: Sequence[Pool], rng: random.Random) -> None:
+    """Coordinate descent from the default (in its algorithm's space), then from each
+    other algorithm's default that is not far slower than the best so far; then, with
+    a budget, random candidates until it runs out."""
+    default = session.result.default.candidate
+    ordered = sorted(pools, key=lambda p: p.algorithm != default.algorithm)
+    for pool in ordered:
+        start = default if pool.algorithm == default.algorithm else pool.start
+        if start.key not in {c.key for c in pool.candidates}:
+            # The default is outside the space (e.g. a value the file does not list):
+            # start from the space's member that agrees with it on the most tunables.
+            if not pool.candidates:
+                continue
+            start = max(pool.candidates, key=lambda c: sum(
+                c.config.get(k) == v for k, v in start.config.items()))
+        ms, best = session.evaluate(start), session.best()
+        if ms is None or (best is not None and ms > SLOW_FACTOR * best.ms):
+            continue
+        _descend(session, pool, start)
+    if math.isfinite(session.deadline):
+        _random(session, pools, rng)
+
+
+_STRATEGY = {"exhaustive": _exhaustive, "random": _random, "greedy": _greedy}
+
+
+def _confirm(session: Session, result: CaseResult, deadline: float) -> None:
+    """Time the default and the FINALISTS fastest candidates of the search again,
+    alternating run for run, so that all see the same machine: the minimum over
+    many noisy candidates is biased low, and a shared machine drifts.  The
+    fastest median wins and these are the numbers reported."""
+    default = result.default
+    if default is None or default.status != "ok":
+        return
+    timed = sorted((t for t in result.trials if t.status == "ok"), key=lambda t: t.ms)
+    finalists = [default] + [t for t in timed if t.candidate.key != default.candidate.key]
+    finalists = finalists[:FINALISTS + 1]
+    if len(finalists) < 2:
+        return
+    times: dict[tuple, list[float]] = {t.candidate.key: [] for t in finalists}
+    for _ in range(CONFIRM_ROUNDS):
+        if time.monotonic() + 1.5 * sum(t.wall for t in finalists) >= deadline:
+            break
+        for trial in finalists:
+            times[trial.candidate.key].append(session.time_once(trial.candidate)[0])
+        result.confirm_runs += 1
+    if result.confirm_runs:
+        result.confirmed = {key: statistics.median(ms) for key, ms in times.items()}
+
+
+def tune_case(rt: Runtime, case: TuneCase, *, strategy: str = "exhaustive",
+              deadline: float = math.inf, max_runs: int = MAX_RUNS, seed: int = 0,
+              progress: bool = False,
+              spaces: Optional[Mapping[str, SearchSpace]] = None,
+              launchers: Optional[Mapping[tuple[str, str], Launcher]] = None) -> CaseResult:
+    """Tune ``case`` on ``rt``'s device until the strategy is done or ``deadline``
+    (time.monotonic()) comes.  KeyboardInterrupt ends it with status "interrupted"."""
+    if strategy not in _STRATEGY:
+        raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    started = time.monotonic()
+    result = CaseResult(case, rt.info, strategy)
+    pools, result.spaces = pools_for(case, rt.info, spaces, launchers)
+    if not pools:
+        result.status, result.detail = "skipped", f"no tunable algorithm computes {case.op}"
+        return result
+    total = sum(len(p.candidates) for p in pools)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total + 1, desc=case.name, unit="cfg", leave=False, file=sys.stderr,
+                   dynamic_ncols=True)
+    session = None
+    try:
+        if time.monotonic() >= deadline:
+            raise OutOfTime()
+        session = Session(rt, case, pools, result, deadline, max_runs, bar, seed)
+        default = default_candidate(case, rt.info, pools)
+        session.evaluate(default)
+        result.default = session.trials[default.key]
+        # Keep time to confirm the finalists against the default at the end.
+        session.deadline = deadline - CONFIRM_ROUNDS * (FINALISTS + 1) * 1.5 * result.default.wall
+        _STRATEGY[strategy](session, pools, random.Random(seed))
+    except OutOfTime:
+        result.status = "budget" if result.trials else "skipped"
+        if not result.trials:
+            result.detail = "the budget ran out before the default was timed"
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+    try:
+        if session is not None and result.status != "interrupted" and result.default:
+            _confirm(session, result, deadline)
+    except KeyboardInterrupt:
+        result.status = "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+        rt.queue.finish()
+        result.seconds = time.monotonic() - started
+    return result
+
+
+def tune_all(rt: Runtime, cases: Sequence[TuneCase], *, strategy: str = "exhaustive",
+             budget: Optional[float] = None, max_runs: int = MAX_RUNS, seed: int = 0,
+             progress: bool = False, on_result: Optional[Callable[[CaseResult], None]] = None,
+             spaces: Optional[Mapping[str, SearchSpace]] = None,
+             launchers: Optional[Mapping[tuple[str, str], Launcher]] = None
+             ) -> list[CaseResult]:
+    """Tune every case, cheapest first so that time a small case leaves over goes to
+    the larger ones: each case gets an equal share of the budget that remains.
+    ``on_result`` sees each result as soon as it is ready (the command writes the
+    database there).  Results come back in the order of ``cases``; after a
+    KeyboardInterrupt, only those done so far, the last one "interrupted"."""
+    end = math.inf if budget is None else time.monotonic() + budget
+    order = sorted(range(len(cases)), key=lambda i: cases[i].geometry.macs())
+    results: dict[int, CaseResult] = {}
+    for position, index in enumerate(order):
+        left = len(order) - position
+        deadline = (math.inf if budget is None
+                    else time.monotonic() + (end - time.monotonic()) / left)
+        result = tune_case(rt, cases[index], strategy=strategy, deadline=deadline,
+                           max_runs=max_runs, seed=seed, progress=progress, spaces=spaces,
+                           launchers=launchers)
+        results[index] = result
+        if on_result is not None:
+            on_result(result)
+        if result.status == "interrupted":
+            break
+    return [results[i] for i in sorted(results)]

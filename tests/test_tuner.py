@@ -1,0 +1,339 @@
+"""The autotuner: search-space files, pruning by device limits, check-before-time,
+the budget, resuming, concurrent tuners and the ops using what it found.
+
+Timing runs on the PoCL devices only (never on a simulator) with tiny shapes and
+budgets of a few seconds."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyopencl as cl
+import pytest
+from conftest import DEVICES, is_simulator
+from helpers import assert_close, conv2d_reference, random_array
+
+import clconv
+from clconv import config, search_space, tuner, tuning_db
+from clconv.cli import main
+from clconv.devices import Runtime, runtime
+from clconv.search_space import SearchSpaceError, load_space
+from clconv.shapes import conv2d_geometry, parse_attrs
+
+TIMING_DEVICES = [d for d in DEVICES if not is_simulator(d)]
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    path = tmp_path / "tuning.yaml"
+    monkeypatch.setenv(tuning_db.ENV_DB, str(path))
+    config.invalidate()
+    yield path
+    config.invalidate()
+
+
+@pytest.fixture
+def rt(device):
+    if is_simulator(device):
+        pytest.skip(f"no timing on the simulator {device.name}")
+    return runtime(device.spec)
+
+
+@pytest.fixture
+def one_rt():
+    """One timing device for the slower tests."""
+    if not TIMING_DEVICES:
+        pytest.skip("no non-simulator OpenCL device")
+    return runtime(TIMING_DEVICES[-1].spec)
+
+
+def small_conv2d(name="small", h=6, c_in=4, c_out=8):
+    g = conv2d_geometry((1, h, h, c_in), (3, 3, c_in, c_out), parse_attrs(1, "SAME", "NHWC", None))
+    return tuner.TuneCase(name, "conv2d", g)
+
+
+def space_text(family, values="[2, 4]", local="[null, [1, 8]]", extra_limits=""):
+    return f"""
+family: {family}
+kernel: {{source: conv2d_direct.cl, name: conv2d_direct}}
+algorithms: {{conv2d: {family}}}
+tunables:
+  CO_BLOCK: {{values: {values}, default: {values.strip('[]').split(',')[0]!s}, doc: channels}}
+  LOCAL_SIZE: {{values: {local}, default: null, doc: work-group}}
+device_limits:
+  - name: max_work_group_size
+    expr: LOCAL_SIZE is None or prod(LOCAL_SIZE) <= max_work_group_size
+    reason: the device's limit
+  - name: max_work_item_sizes
+    expr: LOCAL_SIZE is None or (LOCAL_SIZE[0] <= max_work_item_sizes[0]
+      and LOCAL_SIZE[1] <= max_work_item_sizes[1])
+    reason: the device's limit per dimension
+{extra_limits}
+"""
+
+
+# --------------------------------------------------------------------------- search spaces
+
+
+def test_shipped_spaces_load_and_every_algorithm_has_a_launcher():
+    spaces = search_space.shipped_spaces()
+    assert {"conv2d_direct", "backprop_direct"} <= set(spaces)
+    for space in spaces.values():
+        assert space.default_config() in list(space.configs())
+        for op in space.algorithms:
+            assert (space.family, op) in tuner.LAUNCHERS, (space.family, op)
+    backprop = {alg for alg, _ in search_space.spaces_for("conv2d_transpose")}
+    assert {"direct", "via_forward"} <= backprop
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ("family: x\n", "kernel", "a mapping {source"),
+    (space_text("bad_values", values="[]"), "tunables.CO_BLOCK.values",
+     "a non-empty list"),
+    (space_text("bad_default").replace("default: 2", "default: 3"),
+     "tunables.CO_BLOCK.default", "one of the candidate values"),
+    (space_text("bad_local", local="[null, [0, 8]]"), "tunables.LOCAL_SIZE.values[1]",
+     "positive integers"),
+    (space_text("bad_expr", extra_limits="  - {name: evil, expr: \"__import__('os')\", "
+                                          "reason: test}"),
+     "device_limits[2].expr", "only the functions"),
+    (space_text("bad_attr", extra_limits="  - {name: attr, expr: \"LOCAL_SIZE.count\", "
+                                          "reason: test}"),
+     "device_limits[2].expr", "Attribute is not allowed"),
+    (space_text("bad_name", extra_limits="  - {name: typo, expr: \"max_wg <= 1\", reason: test}"),
+     "device_limits[2].expr", "unknown: max_wg"),
+    (space_text("no_reason", extra_limits="  - {name: r, expr: \"1 < 2\"}"),
+     "device_limits[2]", "exactly name, expr and reason"),
+    ("family: x\nkernel: {source: a.cl, name: a}\nalgorithms: {conv2d: a}\ntunables: [1]\n",
+     "tunables", "a mapping NAME"),
+    ("family: [x\n", "", "not valid YAML at line"),
+])
+def test_malformed_space_file_names_file_key_and_expectation(text, key, expected):
+    with pytest.raises(SearchSpaceError) as info:
+        load_space(text, "configs/test.yaml")
+    message = str(info.value)
+    assert message.startswith("configs/test.yaml: "), message
+    assert key in message and expected in message, message
+
+
+def test_constraints_cannot_read_device_values():
+    text = space_text("leaky").replace("device_limits:", "constraints:\n  - {name: wg, expr: "
+                                       "\"max_work_group_size > 1\", reason: r}\ndevice_limits:")
+    with pytest.raises(SearchSpaceError, match=r"constraints\[0\].expr.*unknown: "
+                                               r"max_work_group_size"):
+        load_space(text, "configs/test.yaml")
+
+
+def test_pruning_by_device_limits_before_building():
+    small = dataclasses.replace(TIMING_DEVICES[0] if TIMING_DEVICES else DEVICES[0],
+                                max_work_group_size=16, max_work_item_sizes=(4, 16, 1))
+    case = small_conv2d(c_out=64)
+    pools, sizes = tuner.pools_for(case, small)
+    for pool in pools:
+        size = sizes[pool.algorithm]
+        assert size.after_limits < size.after_constraints <= size.total
+        assert set(size.by_limit) <= {"max_work_group_size", "max_work_item_sizes"}
+        for candidate in pool.candidates:
+            local = candidate.config["LOCAL_SIZE"]
+            if local is not None:
+                assert np.prod(local) <= 16 and local[0] <= 4 and local[1] <= 16, candidate
+
+
+def test_limits_of_the_built_kernel_prune_after_building(rt):
+    # A limit that reads CL_KERNEL_WORK_GROUP_SIZE (here a test-only, much tighter one)
+    # can only be checked once the kernel is built: such candidates end as "pruned".
+    limit = ("  - name: quarter_of_kernel_limit\n"
+             "    expr: LOCAL_SIZE is None or prod(LOCAL_SIZE) * 4 <= "
+             "kernel_work_group_size // 64\n"
+             "    reason: test-only limit read from the built kernel\n")
+    space = load_space(space_text("test_built_limit", local="[null, [1, 8], [4, 64]]",
+                                  extra_limits=limit), "test_built_limit.yaml")
+    launchers = {("test_built_limit", "conv2d"): tuner.Launcher(clconv.ops.run_conv2d_direct)}
+    result = tuner.tune_case(rt, small_conv2d(), spaces={space.family: space},
+                             launchers=launchers)
+    by_local = {str(t.candidate.config["LOCAL_SIZE"]): t.status for t in result.trials}
+    assert by_local["[4, 64]"] == "pruned"
+    assert result.best is not None and result.best.candidate.config["LOCAL_SIZE"] != [4, 64]
+
+
+def test_tuning_under_small_device_limits_never_launches_beyond_them(one_rt):
+    rt = one_rt
+    info = dataclasses.replace(rt.info, max_work_group_size=8, max_work_item_sizes=(2, 8, 1))
+    small = Runtime(rt.device, info, rt.context, rt.queue)
+    space = search_space.shipped_spaces()["conv2d_direct"]
+    launchers = {("conv2d_direct", "conv2d"): tuner.LAUNCHERS[("conv2d_direct", "conv2d")]}
+    result = tuner.tune_case(small, small_conv2d(), strategy="random",
+                             deadline=time.monotonic() + 2, spaces={space.family: space},
+                             launchers=launchers)
+    assert result.spaces["direct"].by_limit
+    assert result.trials
+    for trial in result.trials:
+        local = trial.candidate.config["LOCAL_SIZE"]
+        assert local is None or (np.prod(local) <= 8 and local[0] <= 2), trial
+
+
+# --------------------------------------------------------------------------- check before time
+
+
+def _corrupting(mode):
+    """Test-only launchers whose answer is wrong: "zeros" writes zeros and runs no
+    kernel at all (faster than any correct candidate), "nudge" runs the real kernel
+    and then shifts one element by 0.05."""
+    run = clconv.ops.run_conv2d_direct
+
+    def launch(rt, x, w, y, g, config):
+        if mode == "zeros":
+            y.array.fill(0)
+        else:
+            run(rt, x, w, y, g, config)
+            flat = y.array.reshape(-1)
+            middle = flat[flat.size // 2:flat.size // 2 + 1]
+            middle += np.float32(0.05)
+        return cl.enqueue_marker(rt.queue)
+    return launch
+
+
+def test_wrong_candidates_are_rejected_and_never_chosen(rt):
+    good = load_space(space_text("test_good", values="[2, 4, 8]"), "test_good.yaml")
+    zeros = load_space(space_text("test_zeros", values="[4]"), "test_zeros.yaml")
+    nudge = load_space(space_text("test_nudge", values="[4]"), "test_nudge.yaml")
+    broken = load_space(space_text("test_broken", values="['4 +', 2]"), "test_broken.yaml")
+    spaces = {s.family: s for s in (good, zeros, nudge, broken)}
+    plain = tuner.Launcher(clconv.ops.run_conv2d_direct)
+    launchers = {("test_good", "conv2d"): plain, ("test_broken", "conv2d"): plain,
+                 ("test_zeros", "conv2d"): tuner.Launcher(_corrupting("zeros")),
+                 ("test_nudge", "conv2d"): tuner.Launcher(_corrupting("nudge"))}
+    result = tuner.tune_case(rt, small_conv2d(), strategy="exhaustive", spaces=spaces,
+                             launchers=launchers)
+    assert result.status == "complete"
+    statuses = {(t.candidate.family, str(t.candidate.config["CO_BLOCK"])): t.status
+                for t in result.trials}
+    for family in ("test_zeros", "test_nudge"):
+        assert {statuses[(family, "4")]} == {"wrong"}, statuses
+    assert statuses[("test_broken", "4 +")] == "build failed"
+    failed = next(t for t in result.trials if t.status == "build failed")
+    assert "-DCO_BLOCK=4 +" in failed.detail or "CO_BLOCK" in failed.detail
+    wrong = [t for t in result.trials if t.status == "wrong"]
+    assert all("outside tolerance" in t.detail for t in wrong)
+    assert result.best.candidate.family in ("test_good", "test_broken")
+    assert result.chosen.candidate.family in ("test_good", "test_broken")
+    entry = result.to_entry()
+    assert set(entry["results"]) <= {"test_good", "test_broken"}
+    assert entry["search"]["rejected"] == len(wrong) >= 2
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def test_budget_is_a_hard_bound(one_rt):
+    budget = 3.0
+    cases = [small_conv2d("a"), small_conv2d("b", h=8, c_out=16)]
+    started = time.monotonic()
+    results = tuner.tune_all(one_rt, cases, strategy="random", budget=budget)
+    elapsed = time.monotonic() - started
+    assert elapsed <= budget * 1.05, f"{elapsed:.2f} s for a {budget} s budget"
+    assert {r.status for r in results} == {"budget"}
+    assert all(r.best is not None for r in results), "the best so far is kept"
+    assert all(r.best.ms <= r.default.ms for r in results if r.default.status == "ok")
+
+
+# --------------------------------------------------------------------------- the ops use it
+
+
+def test_ops_run_the_tuned_configuration(one_rt, db, monkeypatch):
+    case = small_conv2d("ops", h=5, c_in=3, c_out=6)
+    result = tuner.tune_case(one_rt, case, strategy="greedy", deadline=time.monotonic() + 3)
+    tuning_db.record([result.to_entry()], db)
+    best = result.chosen.candidate
+    info = one_rt.info
+    assert config.choose_algorithm("conv2d", info, case.geometry) == best.algorithm
+    assert config.explain_config(best.family, info, "conv2d", case.geometry).source == "exact"
+
+    launched = []
+    real_get_kernel = clconv.ops.get_kernel
+    lookups = []
+    real_entries = tuning_db.entries
+    monkeypatch.setattr(tuning_db, "entries", lambda p=None: lookups.append(p) or real_entries(p))
+    monkeypatch.setattr(clconv.ops, "get_kernel",
+                        lambda ctx, src, name, defines: launched.append(dict(defines))
+                        or real_get_kernel(ctx, src, name, defines))
+    config.invalidate()
+    x, w = random_array((1, 5, 5, 3)), random_array((3, 3, 3, 6), seed=1)
+    for _ in range(3):
+        y = clconv.conv2d(x, w, 1, "SAME", device=info.spec)
+    assert_close(y, conv2d_reference(x, w, case.geometry), np.float32, 27)
+    assert len(lookups) <= 2, "one database look-up per shape (config + algorithm), not per call"
+    if best.algorithm == "direct":
+        assert launched and all(d["CO_BLOCK"] == best.config["CO_BLOCK"] for d in launched)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+SUITE = """
+cases:
+  - {name: a, op: conv2d, input: [1, 5, 5, 4], filter: [3, 3, 4, 4], strides: 1, padding: SAME}
+  - {name: b, op: conv2d_transpose, input: [1, 3, 3, 4], filter: [3, 3, 2, 4],
+     output: [1, 6, 6, 2], strides: 2, padding: SAME}
+  - {name: c, op: conv2d, input: [1, 4, 4, 2], filter: [1, 1, 2, 4], strides: 1, padding: VALID}
+"""
+
+
+def test_dry_run_prints_space_sizes(one_rt, db, capsys):
+    assert main(["autotune", "--dry-run", "--device", one_rt.info.spec, "--op", "conv2d",
+                 "--input", "1,6,6,4", "--filter", "3,3,4,8"]) == 0
+    out = capsys.readouterr().out
+    assert "constraints" in out and "device limits" in out and "conv2d_direct" in out
+    assert not db.exists()
+
+
+def test_interrupted_run_resumes(one_rt, db, tmp_path, monkeypatch, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(SUITE)
+    argv = ["autotune", str(suite), "--device", one_rt.info.spec, "--budget", "6",
+            "--strategy", "random"]
+    real = tuner.Session.evaluate
+
+    def interrupt_in_b(self, candidate):
+        if self.case.name == "b" and len(self.trials) >= 2:
+            raise KeyboardInterrupt
+        return real(self, candidate)
+
+    monkeypatch.setattr(tuner.Session, "evaluate", interrupt_in_b)
+    assert main(argv) == 130
+    statuses = {e["case"]: e["search"]["status"] for e in tuning_db.entries(db)}
+    assert statuses.get("b") == "interrupted"
+    finished_first = set(statuses) - {"b"}  # cases are tuned cheapest first
+
+    monkeypatch.setattr(tuner.Session, "evaluate", real)
+    tuned = []
+    real_tune_case = tuner.tune_case
+    monkeypatch.setattr(tuner, "tune_case",
+                        lambda rt, case, **kw: tuned.append(case.name) or
+                        real_tune_case(rt, case, **kw))
+    assert main(argv) == 0
+    assert set(tuned) == {"a", "b", "c"} - finished_first
+    assert "b" in tuned
+    entries = {e["case"]: e for e in tuning_db.entries(db)}
+    assert set(entries) == {"a", "b", "c"}
+    assert entries["b"]["search"]["status"] != "interrupted"
+    assert "from database" in capsys.readouterr().out
+
+
+def test_two_tuners_at_once_keep_both_results(one_rt, db, tmp_path):
+    env = dict(os.environ, **{tuning_db.ENV_DB: str(db)})
+    common = ["--device", one_rt.info.spec, "--budget", "4", "--strategy", "random", "--json"]
+    cases = [["--op", "conv2d", "--input", "1,5,5,4", "--filter", "3,3,4,4", "--name", "p"],
+             ["--op", "conv2d", "--input", "1,4,4,8", "--filter", "1,1,8,4", "--name", "q"]]
+    procs = [subprocess.Popen([sys.executable, "-m", "clconv.cli", "autotune", *case, *common],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for case in cases]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    assert sorted(e["case"] for e in tuning_db.entries(db)) == ["p", "q"]
