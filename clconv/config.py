@@ -230,7 +230,7 @@ def _database(op: str, info: DeviceInfo, geometry: Any, db: Any, usable) -> Opti
     return Choice(entry, level, entry) if entry is not None else None
 
 
-def _tuned_config(entry: Mapping[str, Any], family: str) -> Optional[dict[str, Any]]:
+def tuned_config(entry: Mapping[str, Any], family: str) -> Optional[dict[str, Any]]:
     space = search_space.shipped_spaces().get(family)
     for result in entry["results"].values():
         if result.get("family") == family and isinstance(result.get("config"), dict):
@@ -248,9 +248,9 @@ def explain_config(family: str, info: DeviceInfo, op: str, geometry: Any,
     def compute() -> Choice:
         path = tuning_db.resolve_path(db)
         found = _database(op, info, geometry, path,
-                          lambda e: _tuned_config(e, family) is not None)
+                          lambda e: tuned_config(e, family) is not None)
         if found is not None:
-            return Choice(_tuned_config(found.entry, family), found.source, found.entry)
+            return Choice(tuned_config(found.entry, family), found.source, found.entry)
         config, source = _shipped_config(family, info)
         return Choice(config, source)
 

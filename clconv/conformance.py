@@ -31,7 +31,8 @@ import numpy as np
 import yaml
 
 import clconv
-from clconv import gemm, ops, tensors
+from clconv import config as config_lookup
+from clconv import gemm, ops, tensors, tuning_db
 from clconv.config import default_config
 from clconv.devices import DeviceInfo, Runtime, runtime
 from clconv.reference import backprop_input_reference, conv2d_reference
@@ -271,10 +272,24 @@ def _shipped_generic(family: str, info: DeviceInfo) -> list[tuple[str, dict]]:
         return []
 
 
-# Functions (family, device) -> [(label, config)]; the tuning database can add one
-# that yields this device's tuned configurations.
+def _tuned(family: str, info: DeviceInfo) -> list[tuple[str, dict]]:
+    """Every configuration of ``family`` the tuning database holds for this device,
+    from current entries only (stale ones are never used, so never checked either)."""
+    found: list[tuple[str, dict]] = []
+    for entry in tuning_db.entries():  # a corrupt database warns and gives none
+        if entry["op"] not in tuning_db.COMPUTATION or not tuning_db.is_current(
+                entry, info, config_lookup.op_source_hash(entry["op"]),
+                config_lookup.clconv_version()):
+            continue
+        tuned = config_lookup.tuned_config(entry, family)
+        if tuned is not None:
+            found.append((f"tuned for {entry.get('case') or entry['op']}", tuned))
+    return found
+
+
+# Functions (family, device) -> [(label, config)].
 CONFIG_SOURCES: list[Callable[[str, DeviceInfo], list[tuple[str, dict]]]] = [
-    _shipped_for_kind, _shipped_generic]
+    _shipped_for_kind, _shipped_generic, _tuned]
 
 
 def configurations_for(family: str, info: DeviceInfo) -> list[tuple[str, dict]]:
