@@ -287,3 +287,14 @@ def test_largest_relative_error_is_reported(device, spec, record_property):
     record_property("max_relative_error", worst)
     print(f"\n{device.label}: largest relative error {worst:.3g}")
     assert worst < 1e-4
+
+
+def test_tensor_larger_than_the_device_allows_is_a_clear_error(device, spec):
+    """An output past CL_DEVICE_MAX_MEM_ALLOC_SIZE is refused before allocating, naming
+    the size and the limit (here a 1x1 conv whose output alone exceeds it; the input is a
+    broadcast view, so the test itself allocates almost nothing)."""
+    side = int((device.max_mem_alloc_size / 4 / 8) ** 0.5) + 64  # 8 channels of float32
+    x = np.broadcast_to(np.float32(1), (1, side, side, 1))
+    w = np.ones((1, 1, 1, 8), np.float32)
+    with pytest.raises(clconv.ResourceExhaustedError, match=str(device.max_mem_alloc_size)):
+        clconv.conv2d(x, w, 1, "VALID", device=spec)
