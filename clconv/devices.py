@@ -151,6 +151,10 @@ def _describe_all() -> str:
     return listed or "no OpenCL device at all"
 
 
+def _no_match(text: str) -> DeviceNotFoundError:
+    return DeviceNotFoundError(f"device {text!r} matches no device; there are: {_describe_all()}")
+
+
 def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
     """Resolve ``spec`` (or ``CLCONV_DEVICE``, or the default) to one device."""
     found = _enumerate()
@@ -167,7 +171,7 @@ def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
         for pair in found:
             if pair[1].spec == text.replace(" ", ""):
                 return pair
-        raise DeviceNotFoundError(f"device {text!r} matches no device; there are: {_describe_all()}")
+        raise _no_match(text)
     needle = text.lower()
     matches = [
         (i, pair)
@@ -175,7 +179,7 @@ def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
         if needle in pair[1].search_text
     ]
     if not matches:
-        raise DeviceNotFoundError(f"device {text!r} matches no device; there are: {_describe_all()}")
+        raise _no_match(text)
     return min(matches, key=lambda m: _default_rank(m[1][1], m[0]))[1]
 
 

@@ -220,7 +220,7 @@ def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format:
     work = [n_padded // tn, -(-plan.max_pixels(batch) // tm), len(plan.phases)]
     if local:
         local = tuple(int(v) for v in local) + (1,) * (3 - len(local))
-        work = [-(-w // l) * l for w, l in zip(work, local)]
+        work = [-(-n // size) * size for n, size in zip(work, local)]
     event = cl.enqueue_nd_range_kernel(rt.queue, gemm, tuple(work), local)
     if timeline is not None:
         timeline.append(("gemm", event))

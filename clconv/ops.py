@@ -37,7 +37,7 @@ def _launch(rt: Runtime, kernel: cl.Kernel, work: Sequence[int],
     """Enqueue over ``work`` items, rounding the range up to whole work-groups."""
     if local is not None:
         local = tuple(int(v) for v in local[: len(work)])
-        global_size = tuple(_round_up(w, l) for w, l in zip(work, local))
+        global_size = tuple(_round_up(n, size) for n, size in zip(work, local))
     else:
         global_size = tuple(int(w) for w in work)
     kernel.set_args(*args)
@@ -187,7 +187,8 @@ def run_conv2d_direct(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTen
     args = [x.buffer, *x.view_args(NHWC_AXES[x_format or g.data_format]),
             i32(g.in_h), i32(g.in_w), i32(g.in_c),
             w.buffer, *w_args, i32(g.k_h), i32(g.k_w),
-            y.buffer, *y.view_args(NHWC_AXES[g.data_format]), i32(g.out_h), i32(g.out_w), i32(g.out_c),
+            y.buffer, *y.view_args(NHWC_AXES[g.data_format]),
+            i32(g.out_h), i32(g.out_w), i32(g.out_c),
             i32(g.batch), i32(g.stride_h), i32(g.stride_w), i32(g.dil_h), i32(g.dil_w),
             i32(g.pad_top), i32(g.pad_left), i32(g.groups)]
     blocks = g.groups * -(-(g.out_c // g.groups) // int(defines["CO_BLOCK"]))

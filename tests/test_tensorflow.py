@@ -31,7 +31,8 @@ Covered:
   strides (sometimes 0 or on N/C), paddings (sometimes negative or on N/C),
   forward dilations (sometimes 0), channel/batch mismatches, grouped channels,
   output_shape off by one or with a float, strides of length 3, lower-case
-  padding.  ``random_cases(op, count, seed)`` gives more cases for a soak run.  Dilations > 1 in backprop and NCHW are left out: clconv computes them
+  padding.  ``random_cases(op, count, seed)`` gives more cases for a soak run.
+  Dilations > 1 in backprop and NCHW are left out: clconv computes them
   on purpose and TF's CPU kernels refuse them (tests/test_errors.py covers them).
 
 The largest relative error vs TF per test is recorded as the ``max_rel_err``
@@ -468,5 +469,5 @@ def test_random_mixes_valid_and_invalid() -> None:
         results = []
         for case in random_cases(op):
             x, w = _operands(case)
-            results.append(_call(lambda: run_tf(case, x, w))[1] is None)
+            results.append(_call(lambda c=case, a=x, b=w: run_tf(c, a, b))[1] is None)
         assert 10 <= sum(results) <= len(results) - 8, (op, sum(results), len(results))
