@@ -11,11 +11,10 @@ import time
 from typing import Any, Optional
 
 from clconv import config, search_space, tuner, tuning_db
-from clconv.bench import OPS, SUITE_FILE, load_suite, make_case, select_cases
 from clconv.cli import UsageError
+from clconv.commands.case_args import add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
 from clconv.devices import find_device, runtime
-from clconv.resources import config_text
 
 HELP = "tune ops/shapes (a suite file or one case) on a device into the tuning database"
 OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
@@ -23,10 +22,7 @@ OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", nargs="?", metavar="SUITE",
-                        help=f"suite YAML file (default: the shipped configs/{SUITE_FILE}); "
-                             "not with --op")
-    parser.add_argument("--cases", metavar="NAME,NAME", help="tune only these cases of the suite")
+    add_case_arguments(parser, "tune")
     parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE or "
                                          "the default device)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
@@ -55,82 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "budget short)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random orders "
                                                             "and the test data (default 0)")
-    one = parser.add_argument_group(
-        "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC)")
-    one.add_argument("--op", choices=OPS)
-    one.add_argument("--name", default="cli", help="the case's name (default cli)")
-    one.add_argument("--input", metavar="SHAPE",
-                     help="conv2d / conv2d_transpose input; out_backprop for "
-                          "conv2d_backprop_input (alias --out-backprop)")
-    one.add_argument("--out-backprop", dest="input", metavar="SHAPE", help=argparse.SUPPRESS)
-    one.add_argument("--filter", metavar="SHAPE",
-                     help="[kh, kw, in, out] for conv2d; [kh, kw, out, in] for the others")
-    one.add_argument("--output", "--input-sizes", dest="output", metavar="SHAPE",
-                     help="conv2d_transpose's output_shape / conv2d_backprop_input's input_sizes")
-    one.add_argument("--strides", default="1", help="int or list, as TF takes it (default 1)")
-    one.add_argument("--padding", default="SAME",
-                     help="SAME, VALID or explicit pairs such as [[0,0],[1,1],[1,1],[0,0]]")
-    one.add_argument("--dilations", default=None, help="int or list (default 1)")
 
 
 # --------------------------------------------------------------------------- cases
 
 
-def _yaml_value(text: Optional[str], what: str) -> Any:
-    import yaml
-
-    if text is None:
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise UsageError(f"{what} {text!r} is not an int, a list or a word such as SAME") from None
-
-
 def _cases(args: argparse.Namespace) -> list[tuner.TuneCase]:
-    if args.op is None:
-        given = [f"--{k}" for k in ("input", "filter", "output") if getattr(args, k) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} describe one case: give --op too")
-        if args.suite is None:
-            origin, text = f"configs/{SUITE_FILE} (shipped)", config_text(SUITE_FILE)
-        else:
-            origin = args.suite
-            try:
-                with open(args.suite, encoding="utf-8") as handle:
-                    text = handle.read()
-            except OSError as exc:
-                raise UsageError(f"cannot read suite file {args.suite!r}: "
-                                 f"{exc.strerror or exc}") from None
-        names = [n.strip() for n in args.cases.split(",") if n.strip()] if args.cases else None
-        found = select_cases(load_suite(text, origin), names)
-    else:
-        if args.suite is not None or args.cases:
-            raise UsageError("give either a suite file (with --cases) or --op with shapes, "
-                             "not both")
-        entry: dict[str, Any] = {
-            "name": args.name, "op": args.op, "filter": args.filter,
-            "strides": _yaml_value(args.strides, "--strides"),
-            "padding": _yaml_value(args.padding, "--padding"),
-            "dilations": _yaml_value(args.dilations, "--dilations")}
-        if args.op == "conv2d_backprop_input":
-            entry.update(out_backprop=args.input, input_sizes=args.output)
-        else:
-            entry["input"] = args.input
-            if args.op == "conv2d_transpose":
-                entry["output"] = args.output
-            elif args.output is not None:
-                raise UsageError("--output/--input-sizes is for conv2d_transpose and "
-                                 "conv2d_backprop_input")
-        missing = [k for k in ("input", "filter", "output", "out_backprop", "input_sizes")
-                   if k in entry and entry[k] is None]
-        if missing:
-            raise UsageError(f"--op {args.op} needs "
-                             f"{', '.join('--' + k.replace('_', '-') for k in missing)}")
-        for key in ("input", "filter", "output", "out_backprop", "input_sizes"):
-            if entry.get(key) is not None:
-                entry[key] = str(entry[key])
-        found = [make_case(entry, "command line")]
+    found, _ = cases_from_args(args)
     return [tuner.TuneCase(c.name, c.op, c.geometry()) for c in found]
 
 

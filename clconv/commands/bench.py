@@ -13,26 +13,21 @@ from clconv.bench import (
     phase_breakdown,
     AGREEMENT_RTOL,
     MIN_RUNS,
-    OPS,
     PEERS,
-    SUITE_FILE,
     BenchCase,
     CaseResult,
     SuiteError,
     all_algorithms,
     geometric_mean,
     load_peers,
-    load_suite,
-    make_case,
     op_algorithms,
     run_case,
-    select_cases,
     versions,
 )
 from clconv.cli import UsageError
+from clconv.commands.case_args import add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
 from clconv.devices import find_device
-from clconv.resources import config_text
 
 HELP = "time ops on a benchmark suite (or one case), side by side with TensorFlow/PyTorch"
 
@@ -50,11 +45,7 @@ OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", nargs="?", metavar="SUITE",
-                        help=f"suite YAML file (default: the shipped configs/{SUITE_FILE}); "
-                             "not with --op")
-    parser.add_argument("--cases", metavar="NAME,NAME",
-                        help="run only these cases of the suite, in this order")
+    add_case_arguments(parser, "time")
     parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE "
                                          "or the default device)")
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
@@ -73,80 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phases", action="store_true",
                         help="after the table, where each GEMM case's time goes: filter "
                              "packing, the GEMM kernel, host side and launches")
-    one = parser.add_argument_group(
-        "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC)")
-    one.add_argument("--op", choices=OPS)
-    one.add_argument("--name", default="cli", help="the case's name in the output (default cli)")
-    one.add_argument("--input", metavar="SHAPE",
-                     help="conv2d / conv2d_transpose input; out_backprop for "
-                          "conv2d_backprop_input (alias --out-backprop)")
-    one.add_argument("--out-backprop", dest="input", metavar="SHAPE", help=argparse.SUPPRESS)
-    one.add_argument("--filter", metavar="SHAPE",
-                     help="[kh, kw, in, out] for conv2d; [kh, kw, out, in] for the others")
-    one.add_argument("--output", "--input-sizes", dest="output", metavar="SHAPE",
-                     help="conv2d_transpose's output_shape / conv2d_backprop_input's "
-                          "input_sizes")
-    one.add_argument("--strides", default="1", help="int or list, as TF takes it (default 1)")
-    one.add_argument("--padding", default="SAME",
-                     help="SAME, VALID or explicit pairs such as [[0,0],[1,1],[1,1],[0,0]] "
-                          "(default SAME)")
-    one.add_argument("--dilations", default=None, help="int or list (default 1)")
-
-
-def _yaml_value(text: Optional[str], what: str):
-    import yaml
-
-    if text is None:
-        return None
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise UsageError(f"{what} {text!r} is not an int, a list or a word such as SAME") from None
-    return value
-
-
-def _cases(args: argparse.Namespace) -> tuple[list[BenchCase], str]:
-    one_off = [f"--{k}" for k in ("input", "filter", "output") if getattr(args, k) is not None]
-    if args.op is None:
-        if one_off:
-            raise UsageError(f"{', '.join(one_off)} describe one case: give --op too")
-        if args.suite is None:
-            origin, text = f"configs/{SUITE_FILE} (shipped)", config_text(SUITE_FILE)
-        else:
-            origin = args.suite
-            try:
-                with open(args.suite, encoding="utf-8") as handle:
-                    text = handle.read()
-            except OSError as exc:
-                raise UsageError(f"cannot read suite file {args.suite!r}: "
-                                 f"{exc.strerror or exc}") from None
-        names = [n.strip() for n in args.cases.split(",") if n.strip()] if args.cases else None
-        return select_cases(load_suite(text, origin), names), origin
-    if args.suite is not None or args.cases:
-        raise UsageError("give either a suite file (with --cases) or --op with shapes, not both")
-    entry = {"name": args.name, "op": args.op, "filter": args.filter,
-             "strides": _yaml_value(args.strides, "--strides"),
-             "padding": _yaml_value(args.padding, "--padding"),
-             "dilations": _yaml_value(args.dilations, "--dilations")}
-    if args.op == "conv2d_backprop_input":
-        entry.update(out_backprop=args.input, input_sizes=args.output)
-    else:
-        entry["input"] = args.input
-        if args.op == "conv2d_transpose":
-            entry["output"] = args.output
-        elif args.output is not None:
-            raise UsageError("--output/--input-sizes is for conv2d_transpose and "
-                             "conv2d_backprop_input; conv2d's output shape follows from the rest")
-    for key in ("input", "filter", "output", "out_backprop", "input_sizes"):
-        if key in entry and entry[key] is not None:
-            entry[key] = str(entry[key])
-    flags = {"input": "--input", "filter": "--filter", "output": "--output",
-             "out_backprop": "--input", "input_sizes": "--input-sizes"}
-    missing = [flags[k] for k in ("input", "filter", "output", "out_backprop", "input_sizes")
-               if k in entry and entry[k] is None]
-    if missing:
-        raise UsageError(f"--op {args.op} needs {', '.join(missing)}")
-    return [make_case(entry, "command line")], "command line"
 
 
 def _peer_names(text: str) -> list[str]:
@@ -217,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_seconds < 0:
         raise UsageError(f"--max-seconds must be 0 (no cap) or more, got {args.max_seconds}")
     try:
-        cases, origin = _cases(args)
+        cases, origin = cases_from_args(args)
     except SuiteError as exc:
         raise UsageError(str(exc)) from None
     _, info = find_device(args.device)
