@@ -31,6 +31,11 @@ class UsageError(Exception):
     """A command-line mistake, reported as one line."""
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE or "
+                                         "the default device)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clconv",

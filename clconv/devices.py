@@ -9,6 +9,7 @@ the best CPU device; simulators such as Oclgrind are never the default.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass
@@ -115,9 +116,7 @@ def _enumerate() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
 
 
 def _with_default(info: DeviceInfo) -> DeviceInfo:
-    values = dict(info.__dict__)
-    values["is_default"] = True
-    return DeviceInfo(**values)
+    return dataclasses.replace(info, is_default=True)
 
 
 def _version_key(text: str) -> tuple[int, ...]:

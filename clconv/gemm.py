@@ -21,13 +21,12 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.devices import DeviceInfo, Runtime
-from clconv.programs import dtype_defines, get_kernel
+from clconv.config import split_config
+from clconv.programs import dtype_defines, enqueue, get_kernel
 from clconv.shapes import ConvGeometry
 
 SOURCE = "gemm_implicit.cl"
 FAMILY = "gemm_implicit"
-NHWC_AXES = {"NHWC": (0, 1, 2, 3), "NCHW": (0, 2, 3, 1)}  # positions of n, h, w, c
-FILTER_AXES = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -192,8 +191,7 @@ def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format:
     ``timeline``, if given, receives (phase name, cl.Event) pairs for profiling.
     """
     config = tile_for(config, n_out, rt.info)
-    local = config.get("LOCAL_SIZE")
-    defines = {k: v for k, v in config.items() if k != "LOCAL_SIZE"}
+    defines, local = split_config(config)
     defines.update(dtype_defines(src.dtype))
     tn = int(defines["TN"])
     tm = int(defines["TM"])
@@ -205,23 +203,21 @@ def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format:
     packed = _Tables.scratch(rt, max(1, total_k * n_padded), src.dtype)
     if total_k:
         pack = get_kernel(rt.context, SOURCE, "pack_filter", defines)
-        pack.set_args(filt.buffer, *filt_view, taps_buf, packed.buffer, i32(ch_count),
-                      i32(n_out), i32(n_padded))
-        work = (ch_count, n_padded // tn, len(plan.taps))
-        event = cl.enqueue_nd_range_kernel(rt.queue, pack, work, _pack_local(ch_count, rt.info))
+        event = enqueue(rt.queue, pack, (ch_count, n_padded // tn, len(plan.taps)),
+                        _pack_local(ch_count, rt.info),
+                        [filt.buffer, *filt_view, taps_buf, packed.buffer, i32(ch_count),
+                         i32(n_out), i32(n_padded)])
         if timeline is not None:
             timeline.append(("pack filter", event))
 
     gemm = get_kernel(rt.context, SOURCE, "gemm_implicit", defines)
-    gemm.set_args(src.buffer, *src.view_args(NHWC_AXES[src_format]), i32(src_hw[0]),
-                  i32(src_hw[1]), i32(ch_count), packed.buffer, _Tables.zero(rt, src.dtype),
-                  y.buffer, *y.view_args(NHWC_AXES[y_format]), i32(batch), i32(n_out),
-                  i32(n_padded), i32(plan.src_mul_h), i32(plan.src_mul_w), phases_buf, taps_buf)
-    work = [n_padded // tn, -(-plan.max_pixels(batch) // tm), len(plan.phases)]
-    if local:
-        local = tuple(int(v) for v in local) + (1,) * (3 - len(local))
-        work = [-(-n // size) * size for n, size in zip(work, local)]
-    event = cl.enqueue_nd_range_kernel(rt.queue, gemm, tuple(work), local)
+    event = enqueue(rt.queue, gemm,
+                    (n_padded // tn, -(-plan.max_pixels(batch) // tm), len(plan.phases)), local,
+                    [src.buffer, *src.activation_view(src_format), i32(src_hw[0]),
+                     i32(src_hw[1]), i32(ch_count), packed.buffer, _Tables.zero(rt, src.dtype),
+                     y.buffer, *y.activation_view(y_format), i32(batch), i32(n_out),
+                     i32(n_padded), i32(plan.src_mul_h), i32(plan.src_mul_w), phases_buf,
+                     taps_buf])
     if timeline is not None:
         timeline.append(("gemm", event))
     return event
@@ -232,7 +228,7 @@ def conv2d_gemm(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTensor,
                 timeline: Optional[list] = None) -> cl.Event:
     """y = conv2d(x, w) for ungrouped g."""
     return run_gemm(rt, forward_plan(g), x, g.data_format, (g.in_h, g.in_w), g.in_c, w,
-                    w.view_args(FILTER_AXES), y, g.data_format, g.batch, g.out_c, config,
+                    w.filter_view(), y, g.data_format, g.batch, g.out_c, config,
                     timeline)
 
 
@@ -241,7 +237,7 @@ def backprop_gemm(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.DeviceTensor
                   config: Optional[dict[str, Any]], timeline: Optional[list] = None) -> cl.Event:
     """dx of the conv g: per stride phase, a GEMM over the taps that reach real dy pixels.
     The filter view swaps in/out: B[k=(tap, co), n=ci] = w[a, b, ci, co]."""
-    offset, s_a, s_b, s_in, s_out = w.view_args(FILTER_AXES)
+    offset, s_a, s_b, s_in, s_out = w.filter_view()
     swapped = [offset, s_a, s_b, s_out, s_in]
     return run_gemm(rt, backprop_plan(g), dy, g.data_format, (g.out_h, g.out_w), g.out_c, w,
                     swapped, dx, g.data_format, g.batch, g.in_c, config or {}, timeline)

@@ -18,31 +18,12 @@ from clconv import gemm, tensors
 from clconv.config import choose_algorithm, choose_config, split_config
 from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
-from clconv.programs import dtype_defines, get_kernel
+from clconv.programs import dtype_defines, enqueue, get_kernel
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
 
 ALGORITHMS = ("direct", "via_forward", "gemm")  # of the backprop ops
 CONV2D_ALGORITHMS = ("direct", "gemm")
 GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # half accumulates in float: direct
-NHWC_AXES = {"NHWC": (0, 1, 2, 3), "NCHW": (0, 2, 3, 1)}  # positions of n, h, w, c
-FILTER_AXES = (0, 1, 2, 3)  # kh, kw, in, out
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
-def _launch(rt: Runtime, kernel: cl.Kernel, work: Sequence[int],
-            local: Optional[Sequence[int]], args: list) -> cl.Event:
-    """Enqueue over ``work`` items, rounding the range up to whole work-groups."""
-    if local is not None:
-        local = tuple(int(v) for v in local[: len(work)])
-        global_size = tuple(_round_up(n, size) for n, size in zip(work, local))
-    else:
-        global_size = tuple(int(w) for w in work)
-    kernel.set_args(*args)
-    return cl.enqueue_nd_range_kernel(rt.queue, kernel, global_size, local)
-
 
 def _choose_runtime(operands: Sequence[Any], device: Optional[str]) -> Runtime:
     queue = tensors.find_queue(operands)
@@ -183,16 +164,16 @@ def run_conv2d_direct(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTen
     defines.update(dtype_defines(x.dtype))
     kernel = get_kernel(rt.context, "conv2d_direct.cl", "conv2d_direct", defines)
     i32 = np.int32
-    w_args = w_view if w_view is not None else w.view_args(FILTER_AXES)
-    args = [x.buffer, *x.view_args(NHWC_AXES[x_format or g.data_format]),
+    w_args = w_view if w_view is not None else w.filter_view()
+    args = [x.buffer, *x.activation_view(x_format or g.data_format),
             i32(g.in_h), i32(g.in_w), i32(g.in_c),
             w.buffer, *w_args, i32(g.k_h), i32(g.k_w),
-            y.buffer, *y.view_args(NHWC_AXES[g.data_format]),
+            y.buffer, *y.activation_view(g.data_format),
             i32(g.out_h), i32(g.out_w), i32(g.out_c),
             i32(g.batch), i32(g.stride_h), i32(g.stride_w), i32(g.dil_h), i32(g.dil_w),
             i32(g.pad_top), i32(g.pad_left), i32(g.groups)]
     blocks = g.groups * -(-(g.out_c // g.groups) // int(defines["CO_BLOCK"]))
-    return _launch(rt, kernel, (blocks, g.batch * g.out_h * g.out_w), local, args)
+    return enqueue(rt.queue, kernel, (blocks, g.batch * g.out_h * g.out_w), local, args)
 
 
 # --------------------------------------------------------------------------- backprop
@@ -291,15 +272,14 @@ def run_backprop_direct(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.Device
     defines, local = split_config(config)
     defines.update(dtype_defines(dy.dtype))
     kernel = get_kernel(rt.context, "backprop_direct.cl", "backprop_direct", defines)
-    axes = NHWC_AXES[g.data_format]
     i32 = np.int32
-    args = [dx.buffer, *dx.view_args(axes), i32(g.in_h), i32(g.in_w), i32(g.in_c),
-            w.buffer, *w.view_args(FILTER_AXES), i32(g.k_h), i32(g.k_w),
-            dy.buffer, *dy.view_args(axes), i32(g.out_h), i32(g.out_w), i32(g.out_c),
+    args = [dx.buffer, *dx.activation_view(g.data_format), i32(g.in_h), i32(g.in_w), i32(g.in_c),
+            w.buffer, *w.filter_view(), i32(g.k_h), i32(g.k_w),
+            dy.buffer, *dy.activation_view(g.data_format), i32(g.out_h), i32(g.out_w), i32(g.out_c),
             i32(g.batch), i32(g.stride_h), i32(g.stride_w), i32(g.dil_h), i32(g.dil_w),
             i32(g.pad_top), i32(g.pad_left)]
     blocks = -(-g.in_c // int(defines["CI_BLOCK"]))
-    return _launch(rt, kernel, (blocks, g.batch * g.in_h * g.in_w), local, args)
+    return enqueue(rt.queue, kernel, (blocks, g.batch * g.in_h * g.in_w), local, args)
 
 
 def via_forward_geometry(g: ConvGeometry) -> ConvGeometry:
@@ -321,14 +301,14 @@ def run_backprop_via_forward(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.D
     i32 = np.int32
     kernel = get_kernel(rt.context, "backprop_via_forward.cl", "dilate_pad",
                         dtype_defines(dy.dtype))
-    args = [dy.buffer, *dy.view_args(NHWC_AXES[g.data_format]), i32(g.out_h), i32(g.out_w),
+    args = [dy.buffer, *dy.activation_view(g.data_format), i32(g.out_h), i32(g.out_w),
             i32(g.out_c), padded.buffer, i32(fg.in_h), i32(fg.in_w), i32(g.batch),
             i32(g.stride_h), i32(g.stride_w),
             i32(g.k_eff_h - 1 - g.pad_top), i32(g.k_eff_w - 1 - g.pad_left)]
-    _launch(rt, kernel, (padded.size,), None, args)
+    enqueue(rt.queue, kernel, (padded.size,), None, args)
     # The rotated, in/out-swapped filter is a view: start at w[kh-1, kw-1] and walk
     # the spatial axes backwards; "in" of the view is the forward filter's "out".
-    offset, s_a, s_b, s_in, s_out = (int(v) for v in w.view_args(FILTER_AXES))
+    offset, s_a, s_b, s_in, s_out = (int(v) for v in w.filter_view())
     w_view = [i32(offset + (g.k_h - 1) * s_a + (g.k_w - 1) * s_b),
               i32(-s_a), i32(-s_b), i32(s_out), i32(s_in)]
     # The padded input is NHWC; dx keeps g's data format.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import warnings
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyopencl as cl
@@ -89,6 +89,21 @@ def get_program(context: cl.Context, source_name: str, defines: Mapping[str, obj
     with _lock:
         _programs[key] = program
     return program
+
+
+def enqueue(queue: cl.CommandQueue, kernel: cl.Kernel, work: Sequence[int],
+            local: Optional[Sequence[int]], args: Sequence) -> cl.Event:
+    """Set ``args`` and enqueue over ``work`` items.  OpenCL 1.2 needs the global size
+    to be a multiple of the work-group size, so with a ``local`` shape (truncated or
+    padded with 1s to the range's dimensions) the range is rounded up; kernels
+    return early for items past ``work``."""
+    if local:
+        local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
+        global_size = tuple(-(-int(n) // size) * size for n, size in zip(work, local))
+    else:
+        local, global_size = None, tuple(int(n) for n in work)
+    kernel.set_args(*args)
+    return cl.enqueue_nd_range_kernel(queue, kernel, global_size, local)
 
 
 def get_kernel(context: cl.Context, source_name: str, kernel_name: str,

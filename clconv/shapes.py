@@ -340,7 +340,8 @@ def conv2d_geometry(x_shape: Sequence[int], w_shape: Sequence[int],
     return geometry
 
 
-def _is_tf_tensor(value: Any) -> bool:
+def is_tf_tensor(value: Any) -> bool:
+    """A TensorFlow tensor (recognised without importing TF)."""
     return not isinstance(value, np.ndarray) and hasattr(getattr(value, "dtype", None),
                                                           "as_numpy_dtype")
 
@@ -351,12 +352,12 @@ def convert_input_sizes(input_sizes: Any) -> np.ndarray:
     A NumPy array is cast as C casts (4.7 -> 4, 2**32 + 4 -> 4); Python numbers
     must be integers (wrapping to int32 like TF); a TF tensor must already be int32.
     """
-    if _is_tf_tensor(input_sizes):
+    if is_tf_tensor(input_sizes):
         dtype = np.dtype(input_sizes.dtype.as_numpy_dtype)
         if dtype != np.int32:
             raise InvalidArgumentError(
                 "cannot compute Conv2DBackpropInput as input #0(zero-based) was expected to be "
-                f"a int32 tensor but is a {_tf_dtype_name(dtype)} tensor (output_shape="
+                f"a int32 tensor but is a {dtype_name(dtype)} tensor (output_shape="
                 f"{np.asarray(input_sizes).tolist()})"
             )
         return np.asarray(input_sizes)
@@ -388,7 +389,8 @@ def convert_input_sizes(input_sizes: Any) -> np.ndarray:
     return ((array.astype(np.int64) + 2**31) % 2**32 - 2**31).astype(np.int32)
 
 
-def _tf_dtype_name(dtype: np.dtype) -> str:
+def dtype_name(dtype: np.dtype) -> str:
+    """TF's name of a dtype, as its messages spell it (float, double, half)."""
     return {"float16": "half", "float32": "float", "float64": "double"}.get(dtype.name,
                                                                             dtype.name)
 

@@ -15,8 +15,11 @@ import pyopencl as cl
 import pyopencl.array as cl_array
 
 from clconv.errors import InvalidArgumentError, UnimplementedError
+from clconv.shapes import dtype_name, is_tf_tensor
 
 INT32_LIMIT = 2**31 - 1
+# Where n, h, w, c sit in each data format; kernels take activation strides in that order.
+ACTIVATION_AXES = {"NHWC": (0, 1, 2, 3), "NCHW": (0, 2, 3, 1)}
 
 # TF's op-def list for T, and the subset clconv computes.
 TF_ALLOWED_DTYPES = "half, bfloat16, float, double, int32"
@@ -41,15 +44,9 @@ def as_host_array(value: Any, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be an array, got {type(value).__name__}") from exc
 
 
-def dtype_name(dtype: np.dtype) -> str:
-    return {"float16": "half", "float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
-
-
 def is_typed_tensor(value: Any) -> bool:
     """A device array or a TF tensor: an operand whose dtype TF would not convert."""
-    return is_device_array(value) or (
-        not isinstance(value, np.ndarray)
-        and hasattr(getattr(value, "dtype", None), "as_numpy_dtype"))
+    return is_device_array(value) or is_tf_tensor(value)
 
 
 def operand_dtype(value: Any, name: str) -> np.dtype:
@@ -119,6 +116,14 @@ class DeviceTensor:
         strides = [s // item for s in self.array.strides]
         return [np.int32(self.array.offset // item)] + [np.int32(strides[i]) for i in order]
 
+    def activation_view(self, data_format: str) -> list[np.int32]:
+        """Offset and n, h, w, c strides of an activation in ``data_format``."""
+        return self.view_args(ACTIVATION_AXES[data_format])
+
+    def filter_view(self) -> list[np.int32]:
+        """Offset and kh, kw, in, out strides of a filter (TF's layout)."""
+        return self.view_args((0, 1, 2, 3))
+
     @property
     def buffer(self) -> cl.Buffer:
         return self.array.base_data
@@ -148,24 +153,18 @@ def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: s
     (CL_MEM_USE_HOST_PTR: no upload copy); the caller must then finish the work
     on it before the returned DeviceTensor is dropped.
     """
-    if is_device_array(value):
-        if value.context != queue.context:
-            raise InvalidArgumentError(
-                f"{what} lives in another OpenCL context than the other operands"
-            )
-        if value.dtype != dtype:
-            raise InvalidArgumentError(
-                f"{what} was expected to be a {dtype_name(dtype)} tensor but is a "
-                f"{dtype_name(value.dtype)} tensor"
-            )
-        return DeviceTensor(value, tuple(value.shape))
-    host = value if isinstance(value, np.ndarray) else as_host_array(value, what)
-    if host.dtype != dtype and not allow_cast:
+    on_device = is_device_array(value)
+    if on_device and value.context != queue.context:
+        raise InvalidArgumentError(f"{what} lives in another OpenCL context than the others")
+    operand = value if on_device or isinstance(value, np.ndarray) else as_host_array(value, what)
+    if operand.dtype != dtype and (on_device or not allow_cast):
         raise InvalidArgumentError(
             f"{what} was expected to be a {dtype_name(dtype)} tensor but is a "
-            f"{dtype_name(host.dtype)} tensor"
+            f"{dtype_name(operand.dtype)} tensor"
         )
-    host = np.ascontiguousarray(host, dtype=dtype)
+    if on_device:
+        return DeviceTensor(value, tuple(value.shape))
+    host = np.ascontiguousarray(operand, dtype=dtype)
     check_fits(host.nbytes, host.size, what, info)
     if borrow and info.kind == "CPU" and host.size:
         buffer = cl.Buffer(queue.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR,

@@ -56,5 +56,18 @@ def spec(device: clconv.DeviceInfo) -> str:
     return device.spec
 
 
+@pytest.fixture
+def db(tmp_path, monkeypatch):
+    """A fresh, empty tuning database for the test (CLCONV_TUNING_DB), with
+    clconv's memoised look-ups dropped before and after."""
+    from clconv import config, tuning_db
+
+    path = tmp_path / "tuning.yaml"
+    monkeypatch.setenv(tuning_db.ENV_DB, str(path))
+    config.invalidate()
+    yield path
+    config.invalidate()
+
+
 def is_simulator(device: clconv.DeviceInfo) -> bool:
     return device.kind == "simulator"

@@ -29,15 +29,6 @@ TIMING_DEVICES = [d for d in DEVICES if not is_simulator(d)]
 
 
 @pytest.fixture
-def db(tmp_path, monkeypatch):
-    path = tmp_path / "tuning.yaml"
-    monkeypatch.setenv(tuning_db.ENV_DB, str(path))
-    config.invalidate()
-    yield path
-    config.invalidate()
-
-
-@pytest.fixture
 def rt(device):
     if is_simulator(device):
         pytest.skip(f"no timing on the simulator {device.name}")

@@ -44,15 +44,6 @@ def entry(g, op="conv2d", info=FAKE, algorithm="direct", config_=None, family="c
     return result
 
 
-@pytest.fixture
-def db(tmp_path, monkeypatch):
-    path = tmp_path / "tuning.yaml"
-    monkeypatch.setenv(tuning_db.ENV_DB, str(path))
-    config.invalidate()
-    yield path
-    config.invalidate()
-
-
 def test_default_location_is_the_user_cache(monkeypatch):
     monkeypatch.delenv(tuning_db.ENV_DB, raising=False)
     path = tuning_db.default_path()

@@ -11,20 +11,17 @@ import time
 from typing import Any, Optional
 
 from clconv import config, search_space, tuner, tuning_db
-from clconv.cli import UsageError
-from clconv.commands.case_args import add_case_arguments, cases_from_args
+from clconv.cli import UsageError, add_device_argument
+from clconv.commands.case_args import OP_LABELS, add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
 from clconv.devices import find_device, runtime
 
 HELP = "tune ops/shapes (a suite file or one case) on a device into the tuning database"
-OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
-             "conv2d_backprop_input": "backprop"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_case_arguments(parser, "tune")
-    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE or "
-                                         "the default device)")
+    add_device_argument(parser)
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="hard bound on the wall-clock time of the whole run, shared out "
                              "among the cases (default: none)")

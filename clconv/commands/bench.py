@@ -10,7 +10,6 @@ import platform
 from typing import Optional
 
 from clconv.bench import (
-    phase_breakdown,
     AGREEMENT_RTOL,
     MIN_RUNS,
     PEERS,
@@ -21,11 +20,12 @@ from clconv.bench import (
     geometric_mean,
     load_peers,
     op_algorithms,
+    phase_breakdown,
     run_case,
     versions,
 )
-from clconv.cli import UsageError
-from clconv.commands.case_args import add_case_arguments, cases_from_args
+from clconv.cli import UsageError, add_device_argument
+from clconv.commands.case_args import OP_LABELS, add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
 from clconv.devices import find_device
 
@@ -40,14 +40,11 @@ DEFAULT_REPEAT = 10
 DEFAULT_MAX_SECONDS = 2.0
 PEER_ALIASES = {"tensorflow": "tensorflow", "tf": "tensorflow", "torch": "torch",
                 "pytorch": "torch"}
-OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
-             "conv2d_backprop_input": "backprop"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_case_arguments(parser, "time")
-    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE "
-                                         "or the default device)")
+    add_device_argument(parser)
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
                         help=f"timed runs per measurement after one warm-up; the median is "
                              f"reported (default {DEFAULT_REPEAT})")

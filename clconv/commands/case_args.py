@@ -10,6 +10,8 @@ from clconv.bench import OPS, SUITE_FILE, BenchCase, load_suite, make_case, sele
 from clconv.cli import UsageError
 from clconv.resources import config_text
 
+OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
+             "conv2d_backprop_input": "backprop"}  # short names for table columns
 SHAPE_KEYS = ("input", "filter", "output", "out_backprop", "input_sizes")
 FLAG_OF = {"input": "--input", "filter": "--filter", "output": "--output",
            "out_backprop": "--input", "input_sizes": "--input-sizes"}

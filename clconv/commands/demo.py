@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 import clconv
+from clconv.cli import add_device_argument
 from clconv.commands.devices import run as list_devices
 from clconv.devices import find_device
 from clconv.reference import backprop_input_reference
@@ -19,8 +20,7 @@ HELP = ("list devices and run a conv2d_transpose checked against the float64 ref
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE "
-                                         "or the default device)")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
