@@ -15,12 +15,14 @@ from clconv.errors import (
     KernelBuildError,
     UnimplementedError,
 )
-from clconv.ops import conv2d, conv2d_backprop_input, conv2d_transpose
+from clconv.ops import conv2d, conv2d_backprop_input, conv2d_transpose, plan
+from clconv.plans import ConvPlan, PreparedFilters
 from clconv.tensors import ResourceExhaustedError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvPlan",
     "DeviceInfo",
     "DeviceNotFoundError",
     "InvalidArgumentError",
@@ -31,4 +33,6 @@ __all__ = [
     "conv2d_backprop_input",
     "conv2d_transpose",
     "devices",
+    "plan",
+    "PreparedFilters",
 ]

@@ -14,12 +14,16 @@ The answer comes from the first of:
 
 Database entries count only while their key is current (device, driver,
 clconv version, kernel source hash).  Each answer is memoised per (database,
-device, op, family, geometry), so a process pays the look-up once per shape;
-a write by this process's tuner drops the memo.
+device, op, family, geometry; LRU, MEMO_SIZE answers), so a process pays the
+look-up once per shape; a write by this process's tuner drops the memo.  A
+configuration read from the database is checked against its family's search
+space (candidate values, constraints, device limits) before anything is built
+from it; one that fails is skipped with a TuningDatabaseWarning.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import os
@@ -174,8 +178,10 @@ def clconv_version() -> str:
 
 # --------------------------------------------------------------------------- look-ups
 
+MEMO_SIZE = 4096  # memoised answers kept (least recently used dropped first)
+
 _memo_lock = threading.Lock()
-_memo: dict[tuple, Choice] = {}
+_memo: "collections.OrderedDict[tuple, Choice]" = collections.OrderedDict()
 _memo_generation = -1
 
 
@@ -195,10 +201,14 @@ def _memoised(key: tuple, compute) -> Choice:
             _memo.clear()
             _memo_generation = tuning_db.generation()
         found = _memo.get(key)
-    if found is None:
-        found = compute()
-        with _memo_lock:
-            _memo[key] = found
+        if found is not None:
+            _memo.move_to_end(key)
+            return found
+    found = compute()
+    with _memo_lock:
+        _memo[key] = found
+        while len(_memo) > MEMO_SIZE:
+            _memo.popitem(last=False)
     return found
 
 
@@ -231,24 +241,57 @@ def _database(op: str, info: DeviceInfo, geometry: Any, db: Any, usable) -> Opti
 
 
 def tuned_config(entry: Mapping[str, Any], family: str) -> Optional[dict[str, Any]]:
-    space = search_space.shipped_spaces().get(family)
+    """The configuration of ``family`` an entry records, unchecked (or None)."""
     for result in entry["results"].values():
-        if result.get("family") == family and isinstance(result.get("config"), dict):
-            config = dict(result["config"])
-            if space is None or set(config) == set(space.names):
-                return config
+        if isinstance(result, dict) and result.get("family") == family \
+                and isinstance(result.get("config"), dict):
+            return dict(result["config"])
     return None
 
 
+def config_problem(config: Any, family: str, info: DeviceInfo, op: str, geometry: Any,
+                   dtype_size: int = 4) -> Optional[str]:
+    """Why a configuration read from a file may not run ``family`` for this call on
+    ``info`` (not a configuration of the family's search space, a constraint or a
+    device limit broken), or None.  ``geometry``: the conv the family's kernel computes."""
+    space = search_space.shipped_spaces().get(family)
+    if space is None:
+        return f"no search space configs/{family}.yaml to check it against"
+    algorithm = space.algorithms.get(op, "")
+    return space.problem(config, search_space.context(geometry, info, op, algorithm,
+                                                      dtype_size))
+
+
+def _entry_label(entry: Mapping[str, Any]) -> str:
+    shape = entry.get("case") or "x".join(
+        str(entry["geometry"].get(k)) for k in ("batch", "in_h", "in_w", "in_c", "out_c"))
+    return f"{entry['op']} {shape}"
+
+
 def explain_config(family: str, info: DeviceInfo, op: str, geometry: Any,
-                   db: Any = None) -> Choice:
-    """choose_config's answer and the level it came from."""
-    key = ("config", _db_key(db), _device_id(info), op, family, geometry)
+                   db: Any = None, kernel_geometry: Any = None, dtype_size: int = 4) -> Choice:
+    """choose_config's answer and the level it came from.  A database entry is used
+    only if its configuration passes ``config_problem`` for this call (checked on
+    ``kernel_geometry``, the conv the family's kernel runs; default ``geometry``);
+    one that does not gives a TuningDatabaseWarning and the next level answers."""
+    checked = geometry if kernel_geometry is None else kernel_geometry
+    key = ("config", _db_key(db), _device_id(info), op, family, geometry, checked, dtype_size)
 
     def compute() -> Choice:
         path = tuning_db.resolve_path(db)
-        found = _database(op, info, geometry, path,
-                          lambda e: tuned_config(e, family) is not None)
+
+        def usable(entry: Mapping[str, Any]) -> bool:
+            config = tuned_config(entry, family)
+            if config is None:
+                return False
+            problem = config_problem(config, family, info, op, checked, dtype_size)
+            if problem is not None:
+                warnings.warn(f"tuning database {path}: entry {_entry_label(entry)}, family "
+                              f"{family}: {problem}; not used for this call",
+                              tuning_db.TuningDatabaseWarning, stacklevel=6)
+            return problem is None
+
+        found = _database(op, info, geometry, path, usable)
         if found is not None:
             return Choice(tuned_config(found.entry, family), found.source, found.entry)
         config, source = _shipped_config(family, info)

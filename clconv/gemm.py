@@ -4,9 +4,9 @@ The host side plans the GEMM: which output pixels form a *phase*, which filter
 taps each phase uses and where each tap reads its source.  The forward conv is
 one phase; the input gradient (conv2d_transpose) is one phase per stride
 residue, each a dense stride-1 convolution with a sub-filter, so no work goes
-to the zeros a stride would insert.  Plans and their device tables are cached
-per context and geometry; the filter is packed once per call into panels
-contiguous per tile.
+to the zeros a stride would insert.  A ConvPlan prepares the tables and
+kernels once (GemmLaunch); each call packs the filter into panels contiguous
+per tile, unless the caller packed it once with ``prepare_filters``.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import tensors
-from clconv.devices import DeviceInfo, Runtime
-from clconv.config import split_config
-from clconv.programs import dtype_defines, enqueue, get_kernel
+from clconv.devices import DeviceInfo
+from clconv.programs import TypedKernel, ndrange
+from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
-SOURCE = "gemm_implicit.cl"
-FAMILY = "gemm_implicit"
+GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # half accumulates in float: direct
 
 
 @dataclass(frozen=True)
@@ -117,60 +116,13 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
     return config
 
 
-class _Tables:
-    """Device copies of a plan's tables, one per (context, plan)."""
-
-    _lock = threading.Lock()
-    _cache: dict[tuple, tuple[cl.Buffer, cl.Buffer]] = {}
-    _zeros: dict[tuple, cl.Buffer] = {}
-
-    @classmethod
-    def get(cls, rt: Runtime, plan: GemmPlan) -> tuple[cl.Buffer, cl.Buffer]:
-        key = (rt.context.int_ptr, plan)
-        with cls._lock:
-            found = cls._cache.get(key)
-        if found is None:
-            flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
-            phases = np.array(plan.phases, dtype=np.int32).reshape(-1)
-            taps = np.array(plan.taps or [(0,) * 6], dtype=np.int32).reshape(-1)
-            found = (cl.Buffer(rt.context, flags, hostbuf=phases),
-                     cl.Buffer(rt.context, flags, hostbuf=taps))
-            with cls._lock:
-                if len(cls._cache) > 256:  # plans are small, but shapes can be many
-                    cls._cache.clear()
-                cls._cache[key] = found
-        return found
-
-    _scratch: dict[tuple, tensors.DeviceTensor] = {}
-
-    @classmethod
-    def scratch(cls, rt: Runtime, elements: int, dtype: np.dtype) -> tensors.DeviceTensor:
-        """The packed-filter buffer, reused by every call on an in-order queue: the next
-        call's packing cannot start before this call's GEMM has read it, and reusing
-        memory saves the page faults of touching a fresh allocation."""
-        in_order = not (rt.queue.properties
-                        & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE)
-        key = (rt.queue.int_ptr, np.dtype(dtype).str)
-        with cls._lock:
-            found = cls._scratch.get(key) if in_order else None
-            if found is None or found.size < elements:
-                found = tensors.empty_output((elements,), np.dtype(dtype), rt.queue, rt.info,
-                                             zero=False)
-                if in_order:
-                    cls._scratch[key] = found
-        return found
-
-    @classmethod
-    def zero(cls, rt: Runtime, dtype: np.dtype) -> cl.Buffer:
-        """A one-element zero buffer that rows outside the source read instead."""
-        key = (rt.context.int_ptr, np.dtype(dtype).str)
-        with cls._lock:
-            buf = cls._zeros.get(key)
-            if buf is None:
-                buf = cl.Buffer(rt.context, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
-                                hostbuf=np.zeros(4, dtype=dtype))
-                cls._zeros[key] = buf
-        return buf
+# Argument types of the two kernels (None: a buffer), in their signatures' order.
+_I = np.int32
+_VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
+PACK_ARGS = [None, *_VIEW, None, None, _I, _I, _I]
+GEMM_ARGS = [None, *_VIEW, _I, _I, _I, None, None, None, *_VIEW, _I, _I, _I, _I, _I, None, None]
+SCRATCH_KEEP_BYTES = 64 << 20  # larger packed filters are not kept between calls
+SCRATCH_KEEP_COUNT = 2  # packed-filter buffers a plan keeps for reuse
 
 
 def _pack_local(ch_count: int, info: DeviceInfo) -> Optional[tuple[int, int, int]]:
@@ -182,62 +134,149 @@ def _pack_local(ch_count: int, info: DeviceInfo) -> Optional[tuple[int, int, int
     return (size, 1, 1) if size > 1 else None
 
 
-def run_gemm(rt: Runtime, plan: GemmPlan, src: tensors.DeviceTensor, src_format: str,
-             src_hw: tuple[int, int], ch_count: int, filt: tensors.DeviceTensor,
-             filt_view: list, y: tensors.DeviceTensor, y_format: str, batch: int, n_out: int,
-             config: dict[str, Any], timeline: Optional[list] = None) -> cl.Event:
-    """Pack the filter for ``plan`` and run the implicit GEMM into ``y``.
+@dataclass(frozen=True)
+class PackedFilters:
+    """A filter packed for one GEMM plan (``ConvPlan.prepare_filters``)."""
 
-    ``timeline``, if given, receives (phase name, cl.Event) pairs for profiling.
+    buffer: cl.Buffer
+    plan_key: tuple  # what the packing depends on: the GEMM's tables and tile
+    event: Optional[cl.Event] = None  # the packing; later launches on other queues wait
+
+
+class _ScratchPool:
+    """The packed-filter buffers of one plan.
+
+    A call takes a buffer, packs into it, runs its GEMM and gives it back.  A
+    buffer given back on an in-order queue can be taken again at once by a call
+    on that same queue (the queue orders the next packing after this GEMM); on
+    any other queue only once that GEMM has finished.  So concurrent calls never
+    share a buffer they could both be using, and a busy loop reuses one buffer
+    instead of touching fresh memory each time.
     """
-    config = tile_for(config, n_out, rt.info)
-    defines, local = split_config(config)
-    defines.update(dtype_defines(src.dtype))
-    tn = int(defines["TN"])
-    tm = int(defines["TM"])
-    n_padded = -(-n_out // tn) * tn
-    phases_buf, taps_buf = _Tables.get(rt, plan)
-    total_k = len(plan.taps) * ch_count
-    i32 = np.int32
 
-    packed = _Tables.scratch(rt, max(1, total_k * n_padded), src.dtype)
-    if total_k:
-        pack = get_kernel(rt.context, SOURCE, "pack_filter", defines)
-        event = enqueue(rt.queue, pack, (ch_count, n_padded // tn, len(plan.taps)),
-                        _pack_local(ch_count, rt.info),
-                        [filt.buffer, *filt_view, taps_buf, packed.buffer, i32(ch_count),
-                         i32(n_out), i32(n_padded)])
+    def __init__(self, context: cl.Context, nbytes: int) -> None:
+        self.context, self.nbytes = context, nbytes
+        self._free: list[tuple[cl.Buffer, cl.CommandQueue, cl.Event]] = []
+        self._lock = threading.Lock()
+
+    def take(self, queue: cl.CommandQueue) -> cl.Buffer:
+        done = cl.command_execution_status.COMPLETE
+        with self._lock:
+            for i, (buffer, owner, event) in enumerate(self._free):
+                if (owner.int_ptr == queue.int_ptr and _in_order(owner)) or \
+                        event.command_execution_status == done:
+                    del self._free[i]
+                    return buffer
+        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, self.nbytes)
+
+    def give(self, buffer: cl.Buffer, queue: cl.CommandQueue, event: cl.Event) -> None:
+        if self.nbytes > SCRATCH_KEEP_BYTES:
+            return
+        with self._lock:
+            if len(self._free) < SCRATCH_KEEP_COUNT:
+                self._free.append((buffer, queue, event))
+
+
+def _in_order(queue: cl.CommandQueue) -> bool:
+    return not (queue.properties & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE)
+
+
+class GemmLaunch:
+    """The prepared launches of one GEMM plan: tables, typed kernels, NDRanges."""
+
+    def __init__(self, setup: Setup) -> None:
+        g, info, context = setup.geometry, setup.info, setup.context
+        self.forward = setup.op == "conv2d"
+        self.plan = forward_plan(g) if self.forward else backprop_plan(g)
+        self.g = g
+        # GEMM shape: source (x or dy), its channels, and the N (output channels) side.
+        self.src_hw = (g.in_h, g.in_w) if self.forward else (g.out_h, g.out_w)
+        self.ch_count = g.in_c if self.forward else g.out_c
+        self.n_out = g.out_c if self.forward else g.in_c
+        tn, tm = int(setup.defines["TN"]), int(setup.defines["TM"])
+        self.n_padded = -(-self.n_out // tn) * tn
+        self.total_k = len(self.plan.taps) * self.ch_count
+
+        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+        self.phases = cl.Buffer(context, flags,
+                                hostbuf=np.array(self.plan.phases, np.int32).reshape(-1))
+        self.taps = cl.Buffer(context, flags, hostbuf=np.array(
+            self.plan.taps or [(0,) * 6], np.int32).reshape(-1))
+        self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(4, setup.dtype))
+        self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
+                                    * setup.dtype.itemsize)
+        self.key = (self.plan, tn, self.n_padded, setup.dtype.str)
+
+        source, name = setup.space.kernel
+        self.gemm = TypedKernel(context, source, name, setup.defines, GEMM_ARGS)
+        self.gemm_range = ndrange(
+            (self.n_padded // tn, -(-self.plan.max_pixels(g.batch) // tm), len(self.plan.phases)),
+            setup.local)
+        pack_source, pack_name = setup.space.helper_kernels["pack"]
+        self.packer = TypedKernel(context, pack_source, pack_name, setup.defines, PACK_ARGS)
+        self.pack_range = ndrange((self.ch_count, self.n_padded // tn, len(self.plan.taps)),
+                                  _pack_local(self.ch_count, info))
+        self.kernels = (self.gemm, self.packer)
+
+    def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:
+        offset, s_a, s_b, s_in, s_out = filters.filter_view()
+        # The input gradient reads the filter with in/out swapped:
+        # B[k=(tap, co), n=ci] = w[a, b, ci, co].
+        return [offset, s_a, s_b, s_in, s_out] if self.forward else [offset, s_a, s_b, s_out,
+                                                                      s_in]
+
+    def _pack_into(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor,
+                   buffer: cl.Buffer) -> Optional[cl.Event]:
+        if not self.total_k:
+            return None
+        return self.packer.enqueue(queue, *self.pack_range, [
+            filters.buffer, *self._filter_view(filters), self.taps, buffer, self.ch_count,
+            self.n_out, self.n_padded])
+
+    def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> PackedFilters:
+        buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, self.scratch.nbytes)
+        return PackedFilters(buffer, self.key, self._pack_into(queue, filters, buffer))
+
+    def enqueue(self, queue: cl.CommandQueue, src: tensors.DeviceTensor, filters: Any,
+                out: tensors.DeviceTensor, timeline: Optional[list] = None) -> cl.Event:
+        if isinstance(filters, PackedFilters):
+            if filters.plan_key != self.key:
+                raise ValueError("these filters were packed by another plan (another shape, "
+                                 "algorithm or configuration): pack them with this plan's "
+                                 "prepare_filters")
+            packed, scratch = filters.buffer, None
+        else:
+            packed = scratch = self.scratch.take(queue)
+            event = self._pack_into(queue, filters, packed)
+            if timeline is not None and event is not None:
+                timeline.append(("pack filter", event))
+        layout = self.g.data_format
+        event = self.gemm.enqueue(queue, *self.gemm_range, [
+            src.buffer, *src.activation_view(layout), *self.src_hw, self.ch_count, packed,
+            self.zero, out.buffer, *out.activation_view(layout), self.g.batch, self.n_out,
+            self.n_padded, self.plan.src_mul_h, self.plan.src_mul_w, self.phases, self.taps])
         if timeline is not None:
-            timeline.append(("pack filter", event))
-
-    gemm = get_kernel(rt.context, SOURCE, "gemm_implicit", defines)
-    event = enqueue(rt.queue, gemm,
-                    (n_padded // tn, -(-plan.max_pixels(batch) // tm), len(plan.phases)), local,
-                    [src.buffer, *src.activation_view(src_format), i32(src_hw[0]),
-                     i32(src_hw[1]), i32(ch_count), packed.buffer, _Tables.zero(rt, src.dtype),
-                     y.buffer, *y.activation_view(y_format), i32(batch), i32(n_out),
-                     i32(n_padded), i32(plan.src_mul_h), i32(plan.src_mul_w), phases_buf,
-                     taps_buf])
-    if timeline is not None:
-        timeline.append(("gemm", event))
-    return event
+            timeline.append(("gemm", event))
+        if scratch is not None:
+            self.scratch.give(scratch, queue, event)
+        return event
 
 
-def conv2d_gemm(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTensor,
-                y: tensors.DeviceTensor, g: ConvGeometry, config: dict[str, Any],
-                timeline: Optional[list] = None) -> cl.Event:
-    """y = conv2d(x, w) for ungrouped g."""
-    return run_gemm(rt, forward_plan(g), x, g.data_format, (g.in_h, g.in_w), g.in_c, w,
-                    w.filter_view(), y, g.data_format, g.batch, g.out_c, config,
-                    timeline)
+def _unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo) -> Optional[str]:
+    if dtype not in GEMM_DTYPES:
+        return f"gemm computes float32/float64 only (got {dtype.name})"
+    if g.groups != 1:
+        return f"gemm computes ungrouped convolutions only (got {g.groups} groups)"
+    return None
 
 
-def backprop_gemm(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.DeviceTensor,
-                  dx: tensors.DeviceTensor, g: ConvGeometry,
-                  config: Optional[dict[str, Any]], timeline: Optional[list] = None) -> cl.Event:
-    """dx of the conv g: per stride phase, a GEMM over the taps that reach real dy pixels.
-    The filter view swaps in/out: B[k=(tap, co), n=ci] = w[a, b, ci, co]."""
-    offset, s_a, s_b, s_in, s_out = w.filter_view()
-    swapped = [offset, s_a, s_b, s_out, s_in]
-    return run_gemm(rt, backprop_plan(g), dy, g.data_format, (g.out_h, g.out_w), g.out_c, w,
-                    swapped, dx, g.data_format, g.batch, g.in_c, config or {}, timeline)
+def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
+             ) -> dict[str, Any]:
+    return tile_for(config, g.out_c if op == "conv2d" else g.in_c, info)
+
+
+ALGORITHM = register(Algorithm(
+    name="gemm", prepare=GemmLaunch, unsupported=_unsupported, resolve=_resolve,
+    fallback="direct",
+    doc="per stride phase, a register-blocked implicit GEMM over the taps that land on "
+        "real input pixels"))

@@ -1,29 +1,23 @@
 """The public ops: conv2d, conv2d_backprop_input and conv2d_transpose.
 
-Each op checks its arguments with TensorFlow's rules (clconv.shapes), places
-the operands on one device (clconv.tensors), picks a kernel configuration
-(clconv.config) and launches the kernels of one algorithm.  numpy in gives
-numpy out; pyopencl.array in gives pyopencl.array out on the same queue.
+Each op checks its arguments with TensorFlow's rules (clconv.shapes), finds
+the device, and hands the call to a plan (clconv.plans): check -> plan ->
+execute.  numpy in gives numpy out; pyopencl.array in gives pyopencl.array
+out on the same queue.  ``plan`` builds the same plan for a caller who runs
+one layer many times.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import pyopencl as cl
 
-from clconv import gemm, tensors
-from clconv.config import choose_algorithm, choose_config, split_config
+from clconv import plans, registry, tensors
 from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
-from clconv.programs import dtype_defines, enqueue, get_kernel
+from clconv.plans import ConvPlan
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
-
-ALGORITHMS = ("direct", "via_forward", "gemm")  # of the backprop ops
-CONV2D_ALGORITHMS = ("direct", "gemm")
-GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # half accumulates in float: direct
 
 def _choose_runtime(operands: Sequence[Any], device: Optional[str]) -> Runtime:
     queue = tensors.find_queue(operands)
@@ -57,32 +51,13 @@ def _check_device_dtype(rt: Runtime, dtype: np.dtype) -> None:
         )
 
 
-def _result(out: tensors.DeviceTensor, device_resident: bool) -> Any:
-    return out.array if device_resident else out.array.get()
-
-
-def _check_algorithm(algorithm: Optional[str], allowed: Sequence[str] = ALGORITHMS
-                     ) -> Optional[str]:
+def _check_algorithm(algorithm: Optional[str], op: str) -> Optional[str]:
+    allowed = registry.algorithms_for(op)
     if algorithm is not None and algorithm not in allowed:
         raise InvalidArgumentError(
             f"algorithm={algorithm!r} is not one of {', '.join(allowed)} (or None to let "
             "clconv choose)"
         )
-    return algorithm
-
-
-def _resolve_algorithm(requested: Optional[str], op: str, rt: Runtime, g: ConvGeometry,
-                       dtype: np.dtype) -> str:
-    """The caller's choice, else the configured one; the GEMM kernels take float32/64
-    and ungrouped convs only, so anything else runs the direct kernel."""
-    algorithm = requested or choose_algorithm(op, rt.info, g)
-    if algorithm == "gemm" and (dtype not in GEMM_DTYPES or g.groups != 1):
-        if requested:
-            raise UnimplementedError(
-                f"algorithm='gemm' computes float32/float64 ungrouped convolutions; got "
-                f"dtype {dtype.name} with {g.groups} group(s): use algorithm='direct'"
-            )
-        return "direct"
     return algorithm
 
 
@@ -115,7 +90,7 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     numpy.ndarray, or pyopencl.array.Array when ``input`` is one.
     """
     attrs = parse_attrs(strides, padding, data_format, dilations)
-    _check_algorithm(algorithm, CONV2D_ALGORITHMS)
+    _check_algorithm(algorithm, "conv2d")
     dtype = tensors.resolve_dtype("Conv2D", [(input, "input"), (filters, "filters")])
     x_shape, w_shape = _shape_of(input, "input"), _shape_of(filters, "filters")
     lead = x_shape[:-3] if len(x_shape) > 4 else None
@@ -125,23 +100,8 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     tensors.check_computable(dtype)
     rt = _choose_runtime([input, filters], device)
     _check_device_dtype(rt, dtype)
-    device_resident = tensors.is_device_array(input)
-
-    needs_sum = g.x_size() > 0 and g.k_h * g.k_w > 0 and g.out_c > 0
-    out = tensors.empty_output(g.y_shape(), dtype, rt.queue, rt.info, zero=not needs_sum)
-    if g.y_size() > 0 and needs_sum:
-        # numpy in, numpy out: the result's .get() finishes the queue before the borrowed
-        # host memory can go away, so the inputs need no upload copy on a CPU device.
-        borrow = not device_resident
-        x = tensors.to_device(_reshaped(input, x_shape), dtype, rt.queue, rt.info, "input",
-                              borrow=borrow)
-        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", borrow=borrow)
-        if _resolve_algorithm(algorithm, "conv2d", rt, g, dtype) == "gemm":
-            gemm.conv2d_gemm(rt, x, w, out, g, choose_config(gemm.FAMILY, rt.info, "conv2d", g))
-        else:
-            run_conv2d_direct(rt, x, w, out, g,
-                              choose_config("conv2d_direct", rt.info, "conv2d", g))
-    result = _result(out, device_resident)
+    plan = plans.get_plan(rt, "conv2d", g, dtype, algorithm)
+    result = plan.execute(_reshaped(input, x_shape), filters, queue=rt.queue)
     if lead is not None:
         result = result.reshape(lead + tuple(result.shape[1:]))
     return result
@@ -151,29 +111,6 @@ def _reshaped(value: Any, shape: tuple[int, ...]) -> Any:
     if tuple(value.shape) == shape:
         return value
     return value.reshape(shape)
-
-
-def run_conv2d_direct(rt: Runtime, x: tensors.DeviceTensor, w: tensors.DeviceTensor,
-                      y: tensors.DeviceTensor, g: ConvGeometry,
-                      config: Optional[dict] = None, w_view: Optional[list] = None,
-                      x_format: Optional[str] = None) -> cl.Event:
-    """Launch conv2d_direct.cl for the conv ``g``: y in g.data_format, x in ``x_format``
-    (default the same), the filter as ``w`` or as the view ``w_view`` (offset, 4 strides)."""
-    config = config or choose_config("conv2d_direct", rt.info, "conv2d", g)
-    defines, local = split_config(config)
-    defines.update(dtype_defines(x.dtype))
-    kernel = get_kernel(rt.context, "conv2d_direct.cl", "conv2d_direct", defines)
-    i32 = np.int32
-    w_args = w_view if w_view is not None else w.filter_view()
-    args = [x.buffer, *x.activation_view(x_format or g.data_format),
-            i32(g.in_h), i32(g.in_w), i32(g.in_c),
-            w.buffer, *w_args, i32(g.k_h), i32(g.k_w),
-            y.buffer, *y.activation_view(g.data_format),
-            i32(g.out_h), i32(g.out_w), i32(g.out_c),
-            i32(g.batch), i32(g.stride_h), i32(g.stride_w), i32(g.dil_h), i32(g.dil_w),
-            i32(g.pad_top), i32(g.pad_left), i32(g.groups)]
-    blocks = g.groups * -(-(g.out_c // g.groups) // int(defines["CO_BLOCK"]))
-    return enqueue(rt.queue, kernel, (blocks, g.batch * g.out_h * g.out_w), local, args)
 
 
 # --------------------------------------------------------------------------- backprop
@@ -205,7 +142,7 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
     dtype = tensors.resolve_dtype("Conv2DBackpropInput",
                                   [(filters, "filters"), (out_backprop, "out_backprop")])
     return _backprop("conv2d_backprop_input", input_sizes, filters, out_backprop, attrs, dtype,
-                     device, _check_algorithm(algorithm))
+                     device, _check_algorithm(algorithm, "conv2d_backprop_input"))
 
 
 def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
@@ -235,7 +172,7 @@ def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     # TF passes filters as the op's input #1 and input as #2: T follows the filter.
     dtype = tensors.resolve_dtype("Conv2DBackpropInput", [(filters, "filters"), (input, "input")])
     return _backprop("conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
-                     _check_algorithm(algorithm))
+                     _check_algorithm(algorithm, "conv2d_transpose"))
 
 
 def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dtype: np.dtype,
@@ -245,72 +182,53 @@ def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dty
     tensors.check_computable(dtype)
     rt = _choose_runtime([dy_value, filters], device)
     _check_device_dtype(rt, dtype)
-    device_resident = tensors.is_device_array(dy_value)
-
-    needs_sum = g.y_size() > 0 and g.k_h * g.k_w > 0
-    dx = tensors.empty_output(g.x_shape(), dtype, rt.queue, rt.info, zero=not needs_sum)
-    if g.x_size() > 0 and needs_sum:
-        borrow = not device_resident  # see conv2d
-        dy = tensors.to_device(dy_value, dtype, rt.queue, rt.info, "input", borrow=borrow)
-        w = tensors.to_device(filters, dtype, rt.queue, rt.info, "filters", borrow=borrow)
-        algorithm = _resolve_algorithm(algorithm, op, rt, g, dtype)
-        if algorithm == "gemm":
-            gemm.backprop_gemm(rt, dy, w, dx, g, choose_config(gemm.FAMILY, rt.info, op, g))
-        elif algorithm == "direct":
-            run_backprop_direct(rt, dy, w, dx, g, choose_config("backprop_direct", rt.info, op, g))
-        else:
-            run_backprop_via_forward(rt, dy, w, dx, g,
-                                     choose_config("conv2d_direct", rt.info, op, g))
-    return _result(dx, device_resident)
+    return plans.get_plan(rt, op, g, dtype, algorithm).execute(dy_value, filters,
+                                                               queue=rt.queue)
 
 
-def run_backprop_direct(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.DeviceTensor,
-                        dx: tensors.DeviceTensor, g: ConvGeometry,
-                        config: Optional[dict] = None) -> cl.Event:
-    """Launch backprop_direct.cl: dx of the conv ``g`` from dy, gathering real taps only."""
-    config = config or choose_config("backprop_direct", rt.info, "conv2d_backprop_input", g)
-    defines, local = split_config(config)
-    defines.update(dtype_defines(dy.dtype))
-    kernel = get_kernel(rt.context, "backprop_direct.cl", "backprop_direct", defines)
-    i32 = np.int32
-    args = [dx.buffer, *dx.activation_view(g.data_format), i32(g.in_h), i32(g.in_w), i32(g.in_c),
-            w.buffer, *w.filter_view(), i32(g.k_h), i32(g.k_w),
-            dy.buffer, *dy.activation_view(g.data_format), i32(g.out_h), i32(g.out_w), i32(g.out_c),
-            i32(g.batch), i32(g.stride_h), i32(g.stride_w), i32(g.dil_h), i32(g.dil_w),
-            i32(g.pad_top), i32(g.pad_left)]
-    blocks = -(-g.in_c // int(defines["CI_BLOCK"]))
-    return enqueue(rt.queue, kernel, (blocks, g.batch * g.in_h * g.in_w), local, args)
+# --------------------------------------------------------------------------- plans
 
 
-def via_forward_geometry(g: ConvGeometry) -> ConvGeometry:
-    """The stride-1 VALID forward conv that computes dx of ``g`` from the dilated,
-    fully padded dy: input [N, H + k_eff_h - 1, W + k_eff_w - 1, C_out] (NHWC),
-    filter rotated 180 degrees with in/out swapped, output dx."""
-    return ConvGeometry(
-        "NHWC", g.batch, g.in_h + g.k_eff_h - 1, g.in_w + g.k_eff_w - 1, g.out_c,
-        g.k_h, g.k_w, g.in_h, g.in_w, g.in_c, 1, 1, g.dil_h, g.dil_w, 0, 0, 0, 0)
+def plan(op: str, input_shape: Sequence[int], filter_shape: Sequence[int], strides: Any,
+         padding: Any, output_shape: Any = None, data_format: str = "NHWC",
+         dilations: Any = None, *, dtype: Any = np.float32, device: Optional[str] = None,
+         algorithm: Optional[str] = None, config: Optional[dict] = None) -> ConvPlan:
+    """Decide once how to compute one op on one shape, for calling it many times.
 
+    Parameters
+    ----------
+    op : "conv2d", "conv2d_transpose" or "conv2d_backprop_input"
+    input_shape : the shape of the op's data operand: conv2d's ``input``,
+        conv2d_transpose's ``input``, conv2d_backprop_input's ``out_backprop``
+    filter_shape : the op's ``filters`` shape, in TF's layout
+    strides, padding, data_format, dilations : as for the op
+    output_shape : conv2d_transpose's ``output_shape`` / conv2d_backprop_input's
+        ``input_sizes``; not used for conv2d
+    dtype : float32 (default), float64 or float16
+    device : as for the ops
+    algorithm : None lets clconv choose (see ``ConvPlan.describe``)
+    config : a kernel configuration to use instead of the tuned / shipped one
 
-def run_backprop_via_forward(rt: Runtime, dy: tensors.DeviceTensor, w: tensors.DeviceTensor,
-                             dx: tensors.DeviceTensor, g: ConvGeometry,
-                             config: Optional[dict] = None) -> cl.Event:
-    """dx of the conv ``g`` as dilate + full pad + stride-1 conv with the rotated filter."""
-    fg = via_forward_geometry(g)
-    padded_shape = (g.batch, fg.in_h, fg.in_w, g.out_c)
-    padded = tensors.empty_output(padded_shape, dy.dtype, rt.queue, rt.info, zero=False)
-    i32 = np.int32
-    kernel = get_kernel(rt.context, "backprop_via_forward.cl", "dilate_pad",
-                        dtype_defines(dy.dtype))
-    args = [dy.buffer, *dy.activation_view(g.data_format), i32(g.out_h), i32(g.out_w),
-            i32(g.out_c), padded.buffer, i32(fg.in_h), i32(fg.in_w), i32(g.batch),
-            i32(g.stride_h), i32(g.stride_w),
-            i32(g.k_eff_h - 1 - g.pad_top), i32(g.k_eff_w - 1 - g.pad_left)]
-    enqueue(rt.queue, kernel, (padded.size,), None, args)
-    # The rotated, in/out-swapped filter is a view: start at w[kh-1, kw-1] and walk
-    # the spatial axes backwards; "in" of the view is the forward filter's "out".
-    offset, s_a, s_b, s_in, s_out = (int(v) for v in w.filter_view())
-    w_view = [i32(offset + (g.k_h - 1) * s_a + (g.k_w - 1) * s_b),
-              i32(-s_a), i32(-s_b), i32(s_out), i32(s_in)]
-    # The padded input is NHWC; dx keeps g's data format.
-    dx_g = dataclasses.replace(fg, data_format=g.data_format)
-    return run_conv2d_direct(rt, padded, w, dx, dx_g, config, w_view=w_view, x_format="NHWC")
+    Returns
+    -------
+    ConvPlan: ``execute(input, filters)`` computes the op exactly as the op function
+    would; ``prepare_filters(filters)`` packs a filter once for many calls;
+    ``describe()`` says what was chosen and why.  Safe to share between threads.
+    """
+    if op not in plans.OPS:
+        raise InvalidArgumentError(f"op={op!r} is not one of {', '.join(plans.OPS)}")
+    attrs = parse_attrs(strides, padding, data_format, dilations)
+    _check_algorithm(algorithm, op)
+    dtype = np.dtype(dtype)
+    tensors.check_computable(dtype)
+    shape, w_shape = tuple(int(v) for v in input_shape), tuple(int(v) for v in filter_shape)
+    if op == "conv2d":
+        g = conv2d_geometry(shape, w_shape, attrs)
+    else:
+        if output_shape is None:
+            raise InvalidArgumentError(f"{op} needs output_shape (TF's "
+                                       f"{'output_shape' if op == 'conv2d_transpose' else 'input_sizes'})")
+        g = backprop_input_geometry(output_shape, w_shape, shape, attrs)
+    rt = runtime(device)
+    _check_device_dtype(rt, dtype)
+    return plans.get_plan(rt, op, g, dtype, algorithm, config)

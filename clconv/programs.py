@@ -2,11 +2,14 @@
 
 Tunables reach a kernel only as ``-D NAME=value`` options.  A program is keyed
 on its context, the source file and the sorted options, and each cl.Kernel is
-fetched once; pyopencl keeps compiled binaries on disk across processes.
+used through TypedKernel objects that each plan owns; pyopencl keeps compiled
+binaries on disk across processes.  The program cache is bounded (LRU,
+MAX_PROGRAMS): each tuned configuration is a program of its own.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import threading
 import warnings
@@ -21,9 +24,10 @@ from clconv.resources import kernel_source
 
 COMMON_HEADER = "common.cl"
 
+MAX_PROGRAMS = 256  # programs kept per process, least recently used dropped first
+
 _lock = threading.Lock()
-_programs: dict[tuple, cl.Program] = {}
-_kernels: dict[tuple, cl.Kernel] = {}
+_programs: "collections.OrderedDict[tuple, cl.Program]" = collections.OrderedDict()
 
 
 def full_source(source_name: str) -> str:
@@ -69,8 +73,9 @@ def get_program(context: cl.Context, source_name: str, defines: Mapping[str, obj
     key = (context.int_ptr, source_name, tuple(options))
     with _lock:
         program = _programs.get(key)
-    if program is not None:
-        return program
+        if program is not None:
+            _programs.move_to_end(key)
+            return program
     source = full_source(source_name)
     try:
         with warnings.catch_warnings():
@@ -88,32 +93,60 @@ def get_program(context: cl.Context, source_name: str, defines: Mapping[str, obj
         ) from exc
     with _lock:
         _programs[key] = program
+        while len(_programs) > MAX_PROGRAMS:
+            _programs.popitem(last=False)
     return program
 
 
-def enqueue(queue: cl.CommandQueue, kernel: cl.Kernel, work: Sequence[int],
-            local: Optional[Sequence[int]], args: Sequence) -> cl.Event:
-    """Set ``args`` and enqueue over ``work`` items.  OpenCL 1.2 needs the global size
-    to be a multiple of the work-group size, so with a ``local`` shape (truncated or
-    padded with 1s to the range's dimensions) the range is rounded up; kernels
-    return early for items past ``work``."""
-    if local:
-        local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
-        global_size = tuple(-(-int(n) // size) * size for n, size in zip(work, local))
-    else:
-        local, global_size = None, tuple(int(n) for n in work)
-    kernel.set_args(*args)
-    return cl.enqueue_nd_range_kernel(queue, kernel, global_size, local)
+def ndrange(work: Sequence[int], local: Optional[Sequence[int]]
+            ) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
+    """(global size, local size) of a launch over ``work`` items.  OpenCL 1.2 needs the
+    global size to be a multiple of the work-group size, so with a ``local`` shape
+    (truncated or padded with 1s to the range's dimensions) the range is rounded up;
+    kernels return early for items past ``work``."""
+    if not local:
+        return tuple(int(n) for n in work), None
+    local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
+    return tuple(-(-int(n) // size) * size for n, size in zip(work, local)), local
 
 
-def get_kernel(context: cl.Context, source_name: str, kernel_name: str,
-               defines: Mapping[str, object]) -> cl.Kernel:
-    """One cl.Kernel object per (program, name), created on first use."""
-    key = (context.int_ptr, source_name, tuple(build_options(defines)), kernel_name)
+class TypedKernel:
+    """A cl.Kernel owned by one plan, with its scalar argument types declared once.
+
+    pyopencl's Kernel holds its arguments as state, so two threads that set
+    arguments and enqueue on one Kernel can launch each other's arguments: the
+    lock covers exactly set-args + enqueue, nothing else.  Declared scalar types
+    (``set_scalar_arg_dtypes``) make set-args about 70x cheaper than inferring
+    them from numpy scalars.
+    """
+
+    def __init__(self, context: cl.Context, source_name: str, kernel_name: str,
+                 defines: Mapping[str, object], arg_types: Sequence[object]) -> None:
+        self.name = kernel_name
+        self.kernel = cl.Kernel(get_program(context, source_name, defines), kernel_name)
+        self.kernel.set_scalar_arg_dtypes(list(arg_types))
+        self._lock = threading.Lock()
+
+    def work_group_info(self, device: cl.Device) -> dict[str, int]:
+        """The limits only the built kernel knows, by their search-space names."""
+        info = cl.kernel_work_group_info
+        return {
+            "kernel_work_group_size": self.kernel.get_work_group_info(info.WORK_GROUP_SIZE,
+                                                                      device),
+            "kernel_local_mem_size": self.kernel.get_work_group_info(info.LOCAL_MEM_SIZE,
+                                                                     device),
+            "kernel_preferred_work_group_size_multiple": self.kernel.get_work_group_info(
+                info.PREFERRED_WORK_GROUP_SIZE_MULTIPLE, device),
+        }
+
+    def enqueue(self, queue: cl.CommandQueue, global_size: Sequence[int],
+                local_size: Optional[Sequence[int]], args: Sequence) -> cl.Event:
+        with self._lock:
+            self.kernel.set_args(*args)
+            return cl.enqueue_nd_range_kernel(queue, self.kernel, global_size, local_size)
+
+
+def forget_all() -> None:
+    """Drop every cached program (after fork: the parent's are not usable)."""
     with _lock:
-        kernel = _kernels.get(key)
-    if kernel is None:
-        kernel = getattr(get_program(context, source_name, defines), kernel_name)
-        with _lock:
-            _kernels[key] = kernel
-    return kernel
+        _programs.clear()

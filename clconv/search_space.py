@@ -55,8 +55,8 @@ FUNCTIONS = {
     "cdiv": lambda a, b: -(-a // b),  # ceiling division
 }
 
-_TOP_KEYS = {"family", "doc", "kernel", "sources", "algorithms", "tunables", "constraints",
-             "device_limits"}
+_TOP_KEYS = {"family", "doc", "kernel", "helper_kernels", "sources", "algorithms", "tunables",
+             "constraints", "device_limits"}
 _TUNABLE_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -209,6 +209,7 @@ class SearchSpace:
     origin: str
     doc: str
     kernel: tuple[str, str]  # (source file, kernel name): the launch the tunables shape
+    helper_kernels: Mapping[str, tuple[str, str]]  # role -> (source, name): other launches
     sources: tuple[str, ...]  # every kernel file the family's launches build
     algorithms: Mapping[str, str]  # op -> the algorithm name this family computes it as
     tunables: tuple[Tunable, ...]
@@ -239,6 +240,32 @@ class SearchSpace:
             if not rule.holds(values):
                 return rule
         return None
+
+    def problem(self, config: Any, context: Mapping[str, Any]) -> Optional[str]:
+        """Why ``config`` is not one of this space's configurations that may run in
+        ``context`` (its tunables, their candidate values, the constraints and the
+        device limits known before a build), or None.  A configuration read from a
+        file passes here before any build option is formed from it."""
+        if not isinstance(config, Mapping):
+            return f"expected a mapping of {', '.join(self.names)}, got {config!r}"
+        if set(config) != set(self.names):
+            return (f"tunables {', '.join(sorted(map(str, config)))} are not the family's "
+                    f"{', '.join(self.names)}")
+        for tunable in self.tunables:
+            value = config[tunable.name]
+            if isinstance(value, list):
+                value = tuple(value)
+            if isinstance(value, bool) or not any(
+                    type(value) is type(candidate) and value == candidate
+                    for candidate in tunable.values):
+                shown = [list(v) if isinstance(v, tuple) else v for v in tunable.values]
+                return (f"{tunable.name}={config[tunable.name]!r} is not one of the candidates "
+                        f"{shown}")
+        try:
+            rule = self.violated(config, context, self.constraints + self.before_build_limits)
+        except ConstraintError as exc:
+            return str(exc)
+        return None if rule is None else f"breaks {rule.name} ({rule.expr.text}): {rule.reason}"
 
     @property
     def before_build_limits(self) -> tuple[Constraint, ...]:
@@ -385,11 +412,21 @@ def load_space(text: str, origin: str) -> SearchSpace:
     if (not isinstance(kernel, dict) or set(kernel) != {"source", "name"}
             or not all(isinstance(v, str) and v for v in kernel.values())):
         raise _fail(origin, "kernel", "a mapping {source: file.cl, name: kernel_name}", kernel)
-    sources = data.get("sources", [kernel["source"]])
+    helpers = data.get("helper_kernels") or {}
+    if not isinstance(helpers, dict) or not all(
+            isinstance(role, str) and _RULE_NAME.match(role) and isinstance(spec, dict)
+            and set(spec) == {"source", "name"}
+            and all(isinstance(v, str) and v for v in spec.values())
+            for role, spec in helpers.items()):
+        raise _fail(origin, "helper_kernels", "a mapping role: {source: file.cl, name: "
+                    "kernel_name}", helpers)
+    helpers = {role: (spec["source"], spec["name"]) for role, spec in helpers.items()}
+    sources = data.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, str) for s in sources):
         raise _fail(origin, "sources", "a list of kernel file names", sources)
-    if kernel["source"] not in sources:
-        sources = [kernel["source"], *sources]
+    for source in [kernel["source"], *(src for src, _ in helpers.values())]:
+        if source not in sources:
+            sources = [*sources, source]
     algorithms = data.get("algorithms")
     if (not isinstance(algorithms, dict) or not algorithms
             or not all(op in OPS and isinstance(a, str) and a for op, a in algorithms.items())):
@@ -433,7 +470,7 @@ def load_space(text: str, origin: str) -> SearchSpace:
     limits = _rules(data.get("device_limits"), origin, "device_limits",
                     rule_names | set(DEVICE_NAMES) | set(KERNEL_NAMES),
                     "constraints and the device and kernel limits")
-    return SearchSpace(family, origin, doc.strip(), (kernel["source"], kernel["name"]),
+    return SearchSpace(family, origin, doc.strip(), (kernel["source"], kernel["name"]), helpers,
                        tuple(sources), dict(algorithms), tuple(tunables), constraints, limits)
 
 

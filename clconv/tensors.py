@@ -96,37 +96,81 @@ def check_computable(dtype: np.dtype) -> None:
 
 @dataclass
 class DeviceTensor:
-    """A tensor as the kernels see it."""
+    """A tensor as the kernels see it: a buffer, an element offset and element strides.
 
-    array: cl_array.Array
+    Made from a caller's pyopencl array (used in place, views included), or from
+    host memory: a plain cl.Buffer, since wrapping every operand of every call in
+    a pyopencl Array costs more host time than a small launch.
+    """
+
+    buffer: cl.Buffer
     shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int = 0
+    strides: Optional[tuple[int, ...]] = None  # elements; None: C-contiguous
+    array: Optional[cl_array.Array] = None  # the caller's array this tensor is
     borrowed: Optional[np.ndarray] = None  # host memory the buffer uses; keep it alive
 
-    @property
-    def dtype(self) -> np.dtype:
-        return self.array.dtype
+    def __post_init__(self) -> None:
+        if self.strides is None:
+            strides, step = [], 1
+            for extent in reversed(self.shape):
+                strides.append(step)
+                step *= max(int(extent), 1)
+            self.strides = tuple(reversed(strides))
+
+    @classmethod
+    def of_array(cls, array: cl_array.Array) -> "DeviceTensor":
+        item = array.dtype.itemsize
+        return cls(array.base_data, tuple(array.shape), array.dtype, array.offset // item,
+                   tuple(s // item for s in array.strides), array=array)
 
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
 
-    def view_args(self, order: Sequence[int]) -> list[np.int32]:
+    def view_args(self, order: Sequence[int]) -> list[int]:
         """Offset and strides (elements) with the axes taken in ``order``."""
-        item = self.array.dtype.itemsize
-        strides = [s // item for s in self.array.strides]
-        return [np.int32(self.array.offset // item)] + [np.int32(strides[i]) for i in order]
+        return [self.offset] + [self.strides[i] for i in order]
 
-    def activation_view(self, data_format: str) -> list[np.int32]:
+    def activation_view(self, data_format: str) -> list[int]:
         """Offset and n, h, w, c strides of an activation in ``data_format``."""
         return self.view_args(ACTIVATION_AXES[data_format])
 
-    def filter_view(self) -> list[np.int32]:
+    def filter_view(self) -> list[int]:
         """Offset and kh, kw, in, out strides of a filter (TF's layout)."""
         return self.view_args((0, 1, 2, 3))
 
-    @property
-    def buffer(self) -> cl.Buffer:
-        return self.array.base_data
+    def as_array(self, queue: cl.CommandQueue) -> cl_array.Array:
+        """A pyopencl array of this (C-contiguous, unborrowed) tensor on ``queue``."""
+        if self.array is not None:
+            return self.array
+        return cl_array.Array(queue, self.shape, self.dtype, data=self.buffer)
+
+    def get(self, queue: cl.CommandQueue, wait_for: Optional[list] = None) -> np.ndarray:
+        """Copy to a new numpy array, after ``wait_for`` and (on an in-order queue)
+        all earlier work of ``queue``."""
+        if self.array is not None:
+            if wait_for:
+                cl.wait_for_events(wait_for)
+            return self.array.get(queue)
+        host = np.empty(self.shape, self.dtype)
+        if host.size:
+            cl.enqueue_copy(queue, host, self.buffer, src_offset=self.offset * host.itemsize,
+                            wait_for=wait_for)
+        return host
+
+    def set(self, queue: cl.CommandQueue, host: np.ndarray) -> None:
+        """Overwrite from host memory (a C-contiguous tensor only)."""
+        host = np.ascontiguousarray(host, dtype=self.dtype).reshape(self.shape)
+        if host.size:
+            cl.enqueue_copy(queue, self.buffer, host, dst_offset=self.offset * host.itemsize)
+
+    def fill(self, queue: cl.CommandQueue, value: float) -> cl.Event:
+        """Set every element (of a C-contiguous tensor) to ``value``."""
+        return cl.enqueue_fill_buffer(queue, self.buffer, np.array(value, self.dtype),
+                                      self.offset * self.dtype.itemsize,
+                                      max(self.size, 0) * self.dtype.itemsize)
 
 
 def check_fits(nbytes: int, elements: int, what: str, info) -> None:
@@ -163,23 +207,30 @@ def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: s
             f"{dtype_name(operand.dtype)} tensor"
         )
     if on_device:
-        return DeviceTensor(value, tuple(value.shape))
+        return DeviceTensor.of_array(value)
     host = np.ascontiguousarray(operand, dtype=dtype)
     check_fits(host.nbytes, host.size, what, info)
-    if borrow and info.kind == "CPU" and host.size:
-        buffer = cl.Buffer(queue.context, cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR,
-                           hostbuf=host)
-        array = cl_array.Array(queue, host.shape, dtype, data=buffer)
-        return DeviceTensor(array, host.shape, borrowed=host)
-    return DeviceTensor(cl_array.to_device(queue, host), host.shape)
+    if not host.size:
+        return DeviceTensor(cl.Buffer(queue.context, cl.mem_flags.READ_ONLY, dtype.itemsize),
+                            host.shape, host.dtype)
+    if borrow and info.kind == "CPU":
+        flags = cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR
+        return DeviceTensor(cl.Buffer(queue.context, flags, hostbuf=host), host.shape,
+                            host.dtype, borrowed=host)
+    flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+    return DeviceTensor(cl.Buffer(queue.context, flags, hostbuf=host), host.shape, host.dtype)
 
 
 def empty_output(shape: tuple[int, ...], dtype: np.dtype, queue: cl.CommandQueue, info,
                  zero: bool) -> DeviceTensor:
     elements = int(np.prod(shape))
-    check_fits(elements * dtype.itemsize, elements, f"the output of shape {shape}", info)
-    make = cl_array.zeros if zero else cl_array.empty
-    return DeviceTensor(make(queue, shape, dtype), shape)
+    dtype = np.dtype(dtype)
+    check_fits(elements * dtype.itemsize, elements, f"the output of shape {tuple(shape)}", info)
+    buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, max(elements, 1) * dtype.itemsize)
+    tensor = DeviceTensor(buffer, tuple(int(s) for s in shape), dtype)
+    if zero and elements:
+        tensor.fill(queue, 0)
+    return tensor
 
 
 def find_queue(operands: Sequence[Any]) -> Optional[cl.CommandQueue]:

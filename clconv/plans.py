@@ -1,0 +1,313 @@
+"""Plans: decide once per call shape, execute many times, from any number of threads.
+
+A ConvPlan holds everything that depends only on (op, geometry, dtype,
+device): the algorithm and its configuration (and where each came from), the
+algorithm's prepared launches (typed kernels owned by the plan, device
+tables, NDRanges) and its scratch buffers.  ``execute`` binds the operands and
+enqueues; nothing else.  The public ops are: check the arguments with TF's
+rules -> ``get_plan`` -> ``execute``.
+
+Plans are memoised per (context, op, geometry, dtype, requested algorithm and
+configuration, tuning database and its generation) in an LRU of PLAN_CACHE_SIZE
+plans, so a loop over the same layer builds one plan; a caller may also hold a
+plan (``clconv.plan``) and skip even the look-up.
+
+Threads: ``execute`` may run concurrently on one plan; each kernel's
+set-args + enqueue is the only section under a lock (programs.TypedKernel),
+and calls never share a buffer they could both be writing (gemm's scratch
+pool hands a packed-filter buffer to one call at a time).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import threading
+from typing import Any, Optional
+
+import numpy as np
+import pyopencl as cl
+
+from clconv import registry, search_space, tensors, tuning_db
+from clconv.config import explain_algorithm, explain_config
+from clconv.devices import Runtime
+from clconv.errors import InvalidArgumentError, UnimplementedError
+from clconv.programs import dtype_defines
+from clconv.registry import Setup
+from clconv.shapes import ConvGeometry
+
+PLAN_CACHE_SIZE = 256  # plans kept per process (least recently used dropped first)
+OPS = search_space.OPS
+
+logger = logging.getLogger("clconv")
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedFilters:
+    """A filter made ready once for one plan (``ConvPlan.prepare_filters``): packed
+    into the plan's layout where its algorithm has one, else on the device."""
+
+    plan_id: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    prepared: Any  # what the algorithm's enqueue reads
+    source: Any = None  # the device copy the packing read (kept alive)
+
+
+class ConvPlan:
+    """One op on one geometry, dtype and device, decided and prepared.
+
+    Attributes
+    ----------
+    op : "conv2d", "conv2d_backprop_input" or "conv2d_transpose"
+    geometry : the forward conv (clconv.shapes.ConvGeometry)
+    dtype : numpy dtype of every operand
+    device : DeviceInfo
+    algorithm, algorithm_source : the algorithm and why ("requested", a tuning-database
+        level "exact" / "nearest", "device defaults", "generic", or a fallback)
+    config, config_source : the kernel configuration (-D tunables and LOCAL_SIZE) and
+        where it came from (the same levels, or "explicit")
+    input_shape, filter_shape, output_shape : in the op's data_format
+    """
+
+    def __init__(self, rt: Runtime, op: str, geometry: ConvGeometry, dtype: np.dtype,
+                 algorithm: str, algorithm_source: str, config: dict[str, Any],
+                 config_source: str, family: str) -> None:
+        g = geometry
+        self.op, self.geometry, self.dtype = op, g, np.dtype(dtype)
+        self.device, self.context = rt.info, rt.context
+        self.algorithm, self.algorithm_source = algorithm, algorithm_source
+        self.config, self.config_source, self.family = config, config_source, family
+        self._default_queue = rt.queue
+        forward = op == "conv2d"
+        self.input_shape = g.x_shape() if forward else g.y_shape()
+        self.output_shape = g.y_shape() if forward else g.x_shape()
+        self.filter_shape = (g.k_h, g.k_w, g.in_c // g.groups, g.out_c)
+        sums = g.k_h * g.k_w > 0 and (g.x_size() > 0 if forward else g.y_size() > 0) \
+            and (g.out_c > 0 if forward else True)
+        self.launches = sums and int(np.prod(self.output_shape)) > 0
+        self.launch: Optional[registry.Launch] = None
+        if self.launches:
+            space = search_space.shipped_spaces()[family]
+            defines = {k: v for k, v in config.items() if k != search_space.LOCAL_SIZE}
+            defines.update(dtype_defines(self.dtype))
+            local = config.get(search_space.LOCAL_SIZE)
+            setup = Setup(rt.context, rt.device, rt.info, op, g, self.dtype, space, config,
+                          defines, tuple(int(v) for v in local) if local else None)
+            self.launch = registry.get(algorithm).prepare(setup)
+            self._check_built_limits(rt, space)
+
+    def _check_built_limits(self, rt: Runtime, space: search_space.SearchSpace) -> None:
+        """The limits only a built kernel knows (CL_KERNEL_WORK_GROUP_SIZE, its local
+        memory): a configuration that breaks one is refused before any launch."""
+        if not space.after_build_limits:
+            return
+        main = self.launch.kernels[0]
+        geometry = registry.get(self.algorithm).kernel_geometry(self.op, self.geometry)
+        context = search_space.context(geometry, rt.info, self.op, self.algorithm,
+                                       self.dtype.itemsize, main.work_group_info(rt.device))
+        try:
+            rule = space.violated(self.config, context, space.after_build_limits)
+        except search_space.ConstraintError:
+            return  # a value left to the launch ("auto"): the launch itself judges
+        if rule is not None:
+            raise UnimplementedError(
+                f"configuration {format_config(self.config)} of {self.family} cannot run on "
+                f"device {rt.info.name!r}: it breaks {rule.name} ({rule.expr.text}): "
+                f"{rule.reason}")
+
+    # -- what it is
+    def describe(self) -> str:
+        """One line: op, shapes, dtype, device, algorithm and configuration, with sources."""
+        shapes = f"{'x'.join(map(str, self.input_shape))} -> " \
+                 f"{'x'.join(map(str, self.output_shape))}"
+        return (f"{self.op} {shapes} ({self.geometry.data_format}, {self.dtype.name}) on "
+                f"[{self.device.spec}] {self.device.name} ({self.device.platform}, "
+                f"{self.device.driver_version}): algorithm {self.algorithm} "
+                f"({self.algorithm_source}), {self.family} {format_config(self.config)} "
+                f"({self.config_source})")
+
+    def __repr__(self) -> str:
+        return f"<ConvPlan {self.describe()}>"
+
+    # -- operands
+    def _queue_for(self, operands: list[Any], queue: Optional[cl.CommandQueue]
+                   ) -> cl.CommandQueue:
+        queue = queue or tensors.find_queue(operands) or self._default_queue
+        if queue.context != self.context:
+            raise InvalidArgumentError(
+                f"the operands' queue belongs to another OpenCL context than this plan's "
+                f"(device {self.device.name!r}); build the plan for that queue's device")
+        return queue
+
+    def _filters(self, filters: Any, queue: cl.CommandQueue, borrow: bool) -> Any:
+        if isinstance(filters, PreparedFilters):
+            if filters.plan_id != id(self):
+                raise InvalidArgumentError(
+                    "filters prepared by another plan: call prepare_filters on this plan")
+            return filters.prepared
+        self._check_shape(filters, self.filter_shape, "filters")
+        return tensors.to_device(filters, self.dtype, queue, self.device, "filters",
+                                 borrow=borrow)
+
+    def _check_shape(self, value: Any, expected: tuple[int, ...], what: str) -> None:
+        shape = tuple(int(v) for v in getattr(value, "shape", np.shape(value)))
+        if shape != tuple(expected):
+            raise InvalidArgumentError(
+                f"{what} has shape {list(shape)}; this plan was built for {list(expected)}")
+
+    def prepare_filters(self, filters: Any, queue: Optional[cl.CommandQueue] = None
+                        ) -> PreparedFilters:
+        """Make ``filters`` ready once: packed in this plan's layout (gemm) or copied to
+        the device.  ``execute`` accepts the result in place of the filter and skips
+        that work; it is a snapshot: later changes to ``filters`` do not reach it."""
+        queue = self._queue_for([filters], queue)
+        self._check_shape(filters, self.filter_shape, "filters")
+        copy = tensors.to_device(filters, self.dtype, queue, self.device, "filters")
+        if tensors.is_device_array(filters) and filters.flags.c_contiguous:
+            copy = tensors.DeviceTensor.of_array(filters.copy(queue))  # a snapshot too
+        prepared = self.launch.pack(queue, copy) if self.launch is not None else copy
+        queue.finish()  # the snapshot is complete before the caller may change the source
+        return PreparedFilters(id(self), self.filter_shape, self.dtype, prepared, copy)
+
+    # -- running it
+    def execute(self, input: Any, filters: Any, out: Any = None,
+                queue: Optional[cl.CommandQueue] = None) -> Any:
+        """Compute the op.  numpy (or anything np.asarray takes) in gives numpy out;
+        a pyopencl array in gives a pyopencl array on its queue.  ``filters`` may be
+        what ``prepare_filters`` returned.  ``out``: a pyopencl array of the output's
+        shape and dtype to write into (it is also returned)."""
+        queue = self._queue_for([input, filters, out], queue)
+        self._check_shape(input, self.input_shape, "input")
+        resident = tensors.is_device_array(input)
+        # numpy in, numpy out: the blocking read below finishes the work before the
+        # borrowed host memory can go away, so inputs need no upload on a CPU device.
+        borrow = not resident and out is None
+        if out is not None:
+            if not tensors.is_device_array(out) or out.dtype != self.dtype:
+                raise InvalidArgumentError(
+                    f"out must be a pyopencl array of dtype {self.dtype.name}, got "
+                    f"{type(out).__name__}")
+            self._check_shape(out, self.output_shape, "out")
+            target = tensors.DeviceTensor.of_array(out)
+        else:
+            target = tensors.empty_output(self.output_shape, self.dtype, queue, self.device,
+                                          zero=False)
+        if self.launch is None:
+            event = target.fill(queue, 0) if target.size else None
+        else:
+            src = tensors.to_device(input, self.dtype, queue, self.device, "input",
+                                    borrow=borrow)
+            event = self.launch.enqueue(queue, src, self._filters(filters, queue, borrow),
+                                        target)
+        if out is not None:
+            return out
+        if resident:
+            return target.as_array(queue)
+        return target.get(queue, [event] if event is not None else None)
+
+    def enqueue(self, queue: cl.CommandQueue, src: tensors.DeviceTensor, filters: Any,
+                out: tensors.DeviceTensor, timeline: Optional[list] = None
+                ) -> Optional[cl.Event]:
+        """The bare launch on device tensors (tuner, conformance, bench): returns the
+        event of the last kernel, None when the op launches nothing."""
+        if self.launch is None:
+            return out.fill(queue, 0) if out.size else None
+        if isinstance(filters, PreparedFilters):
+            filters = self._filters(filters, queue, False)
+        return self.launch.enqueue(queue, src, filters, out, timeline)
+
+
+def format_config(config: Optional[dict]) -> str:
+    if not config:
+        return "(kernel defaults)"
+    return " ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+                    for k, v in config.items())
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def _choose_algorithm(rt: Runtime, op: str, g: ConvGeometry, dtype: np.dtype,
+                      requested: Optional[str]) -> tuple[str, str]:
+    info = rt.info
+    if requested is not None:
+        reason = registry.unsupported(requested, op, dtype, g, info)
+        if reason is not None:
+            raise UnimplementedError(
+                f"algorithm={requested!r} cannot compute this {op} on {info.name!r}: {reason}; "
+                f"algorithm='direct' computes every call")
+        return requested, "requested"
+    choice = explain_algorithm(op, info, g)
+    chosen = registry.runnable(choice.value, op, dtype, g, info)
+    if chosen != choice.value:
+        reason = registry.unsupported(choice.value, op, dtype, g, info)
+        return chosen, f"fallback: {choice.value} ({choice.source}) {reason}"
+    return chosen, choice.source
+
+
+def _freeze(config: Optional[dict]) -> Optional[tuple]:
+    if config is None:
+        return None
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+
+
+def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
+               algorithm: Optional[str] = None, config: Optional[dict] = None) -> ConvPlan:
+    """Decide and prepare (no memo): ``algorithm`` None lets clconv choose; ``config``
+    None takes the tuned / shipped configuration, a dict is used as given."""
+    dtype = np.dtype(dtype)
+    name, algorithm_source = _choose_algorithm(rt, op, g, dtype, algorithm)
+    alg = registry.get(name)
+    space = registry.space_for(name, op)
+    if space is None:
+        raise UnimplementedError(f"algorithm {name!r} has no kernel family for {op}")
+    if config is None:
+        kernel_g = alg.kernel_geometry(op, g)
+        choice = explain_config(space.family, rt.info, op, g, kernel_geometry=kernel_g,
+                                dtype_size=dtype.itemsize)
+        config, config_source = dict(choice.value), choice.source
+    else:
+        config, config_source = dict(config), "explicit"
+    config = {k: list(v) if isinstance(v, tuple) else v
+              for k, v in alg.resolve(dict(config), op, g, rt.info).items()}
+    plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
+                    space.family)
+    logger.debug("plan built: %s", plan.describe())
+    return plan
+
+
+_lock = threading.Lock()
+_plans: "collections.OrderedDict[tuple, ConvPlan]" = collections.OrderedDict()
+
+
+def get_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
+             algorithm: Optional[str] = None, config: Optional[dict] = None) -> ConvPlan:
+    """The memoised plan (see the module's docstring for the key and the bound)."""
+    key = (rt.context.int_ptr, op, g, np.dtype(dtype).str, algorithm,
+           _freeze(config), tuning_db.generation(), os.environ.get(tuning_db.ENV_DB, ""))
+    with _lock:
+        plan = _plans.get(key)
+        if plan is not None:
+            _plans.move_to_end(key)
+            return plan
+    plan = build_plan(rt, op, g, dtype, algorithm, config)
+    with _lock:
+        _plans[key] = plan
+        while len(_plans) > PLAN_CACHE_SIZE:
+            _plans.popitem(last=False)
+    return plan
+
+
+def forget_all() -> None:
+    """Drop every memoised plan (their buffers and kernels go with the last reference)."""
+    with _lock:
+        _plans.clear()
+
+
+def cached_plans() -> int:
+    with _lock:
+        return len(_plans)
+
