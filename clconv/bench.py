@@ -250,11 +250,9 @@ def case_data(case: BenchCase) -> tuple[np.ndarray, np.ndarray]:
 
 def op_algorithms(op: str) -> tuple[str, ...]:
     """The algorithms ``op`` accepts as ``algorithm=``."""
-    from clconv import ops
+    from clconv import registry
 
-    if op == "conv2d":
-        return tuple(getattr(ops, "CONV2D_ALGORITHMS", ()))
-    return tuple(ops.ALGORITHMS)
+    return registry.algorithms_for(op)
 
 
 def all_algorithms() -> tuple[str, ...]:
@@ -479,16 +477,14 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     """
     import pyopencl.array as cl_array
 
-    from clconv.config import choose_algorithm
+    from clconv import plans
     from clconv.devices import runtime
 
     rt = runtime(spec)
     x, w = case_data(case)
     if algorithm not in op_algorithms(case.op):
         algorithm = None  # e.g. via_forward forced on a suite that has conv2d cases
-    used = algorithm or choose_algorithm(case.op, rt.info, case.geometry())
-    if used == "gemm" and case.geometry().groups != 1:
-        used = "direct"  # what the ops fall back to (the bench's data is float32)
+    used = plans.get_plan(rt, case.op, case.geometry(), np.float32, algorithm).algorithm
 
     x_dev, w_dev = cl_array.to_device(rt.queue, x), cl_array.to_device(rt.queue, w)
     rt.queue.finish()
@@ -529,29 +525,26 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
                       [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results)
 
 
-def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float
-                    ) -> dict[str, float]:
-    """Where a GEMM-algorithm call's time goes: each kernel's median time from
-    profiling events (packing the filter, the GEMM itself) and what remains of the
+def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float,
+                    algorithm: Optional[str] = None) -> dict[str, float]:
+    """Where a call's time goes: each kernel's median time from profiling events
+    (for gemm: packing the filter, the GEMM itself) and what remains of the
     device-resident time: the host side (argument checks, buffers) and launches."""
-    from clconv import gemm, tensors
-    from clconv.config import choose_config
+    from clconv import plans, tensors
     from clconv.devices import runtime
 
     rt = runtime(spec)
     g = case.geometry()
     x, w = case_data(case)
     dtype = np.dtype(np.float32)
+    plan = plans.get_plan(rt, case.op, g, dtype, algorithm)
     src = tensors.to_device(x, dtype, rt.queue, rt.info, "input")
     filt = tensors.to_device(w, dtype, rt.queue, rt.info, "filters")
-    out_shape = g.y_shape() if case.op == "conv2d" else g.x_shape()
-    out = tensors.empty_output(out_shape, dtype, rt.queue, rt.info, zero=False)
-    config = choose_config(gemm.FAMILY, rt.info, case.op, g)
-    launch = gemm.conv2d_gemm if case.op == "conv2d" else gemm.backprop_gemm
+    out = tensors.empty_output(plan.output_shape, dtype, rt.queue, rt.info, zero=False)
     kernel_ms: dict[str, list[float]] = {}
     for run in range(repeat + 1):
         timeline: list = []
-        launch(rt, src, filt, out, g, config, timeline)
+        plan.enqueue(rt.queue, src, filt, out, timeline)
         rt.queue.finish()
         if run:  # the first run is the warm-up
             for name, event in timeline:

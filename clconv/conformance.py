@@ -4,9 +4,9 @@ device, checked against the float64 reference.
 The cases are data (configs/conformance.yaml).  Each case runs once per dtype
 through every *variant* of its op: the public op as a user calls it
 (algorithm "auto": clconv chooses algorithm and configuration), and every
-algorithm's launcher with every configuration that applies to the device
-(``configurations_for``).  Launchers are registered per op kind in
-``LAUNCHERS``; a plugin (``load_plugin``) may add more, which is how kernel
+registered algorithm with every configuration that applies to the device
+(``configurations_for``), as a plan built with that configuration.  Algorithms
+come from clconv.registry; a plugin (``load_plugin``) may add more, which is how kernel
 developers - and the tests, with a deliberately broken one - check a new
 kernel family.
 
@@ -32,7 +32,7 @@ import yaml
 
 import clconv
 from clconv import config as config_lookup
-from clconv import gemm, ops, tensors, tuning_db
+from clconv import plans, registry, tensors, tuning_db
 from clconv.config import default_config
 from clconv.devices import DeviceInfo, Runtime, runtime
 from clconv.reference import backprop_input_reference, conv2d_reference
@@ -63,27 +63,35 @@ class Algorithm:
     limit: Optional[Limit] = None
 
 
-def _gemm_limit(dtype: str, g: ConvGeometry) -> Optional[str]:
-    if np.dtype(dtype) not in ops.GEMM_DTYPES:
-        return f"gemm computes float32/float64 only (the op runs {dtype} with direct)"
-    if g.groups != 1:
-        return "gemm computes ungrouped convolutions only (the op runs direct)"
-    return None
+def registered_launch(name: str, op: str) -> Launcher:
+    """``launch(rt, src, w, out, g, config)`` of registered algorithm ``name`` for ``op``:
+    a plan with that configuration (memoised), enqueued on ``rt``'s queue.  What a
+    plugin wraps to check a variant of a shipped kernel."""
+
+    def launch(rt: Runtime, src, w, out, g: ConvGeometry, config: dict) -> Any:
+        plan = plans.get_plan(rt, op, g, src.dtype, name, config)
+        return plan.enqueue(rt.queue, src, w, out)
+
+    return launch
 
 
-# op kind -> algorithm -> Algorithm.  The backprop ops share their launchers:
+def _registry_algorithm(name: str, op: str, info: DeviceInfo) -> Algorithm:
+    """A registered algorithm: a plan with each configuration, built once per case."""
+    space = registry.space_for(name, op)
+    launch = registered_launch(name, op)
+
+    def limit(dtype: str, g: ConvGeometry) -> Optional[str]:
+        reason = registry.get(name).unsupported(op, np.dtype(dtype), g, info)
+        if reason is None:
+            return None
+        return f"{reason} (the op runs {registry.runnable(name, op, np.dtype(dtype), g, info)})"
+
+    return Algorithm(space.family, launch, limit)
+
+
+# Plugins' algorithms: op kind ("conv2d" or "backprop") -> algorithm -> Algorithm.
 # conv2d_transpose is conv2d_backprop_input with other argument names.
-LAUNCHERS: dict[str, dict[str, Algorithm]] = {
-    "conv2d": {
-        "direct": Algorithm("conv2d_direct", ops.run_conv2d_direct),
-        "gemm": Algorithm(gemm.FAMILY, gemm.conv2d_gemm, _gemm_limit),
-    },
-    "backprop": {
-        "direct": Algorithm("backprop_direct", ops.run_backprop_direct),
-        "via_forward": Algorithm("conv2d_direct", ops.run_backprop_via_forward),
-        "gemm": Algorithm(gemm.FAMILY, gemm.backprop_gemm, _gemm_limit),
-    },
-}
+PLUGINS: dict[str, dict[str, Algorithm]] = {"conv2d": {}, "backprop": {}}
 
 
 def op_kind(op: str) -> str:
@@ -92,17 +100,16 @@ def op_kind(op: str) -> str:
 
 def op_algorithms(op: str) -> tuple[str, ...]:
     """The algorithms the public op accepts."""
-    if op == "conv2d":
-        return tuple(getattr(ops, "CONV2D_ALGORITHMS", ("direct",)))
-    return tuple(ops.ALGORITHMS)
+    return registry.algorithms_for(op)
 
 
 def add_launcher(kind: str, algorithm: str, family: str, launch: Launcher,
                  limit: Optional[Limit] = None) -> None:
-    """Register another algorithm of op kind ``kind`` ("conv2d" or "backprop")."""
-    if kind not in LAUNCHERS:
-        raise ValueError(f"op kind {kind!r} is not one of {', '.join(LAUNCHERS)}")
-    LAUNCHERS[kind][algorithm] = Algorithm(family, launch, limit)
+    """Register another algorithm of op kind ``kind`` ("conv2d" or "backprop"):
+    ``launch(rt, src, w, out, g, config)`` with the configurations of ``family``."""
+    if kind not in PLUGINS:
+        raise ValueError(f"op kind {kind!r} is not one of {', '.join(PLUGINS)}")
+    PLUGINS[kind][algorithm] = Algorithm(family, launch, limit)
 
 
 def load_plugin(reference: str) -> str:
@@ -345,21 +352,15 @@ class Variant:
     limit: Optional[Limit] = None
 
 
-def variants_for(op: str) -> list[Variant]:
-    """The public op as clconv chooses, then every algorithm the op accepts plus any
-    registered launcher.  An algorithm without a launcher here runs through the
-    public op with ``algorithm=`` forced, so a new one is never left out."""
-    registered = LAUNCHERS[op_kind(op)]
-    algorithms = list(op_algorithms(op))
-    algorithms += [a for a in registered if a not in algorithms]
+def variants_for(op: str, info: DeviceInfo) -> list[Variant]:
+    """The public op as clconv chooses, then every registered algorithm of the op with
+    explicit configurations, then any plugin's."""
     variants = [Variant(op, AUTO)]
-    for name in algorithms:
-        algorithm = registered.get(name)
-        if algorithm is None:
-            variants.append(Variant(op, name))
-        else:
-            variants.append(Variant(op, name, algorithm.family, algorithm.launch,
-                                    algorithm.limit))
+    for name in op_algorithms(op):
+        found = _registry_algorithm(name, op, info)
+        variants.append(Variant(op, name, found.family, found.launch, found.limit))
+    for name, found in PLUGINS[op_kind(op)].items():
+        variants.append(Variant(op, name, found.family, found.launch, found.limit))
     return variants
 
 
@@ -398,7 +399,7 @@ def plan(info: DeviceInfo, cases: list[Case],
             case_skip = _dtype_problem(dtype, info)
             if case_skip is None and case.large and info.kind == "simulator":
                 case_skip = "large layer, too slow for a simulator"
-            for variant in variants_for(case.op):
+            for variant in variants_for(case.op, info):
                 variant_skip = case_skip
                 if variant_skip is None and variant.limit is not None:
                     variant_skip = variant.limit(dtype, g)
@@ -461,7 +462,7 @@ def execute(rt: Runtime, run: Run, operands: Operands) -> dict:
             out = tensors.to_device(np.full(shape, np.nan, dtype=run.dtype), np.dtype(run.dtype),
                                     rt.queue, rt.info, "output", False)
             run.variant.launch(rt, a, w, out, operands.g, dict(run.config))
-            got = out.array.get()
+            got = out.get(rt.queue)
     except tensors.ResourceExhaustedError as exc:
         return result(run, "skipped", f"too large for this device: {exc}")
     except Exception as exc:  # noqa: BLE001 - any error of a run is a failure to report

@@ -130,10 +130,10 @@ def _worker(job: dict) -> dict:
     for plugin in job["plugins"]:
         conformance.load_plugin(plugin)
     case = next(c for c in conformance.load_cases() if c.name == job["case"])
-    variant = next(v for v in conformance.variants_for(case.op)
+    rt = runtime(job["device"])
+    variant = next(v for v in conformance.variants_for(case.op, rt.info)
                    if v.algorithm == job["algorithm"])
     run = conformance.Run(case, job["dtype"], variant, job["config_label"], job["config"])
-    rt = runtime(job["device"])
     result = conformance.execute(rt, run, conformance.Operands(rt, case, job["dtype"]))
     rt.queue.finish()
     return result

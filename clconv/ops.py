@@ -9,15 +9,82 @@ one layer many times.
 
 from __future__ import annotations
 
+import collections
+import os
+import threading
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from clconv import plans, registry, tensors
+from clconv import plans, registry, tensors, tuning_db
+from clconv.devices import ENV_DEVICE
 from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.plans import ConvPlan
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
+
+# --------------------------------------------------------------------------- call memo
+# A loop that calls an op with the same numpy shapes and arguments pays TF's
+# argument checks and the plan look-up once: successful calls are remembered by
+# everything those checks read (failures are never remembered, so every bad call
+# raises afresh).
+
+CALL_MEMO_SIZE = 256  # remembered calls, least recently used dropped first
+_memo_lock = threading.Lock()
+_calls: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+
+
+class _NoKey(Exception):
+    pass
+
+
+def _arg_key(value: Any) -> Any:
+    """An argument as given, type included, as a hashable key (else _NoKey)."""
+    kind = type(value)
+    if value is None or kind in (int, str):
+        return (kind.__name__, value)
+    if kind in (list, tuple):
+        return (kind.__name__,) + tuple(_arg_key(v) for v in value)
+    if kind is np.ndarray and value.ndim <= 1 and value.size <= 8:
+        return ("ndarray", value.dtype.str, tuple(value.tolist()))
+    raise _NoKey
+
+
+def _call_key(op: str, data: Any, filters: Any, *args: Any) -> Optional[tuple]:
+    if type(data) is not np.ndarray or type(filters) is not np.ndarray:
+        return None
+    try:
+        attrs = tuple(_arg_key(a) for a in args)
+    except _NoKey:
+        return None
+    return (op, data.shape, data.dtype.str, filters.shape, filters.dtype.str, attrs,
+            os.environ.get(ENV_DEVICE), tuning_db.generation(),
+            os.environ.get(tuning_db.ENV_DB))
+
+
+def _recall(key: Optional[tuple]) -> Optional[tuple]:
+    if key is None:
+        return None
+    with _memo_lock:
+        found = _calls.get(key)
+        if found is not None:
+            _calls.move_to_end(key)
+        return found
+
+
+def _remember(key: Optional[tuple], value: tuple) -> None:
+    if key is None:
+        return
+    with _memo_lock:
+        _calls[key] = value
+        while len(_calls) > CALL_MEMO_SIZE:
+            _calls.popitem(last=False)
+
+
+def forget_calls() -> None:
+    with _memo_lock:
+        _calls.clear()
+
 
 def _choose_runtime(operands: Sequence[Any], device: Optional[str]) -> Runtime:
     queue = tensors.find_queue(operands)
@@ -89,6 +156,13 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     -------
     numpy.ndarray, or pyopencl.array.Array when ``input`` is one.
     """
+    key = _call_key("conv2d", input, filters, strides, padding, data_format, dilations,
+                    device, algorithm)
+    known = _recall(key)
+    if known is not None:
+        plan, x_shape, lead = known
+        result = plan.execute(_reshaped(input, x_shape), filters)
+        return result if lead is None else result.reshape(lead + tuple(result.shape[1:]))
     attrs = parse_attrs(strides, padding, data_format, dilations)
     _check_algorithm(algorithm, "conv2d")
     dtype = tensors.resolve_dtype("Conv2D", [(input, "input"), (filters, "filters")])
@@ -102,6 +176,7 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     _check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, "conv2d", g, dtype, algorithm)
     result = plan.execute(_reshaped(input, x_shape), filters, queue=rt.queue)
+    _remember(key, (plan, x_shape, lead))
     if lead is not None:
         result = result.reshape(lead + tuple(result.shape[1:]))
     return result
@@ -138,11 +213,16 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
     numpy.ndarray shaped ``input_sizes``, or pyopencl.array.Array when
     ``out_backprop`` is one.
     """
+    key = _call_key("conv2d_backprop_input", out_backprop, filters, input_sizes, strides,
+                    padding, data_format, dilations, device, algorithm)
+    known = _recall(key)
+    if known is not None:
+        return known[0].execute(out_backprop, filters)
     attrs = parse_attrs(strides, padding, data_format, dilations)
     dtype = tensors.resolve_dtype("Conv2DBackpropInput",
                                   [(filters, "filters"), (out_backprop, "out_backprop")])
-    return _backprop("conv2d_backprop_input", input_sizes, filters, out_backprop, attrs, dtype,
-                     device, _check_algorithm(algorithm, "conv2d_backprop_input"))
+    return _backprop(key, "conv2d_backprop_input", input_sizes, filters, out_backprop, attrs,
+                     dtype, device, _check_algorithm(algorithm, "conv2d_backprop_input"))
 
 
 def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
@@ -168,22 +248,29 @@ def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     -------
     numpy.ndarray of shape output_shape, or pyopencl.array.Array when ``input`` is one.
     """
+    key = _call_key("conv2d_transpose", input, filters, output_shape, strides, padding,
+                    data_format, dilations, device, algorithm)
+    known = _recall(key)
+    if known is not None:
+        return known[0].execute(input, filters)
     attrs = parse_attrs(strides, padding, data_format, dilations)
     # TF passes filters as the op's input #1 and input as #2: T follows the filter.
     dtype = tensors.resolve_dtype("Conv2DBackpropInput", [(filters, "filters"), (input, "input")])
-    return _backprop("conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
+    return _backprop(key, "conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
                      _check_algorithm(algorithm, "conv2d_transpose"))
 
 
-def _backprop(op: str, input_sizes: Any, filters: Any, dy_value: Any, attrs, dtype: np.dtype,
-              device: Optional[str], algorithm: Optional[str]) -> Any:
+def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_value: Any,
+              attrs, dtype: np.dtype, device: Optional[str], algorithm: Optional[str]) -> Any:
     dy_shape, w_shape = _shape_of(dy_value, "input"), _shape_of(filters, "filters")
     g = backprop_input_geometry(input_sizes, w_shape, dy_shape, attrs)
     tensors.check_computable(dtype)
     rt = _choose_runtime([dy_value, filters], device)
     _check_device_dtype(rt, dtype)
-    return plans.get_plan(rt, op, g, dtype, algorithm).execute(dy_value, filters,
-                                                               queue=rt.queue)
+    plan = plans.get_plan(rt, op, g, dtype, algorithm)
+    result = plan.execute(dy_value, filters, queue=rt.queue)
+    _remember(key, (plan,))
+    return result
 
 
 # --------------------------------------------------------------------------- plans

@@ -88,6 +88,11 @@ class ConvPlan:
         sums = g.k_h * g.k_w > 0 and (g.x_size() > 0 if forward else g.y_size() > 0) \
             and (g.out_c > 0 if forward else True)
         self.launches = sums and int(np.prod(self.output_shape)) > 0
+        for shape, what in ((self.input_shape, "input"), (self.filter_shape, "filters"),
+                            (self.output_shape, "the output")):
+            elements = int(np.prod(shape))
+            tensors.check_fits(elements * self.dtype.itemsize, elements,
+                               f"{what} of shape {tuple(shape)}", rt.info)
         self.launch: Optional[registry.Launch] = None
         if self.launches:
             space = search_space.shipped_spaces()[family]
@@ -150,11 +155,12 @@ class ConvPlan:
             return filters.prepared
         self._check_shape(filters, self.filter_shape, "filters")
         return tensors.to_device(filters, self.dtype, queue, self.device, "filters",
-                                 borrow=borrow)
+                                 borrow=borrow, checked=True)
 
     def _check_shape(self, value: Any, expected: tuple[int, ...], what: str) -> None:
-        shape = tuple(int(v) for v in getattr(value, "shape", np.shape(value)))
-        if shape != tuple(expected):
+        shape = value.shape if type(value) is np.ndarray else tuple(
+            int(v) for v in getattr(value, "shape", np.shape(value)))
+        if shape != expected:
             raise InvalidArgumentError(
                 f"{what} has shape {list(shape)}; this plan was built for {list(expected)}")
 
@@ -194,12 +200,12 @@ class ConvPlan:
             target = tensors.DeviceTensor.of_array(out)
         else:
             target = tensors.empty_output(self.output_shape, self.dtype, queue, self.device,
-                                          zero=False)
+                                          zero=False, checked=True)
         if self.launch is None:
             event = target.fill(queue, 0) if target.size else None
         else:
             src = tensors.to_device(input, self.dtype, queue, self.device, "input",
-                                    borrow=borrow)
+                                    borrow=borrow, checked=True)
             event = self.launch.enqueue(queue, src, self._filters(filters, queue, borrow),
                                         target)
         if out is not None:

@@ -121,10 +121,11 @@ class TypedKernel:
     """
 
     def __init__(self, context: cl.Context, source_name: str, kernel_name: str,
-                 defines: Mapping[str, object], arg_types: Sequence[object]) -> None:
+                 defines: Mapping[str, object], arg_types: Optional[Sequence[object]]) -> None:
         self.name = kernel_name
         self.kernel = cl.Kernel(get_program(context, source_name, defines), kernel_name)
-        self.kernel.set_scalar_arg_dtypes(list(arg_types))
+        if arg_types is not None:  # None: a kernel only built and inspected
+            self.kernel.set_scalar_arg_dtypes(list(arg_types))
         self._lock = threading.Lock()
 
     def work_group_info(self, device: cl.Device) -> dict[str, int]:

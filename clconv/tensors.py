@@ -7,6 +7,8 @@ that, so a pyopencl view is used in place and a numpy array is uploaded once.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -94,6 +96,16 @@ def check_computable(dtype: np.dtype) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``shape``."""
+    strides, step = [], 1
+    for extent in reversed(shape):
+        strides.append(step)
+        step *= max(int(extent), 1)
+    return tuple(reversed(strides))
+
+
 @dataclass
 class DeviceTensor:
     """A tensor as the kernels see it: a buffer, an element offset and element strides.
@@ -113,11 +125,7 @@ class DeviceTensor:
 
     def __post_init__(self) -> None:
         if self.strides is None:
-            strides, step = [], 1
-            for extent in reversed(self.shape):
-                strides.append(step)
-                step *= max(int(extent), 1)
-            self.strides = tuple(reversed(strides))
+            self.strides = contiguous_strides(self.shape)
 
     @classmethod
     def of_array(cls, array: cl_array.Array) -> "DeviceTensor":
@@ -188,14 +196,16 @@ def check_fits(nbytes: int, elements: int, what: str, info) -> None:
 
 
 def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: str,
-              allow_cast: bool = True, borrow: bool = False) -> DeviceTensor:
+              allow_cast: bool = True, borrow: bool = False, checked: bool = False
+              ) -> DeviceTensor:
     """Place an operand on ``queue``'s device (in place if it already is), as ``dtype``.
 
     A host operand of another dtype is cast unless ``allow_cast`` is False; the ops
     have resolved T with TF's rule (resolve_dtype) before, so they always cast.
     With ``borrow`` on a CPU device the buffer uses the host memory itself
     (CL_MEM_USE_HOST_PTR: no upload copy); the caller must then finish the work
-    on it before the returned DeviceTensor is dropped.
+    on it before the returned DeviceTensor is dropped.  ``checked``: the caller
+    has already checked that a tensor of this shape fits (check_fits).
     """
     on_device = is_device_array(value)
     if on_device and value.context != queue.context:
@@ -209,23 +219,27 @@ def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: s
     if on_device:
         return DeviceTensor.of_array(value)
     host = np.ascontiguousarray(operand, dtype=dtype)
-    check_fits(host.nbytes, host.size, what, info)
+    if not checked:
+        check_fits(host.nbytes, host.size, what, info)
     if not host.size:
-        return DeviceTensor(cl.Buffer(queue.context, cl.mem_flags.READ_ONLY, dtype.itemsize),
+        return DeviceTensor(cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, dtype.itemsize),
                             host.shape, host.dtype)
     if borrow and info.kind == "CPU":
         flags = cl.mem_flags.READ_ONLY | cl.mem_flags.USE_HOST_PTR
         return DeviceTensor(cl.Buffer(queue.context, flags, hostbuf=host), host.shape,
                             host.dtype, borrowed=host)
-    flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+    # A copy may be written to (conformance uploads NaN-filled outputs this way).
+    flags = cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR
     return DeviceTensor(cl.Buffer(queue.context, flags, hostbuf=host), host.shape, host.dtype)
 
 
 def empty_output(shape: tuple[int, ...], dtype: np.dtype, queue: cl.CommandQueue, info,
-                 zero: bool) -> DeviceTensor:
-    elements = int(np.prod(shape))
+                 zero: bool, checked: bool = False) -> DeviceTensor:
+    elements = math.prod(shape)
     dtype = np.dtype(dtype)
-    check_fits(elements * dtype.itemsize, elements, f"the output of shape {tuple(shape)}", info)
+    if not checked:
+        check_fits(elements * dtype.itemsize, elements, f"the output of shape {tuple(shape)}",
+                   info)
     buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, max(elements, 1) * dtype.itemsize)
     tensor = DeviceTensor(buffer, tuple(int(s) for s in shape), dtype)
     if zero and elements:

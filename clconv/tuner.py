@@ -54,10 +54,10 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import config as config_module
-from clconv import gemm, ops, search_space, tensors, tuning_db
+from clconv import plans, registry, search_space, tensors, tuning_db
 from clconv.devices import DeviceInfo, Runtime
-from clconv.errors import KernelBuildError
-from clconv.programs import dtype_defines, get_kernel
+from clconv.errors import KernelBuildError, UnimplementedError
+from clconv.programs import TypedKernel, dtype_defines
 from clconv.reference import backprop_input_reference, conv2d_reference
 from clconv.search_space import ConstraintError, SearchSpace, SearchSpaceError
 from clconv.shapes import ConvGeometry
@@ -84,36 +84,45 @@ Run = Callable[[Runtime, tensors.DeviceTensor, tensors.DeviceTensor, tensors.Dev
 
 @dataclass(frozen=True)
 class Launcher:
-    """How the tuner runs one family for one op: ``run(rt, src, w, out, g, config)``
-    returns the event of the last kernel it enqueued.  ``kernel_geometry`` is the
-    conv the tuned kernel itself computes (what the constraints read); ``resolve``
-    turns values a launch fills in itself ("auto") into concrete ones."""
+    """How the tuner runs one family for one op.
 
-    run: Run
+    ``prepare(rt, g, config)`` builds what a launch needs and returns a function
+    ``(src, w, out) -> event`` (a build failure raises KernelBuildError, a limit of
+    the built kernel UnimplementedError); the registry's algorithms prepare a
+    ConvPlan.  A launcher of a family outside the registry (a test's, or one being
+    written) gives ``run(rt, src, w, out, g, config)`` instead, and the tuner builds
+    its family's kernel itself first.  ``kernel_geometry`` is the conv the tuned
+    kernel itself computes (what the constraints read); ``resolve`` turns values a
+    launch fills in itself ("auto") into concrete ones."""
+
+    run: Optional[Run] = None
     kernel_geometry: Callable[[ConvGeometry], ConvGeometry] = lambda g: g
     resolve: Optional[Callable[[dict, ConvGeometry, DeviceInfo], dict]] = None
+    prepare: Optional[Callable[[Runtime, ConvGeometry, dict, np.dtype],
+                               Callable[..., cl.Event]]] = None
 
 
-# (family, op) -> Launcher.  A new family: its configs/<family>.yaml plus entries here.
-LAUNCHERS: dict[tuple[str, str], Launcher] = {}
-BACKPROP_OPS = ("conv2d_backprop_input", "conv2d_transpose")
+def registry_launcher(algorithm: str, op: str) -> Launcher:
+    """The launcher of a registered algorithm: plans with an explicit configuration."""
+    found = registry.get(algorithm)
+
+    def prepare(rt: Runtime, g: ConvGeometry, config: dict, dtype: np.dtype):
+        plan = plans.build_plan(rt, op, g, dtype, algorithm, config)
+        return lambda src, w, out: plan.enqueue(rt.queue, src, w, out)
+
+    return Launcher(kernel_geometry=lambda g: found.kernel_geometry(op, g),
+                    resolve=lambda c, g, info: found.resolve(c, op, g, info), prepare=prepare)
 
 
-def register(family: str, op_names: Iterable[str], launcher: Launcher,
-             registry: Optional[dict] = None) -> None:
-    registry = LAUNCHERS if registry is None else registry
-    for op in op_names:
-        registry[(family, op)] = launcher
-
-
-register("conv2d_direct", ["conv2d"], Launcher(ops.run_conv2d_direct))
-register("conv2d_direct", BACKPROP_OPS,
-         Launcher(ops.run_backprop_via_forward, kernel_geometry=ops.via_forward_geometry))
-register("backprop_direct", BACKPROP_OPS, Launcher(ops.run_backprop_direct))
-register(gemm.FAMILY, ["conv2d"],
-         Launcher(gemm.conv2d_gemm, resolve=lambda c, g, info: gemm.tile_for(c, g.out_c, info)))
-register(gemm.FAMILY, BACKPROP_OPS,
-         Launcher(gemm.backprop_gemm, resolve=lambda c, g, info: gemm.tile_for(c, g.in_c, info)))
+def launcher_for(space: SearchSpace, algorithm: str, op: str,
+                 launchers: Optional[Mapping[tuple[str, str], Launcher]] = None
+                 ) -> Optional[Launcher]:
+    """A caller's launcher for (family, op), else the registry's, else None."""
+    if launchers is not None and (space.family, op) in launchers:
+        return launchers[(space.family, op)]
+    if algorithm in registry.algorithms_for(op) and registry.space_for(algorithm, op) is space:
+        return registry_launcher(algorithm, op)
+    return None
 
 
 # --------------------------------------------------------------------------- records
@@ -320,14 +329,13 @@ def pools_for(case: TuneCase, info: DeviceInfo,
               dtype_size: int = 4) -> tuple[list[Pool], dict[str, SpaceSize]]:
     """Every algorithm's candidates for ``case`` on ``info``, after the constraints and
     the device limits that need no build; and the size of each space at each stage."""
-    launchers = LAUNCHERS if launchers is None else launchers
     pools, sizes = [], {}
     for algorithm, space in search_space.spaces_for(case.op, spaces):
-        launcher = launchers.get((space.family, case.op))
+        launcher = launcher_for(space, algorithm, case.op, launchers)
         if launcher is None:
             raise SearchSpaceError(f"{space.origin}: computes {case.op} as {algorithm!r} but no "
-                                   f"launcher is registered for ({space.family!r}, {case.op!r}) "
-                                   "in clconv.tuner.LAUNCHERS")
+                                   f"such algorithm is registered (clconv.registry) and no "
+                                   f"launcher was given for ({space.family!r}, {case.op!r})")
         ctx = search_space.context(launcher.kernel_geometry(case.geometry), info, case.op,
                                    algorithm, dtype_size)
         try:
@@ -388,6 +396,7 @@ class Session:
         self.max_runs = max(1, max_runs)
         self.progress = progress
         self.trials: dict[tuple, Trial] = {}
+        self.launches: dict[tuple, Callable[[], cl.Event]] = {}
         self.built: set[tuple] = set()
         # Recent builds on this device (over all cases: they do not depend on the shape)
         # and first launches in this case (which include compiling for the work-group
@@ -494,50 +503,23 @@ class Session:
 
     def _trial(self, candidate: Candidate) -> Trial:
         pool = self.pools[candidate.algorithm]
-        space, launcher = pool.space, pool.launcher
-        config = dict(candidate.config)
-        defines, _ = config_module.split_config(config)
-        defines.update(dtype_defines(self.dtype))
-
         started = time.monotonic()
         try:
-            kernel = get_kernel(self.rt.context, space.kernel[0], space.kernel[1], defines)
+            launch = self._prepare_launch(pool, candidate)
         except KernelBuildError as exc:
             return Trial(candidate, "build failed", detail=_first_lines(str(exc)))
+        except UnimplementedError as exc:
+            return Trial(candidate, "pruned", detail=_first_lines(str(exc)))
         finally:
             if self._program_key(candidate) not in self.built:
                 self.built.add(self._program_key(candidate))
                 self.builds.append(time.monotonic() - started)
-
-        limits = space.after_build_limits
-        if limits:
-            try:
-                device = self.rt.device
-                info = cl.kernel_work_group_info
-                kernel_values = {
-                    "kernel_work_group_size": kernel.get_work_group_info(
-                        info.WORK_GROUP_SIZE, device),
-                    "kernel_local_mem_size": kernel.get_work_group_info(
-                        info.LOCAL_MEM_SIZE, device),
-                    "kernel_preferred_work_group_size_multiple": kernel.get_work_group_info(
-                        info.PREFERRED_WORK_GROUP_SIZE_MULTIPLE, device),
-                }
-                ctx = search_space.context(
-                    launcher.kernel_geometry(self.case.geometry), self.rt.info, self.case.op,
-                    candidate.algorithm, self.dtype.itemsize, kernel_values)
-                rule = space.violated(config, ctx, limits)
-            except ConstraintError:
-                rule = None  # e.g. an "auto" default: the launch itself is the judge
-            if rule is not None:
-                return Trial(candidate, "pruned", detail=f"{rule.name}: {rule.reason}")
-
-        launch = self._launch(candidate)
         # Check before timing: NaN in the output shows any element the kernel skips.
         try:
-            self.out.array.fill(np.nan)
+            self.out.fill(self.rt.queue, np.nan)
             self.rt.queue.finish()
             _, first_wall = self._run_once(launch)
-            got = self.out.array.get()
+            got = self.out.get(self.rt.queue)
         except (cl.Error, cl.RuntimeError, RuntimeError, ValueError) as exc:
             self.rt.queue.finish()
             return Trial(candidate, "launch failed", detail=_first_lines(str(exc)))
@@ -568,11 +550,45 @@ class Session:
         return Trial(candidate, "ok", ms=statistics.median(times), runs=len(times),
                      wall=statistics.median(walls))
 
-    def _launch(self, candidate: Candidate) -> Callable[[], cl.Event]:
-        launcher = self.pools[candidate.algorithm].launcher
+    def _prepare_launch(self, pool: Pool, candidate: Candidate) -> Callable[[], cl.Event]:
+        """Build what ``candidate`` launches (memoised per candidate): a plan for a
+        registered algorithm, else the family's kernel, checked against the limits
+        only the built kernel knows, then the launcher's run."""
+        found = self.launches.get(candidate.key)
+        if found is not None:
+            return found
         config = dict(candidate.config)
-        return lambda: launcher.run(self.rt, self.src, self.w, self.out, self.case.geometry,
-                                    dict(config))
+        g = self.case.geometry
+        if pool.launcher.prepare is not None:
+            run = pool.launcher.prepare(self.rt, g, config, self.dtype)
+            launch = lambda: run(self.src, self.w, self.out)  # noqa: E731
+        else:
+            self._check_built_kernel(pool, candidate)
+            launch = lambda: pool.launcher.run(  # noqa: E731
+                self.rt, self.src, self.w, self.out, g, dict(config))
+        self.launches[candidate.key] = launch
+        return launch
+
+    def _check_built_kernel(self, pool: Pool, candidate: Candidate) -> None:
+        space, config = pool.space, dict(candidate.config)
+        defines, _ = config_module.split_config(config)
+        defines.update(dtype_defines(self.dtype))
+        kernel = TypedKernel(self.rt.context, space.kernel[0], space.kernel[1], defines, None)
+        if not space.after_build_limits:
+            return
+        try:
+            ctx = search_space.context(
+                pool.launcher.kernel_geometry(self.case.geometry), self.rt.info, self.case.op,
+                candidate.algorithm, self.dtype.itemsize,
+                kernel.work_group_info(self.rt.device))
+            rule = space.violated(config, ctx, space.after_build_limits)
+        except ConstraintError:
+            rule = None  # e.g. an "auto" default: the launch itself is the judge
+        if rule is not None:
+            raise UnimplementedError(f"{rule.name}: {rule.reason}")
+
+    def _launch(self, candidate: Candidate) -> Callable[[], cl.Event]:
+        return self._prepare_launch(self.pools[candidate.algorithm], candidate)
 
     def time_once(self, candidate: Candidate) -> tuple[float, float]:
         """One more timed run of an evaluated candidate: (ms, wall seconds)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import clconv
-from clconv import conformance, ops
+from clconv import conformance, registry
 from clconv.cli import main
 
 HERE = Path(__file__).parent
@@ -20,10 +20,10 @@ needs_oclgrind = pytest.mark.skipif(not OCLGRIND, reason="Oclgrind is not instal
 
 @pytest.fixture
 def launchers(monkeypatch):
-    """A private copy of the launcher registry, so a plugin registers for one test only."""
-    monkeypatch.setattr(conformance, "LAUNCHERS",
-                        {kind: dict(table) for kind, table in conformance.LAUNCHERS.items()})
-    return conformance.LAUNCHERS
+    """A private copy of the plugins' algorithms, so a plugin registers for one test only."""
+    monkeypatch.setattr(conformance, "PLUGINS",
+                        {kind: dict(table) for kind, table in conformance.PLUGINS.items()})
+    return conformance.PLUGINS
 
 
 def _conformance(capsys, *argv: str) -> tuple[int, str]:
@@ -44,7 +44,7 @@ def test_quick_conformance_passes(device, spec, tmp_path, capsys):
     assert dev["device"]["spec"] == spec and dev["failed"] == 0 and dev["passed"] > 0
     rows = {(r["op"], r["algorithm"]) for r in dev["rows"]}
     for op in ("conv2d_backprop_input", "conv2d_transpose"):
-        assert {(op, a) for a in ops.ALGORITHMS + ("auto",)} <= rows
+        assert {(op, a) for a in registry.algorithms_for(op) + ("auto",)} <= rows
     assert ("conv2d", "direct") in rows
     if not device.fp16:
         assert any("no fp16" in r["skip_reasons"] for r in dev["rows"])
@@ -137,8 +137,12 @@ def test_a_table_mistake_names_the_case():
         conformance.load_cases(bad.replace("strides", "stride"))
 
 
-def test_an_algorithm_without_a_launcher_runs_through_the_op(launchers):
-    del launchers["backprop"]["via_forward"]
-    variants = {v.algorithm: v for v in conformance.variants_for("conv2d_transpose")}
-    assert set(variants) == {"auto", *ops.ALGORITHMS}
-    assert variants["via_forward"].launch is None  # the public op with algorithm= forced
+def test_every_registered_algorithm_and_every_plugin_is_a_variant(launchers):
+    info = clconv.devices()[0]
+    conformance.add_launcher("backprop", "test_extra", "backprop_direct",
+                             conformance.registered_launch("direct", "conv2d_transpose"))
+    variants = {v.algorithm: v for v in conformance.variants_for("conv2d_transpose", info)}
+    assert set(variants) == {"auto", "test_extra",
+                             *registry.algorithms_for("conv2d_transpose")}
+    assert variants["auto"].launch is None  # the public op as a user calls it
+    assert all(v.launch is not None for name, v in variants.items() if name != "auto")

@@ -19,11 +19,15 @@ from conftest import DEVICES, is_simulator
 from helpers import assert_close, conv2d_reference, random_array
 
 import clconv
-from clconv import config, search_space, tuner, tuning_db
+from clconv import config, conformance, search_space, tuner, tuning_db
 from clconv.cli import main
 from clconv.devices import Runtime, runtime
 from clconv.search_space import SearchSpaceError, load_space
 from clconv.shapes import conv2d_geometry, parse_attrs
+
+# The direct conv2d kernel as a family-agnostic launch, for the test-only families
+# below (their configs are this kernel's).
+DIRECT = conformance.registered_launch("direct", "conv2d")
 
 TIMING_DEVICES = [d for d in DEVICES if not is_simulator(d)]
 
@@ -77,7 +81,8 @@ def test_shipped_spaces_load_and_every_algorithm_has_a_launcher():
     for space in spaces.values():
         assert space.default_config() in list(space.configs())
         for op in space.algorithms:
-            assert (space.family, op) in tuner.LAUNCHERS, (space.family, op)
+            assert tuner.launcher_for(space, space.algorithms[op], op) is not None, \
+                (space.family, op)
     backprop = {alg for alg, _ in search_space.spaces_for("conv2d_transpose")}
     assert {"direct", "via_forward"} <= backprop
 
@@ -144,7 +149,7 @@ def test_limits_of_the_built_kernel_prune_after_building(rt):
              "    reason: test-only limit read from the built kernel\n")
     space = load_space(space_text("test_built_limit", local="[null, [1, 8], [4, 64]]",
                                   extra_limits=limit), "test_built_limit.yaml")
-    launchers = {("test_built_limit", "conv2d"): tuner.Launcher(clconv.ops.run_conv2d_direct)}
+    launchers = {("test_built_limit", "conv2d"): tuner.Launcher(DIRECT)}
     result = tuner.tune_case(rt, small_conv2d(), spaces={space.family: space},
                              launchers=launchers)
     by_local = {str(t.candidate.config["LOCAL_SIZE"]): t.status for t in result.trials}
@@ -157,7 +162,7 @@ def test_tuning_under_small_device_limits_never_launches_beyond_them(one_rt):
     info = dataclasses.replace(rt.info, max_work_group_size=8, max_work_item_sizes=(2, 8, 1))
     small = Runtime(rt.device, info, rt.context, rt.queue)
     space = search_space.shipped_spaces()["conv2d_direct"]
-    launchers = {("conv2d_direct", "conv2d"): tuner.LAUNCHERS[("conv2d_direct", "conv2d")]}
+    launchers = {("conv2d_direct", "conv2d"): tuner.registry_launcher("direct", "conv2d")}
     result = tuner.tune_case(small, small_conv2d(), strategy="random",
                              deadline=time.monotonic() + 2, spaces={space.family: space},
                              launchers=launchers)
@@ -175,16 +180,16 @@ def _corrupting(mode):
     """Test-only launchers whose answer is wrong: "zeros" writes zeros and runs no
     kernel at all (faster than any correct candidate), "nudge" runs the real kernel
     and then shifts one element by 0.05."""
-    run = clconv.ops.run_conv2d_direct
+    run = DIRECT
 
     def launch(rt, x, w, y, g, config):
         if mode == "zeros":
-            y.array.fill(0)
+            y.fill(rt.queue, 0)
         else:
             run(rt, x, w, y, g, config)
-            flat = y.array.reshape(-1)
-            middle = flat[flat.size // 2:flat.size // 2 + 1]
-            middle += np.float32(0.05)
+            host = y.get(rt.queue)
+            host.reshape(-1)[host.size // 2] += np.float32(0.05)
+            y.set(rt.queue, host)
         return cl.enqueue_marker(rt.queue)
     return launch
 
@@ -195,7 +200,7 @@ def test_wrong_candidates_are_rejected_and_never_chosen(rt):
     nudge = load_space(space_text("test_nudge", values="[4]"), "test_nudge.yaml")
     broken = load_space(space_text("test_broken", values="['4 +', 2]"), "test_broken.yaml")
     spaces = {s.family: s for s in (good, zeros, nudge, broken)}
-    plain = tuner.Launcher(clconv.ops.run_conv2d_direct)
+    plain = tuner.Launcher(DIRECT)
     launchers = {("test_good", "conv2d"): plain, ("test_broken", "conv2d"): plain,
                  ("test_zeros", "conv2d"): tuner.Launcher(_corrupting("zeros")),
                  ("test_nudge", "conv2d"): tuner.Launcher(_corrupting("nudge"))}
@@ -245,22 +250,24 @@ def test_ops_run_the_tuned_configuration(one_rt, db, monkeypatch):
     assert config.choose_algorithm("conv2d", info, case.geometry) == best.algorithm
     assert config.explain_config(best.family, info, "conv2d", case.geometry).source == "exact"
 
-    launched = []
-    real_get_kernel = clconv.ops.get_kernel
+    built = []
+    real_build = clconv.plans.build_plan
     lookups = []
     real_entries = tuning_db.entries
     monkeypatch.setattr(tuning_db, "entries", lambda p=None: lookups.append(p) or real_entries(p))
-    monkeypatch.setattr(clconv.ops, "get_kernel",
-                        lambda ctx, src, name, defines: launched.append(dict(defines))
-                        or real_get_kernel(ctx, src, name, defines))
+    monkeypatch.setattr(clconv.plans, "build_plan",
+                        lambda *a, **k: built.append(real_build(*a, **k)) or built[-1])
     config.invalidate()
+    clconv.plans.forget_all()
     x, w = random_array((1, 5, 5, 3)), random_array((3, 3, 3, 6), seed=1)
     for _ in range(3):
         y = clconv.conv2d(x, w, 1, "SAME", device=info.spec)
     assert_close(y, conv2d_reference(x, w, case.geometry), np.float32, 27)
     assert len(lookups) <= 2, "one database look-up per shape (config + algorithm), not per call"
-    if best.algorithm == "direct":
-        assert launched and all(d["CO_BLOCK"] == best.config["CO_BLOCK"] for d in launched)
+    (plan,) = built  # one plan for the three calls
+    assert (plan.algorithm, plan.algorithm_source) == (best.algorithm, "exact")
+    assert (plan.config, plan.config_source) == (dict(best.config), "exact")
+    assert "exact" in plan.describe() and best.algorithm in plan.describe()
 
 
 # --------------------------------------------------------------------------- the command

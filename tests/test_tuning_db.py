@@ -76,7 +76,7 @@ def test_retuning_replaces_the_entry_of_its_slot(db):
 
 def test_fallback_chain_for_configs(db):
     g_exact, g_near, g_far = geometry(h=8), geometry(h=16), geometry(n=32, h=64, c_in=256)
-    near_config = {"CO_BLOCK": 16, "LOCAL_SIZE": [4, 16]}
+    near_config = {"CO_BLOCK": 4, "LOCAL_SIZE": [4, 16]}
     far_config = {"CO_BLOCK": 1, "LOCAL_SIZE": None}
 
     # 4. generic: a device kind defaults.yaml has no section for
@@ -143,7 +143,7 @@ def test_vendor_defaults_override_the_device_kind(monkeypatch, db):
 
 def test_stale_key_is_never_used(db, monkeypatch):
     g = geometry()
-    tuned = {"CO_BLOCK": 16, "LOCAL_SIZE": [2, 16]}
+    tuned = {"CO_BLOCK": 8, "LOCAL_SIZE": [2, 16]}
     tuning_db.record([entry(g, config_=tuned)], db)
     assert config.choose_config("conv2d_direct", FAKE, "conv2d", g) == tuned
 

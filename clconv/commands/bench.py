@@ -193,8 +193,9 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + "\n".join(problems))
     phases = {}
     if args.phases:
-        phases = {r.case.name: phase_breakdown(r.case, info.spec, args.repeat, r.clconv_ms)
-                  for r in results if r.algorithm == "gemm"}
+        phases = {r.case.name: phase_breakdown(r.case, info.spec, args.repeat, r.clconv_ms,
+                                               r.algorithm)
+                  for r in results}
         print("\nwhere the device-resident time goes (ms; kernels from profiling events):")
         names = list(dict.fromkeys(n for p in phases.values() for n in p))
         rows = [[case] + [f"{p.get(n, 0.0):.2f}" for n in names] for case, p in phases.items()]
