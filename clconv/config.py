@@ -37,10 +37,11 @@ import yaml
 from clconv import search_space, tuning_db
 from clconv.devices import DeviceInfo
 from clconv.programs import source_hash
+from clconv.registry import UNIVERSAL
 from clconv.resources import config_text
 
 DEFAULTS_FILE = "defaults.yaml"
-FALLBACK_ALGORITHM = "direct"  # every op has a direct kernel
+FALLBACK_ALGORITHM = UNIVERSAL  # every op has one
 LEVELS = ("exact", "nearest", "device defaults", "generic")
 _SECTION_KEYS = ("algorithm",)
 
@@ -324,6 +325,6 @@ def choose_config(family: str, info: DeviceInfo, op: str, geometry: Any) -> dict
 
 
 def choose_algorithm(op: str, info: DeviceInfo, geometry: Any) -> str:
-    """The algorithm of ``op`` when the caller passed ``algorithm=None`` (the ops fall
-    back to "direct" where the GEMM kernels do not apply: float16, grouped convs)."""
+    """The algorithm configured for ``op`` when the caller passed ``algorithm=None``
+    (a plan falls back along the registry's chain where it does not apply)."""
     return explain_algorithm(op, info, geometry).value

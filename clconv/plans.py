@@ -244,7 +244,7 @@ def _choose_algorithm(rt: Runtime, op: str, g: ConvGeometry, dtype: np.dtype,
         if reason is not None:
             raise UnimplementedError(
                 f"algorithm={requested!r} cannot compute this {op} on {info.name!r}: {reason}; "
-                f"algorithm='direct' computes every call")
+                f"algorithm={registry.UNIVERSAL!r} computes every call")
         return requested, "requested"
     choice = explain_algorithm(op, info, g)
     chosen = registry.runnable(choice.value, op, dtype, g, info)

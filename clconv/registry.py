@@ -79,6 +79,10 @@ class Algorithm:
     doc: str = ""
 
 
+# The algorithm that computes every op, dtype and grouping: the end of every
+# fallback chain and the answer when nothing else is configured.
+UNIVERSAL = "direct"
+
 _lock = threading.Lock()
 _registry: dict[str, Algorithm] = {}
 _builtins_loaded = False

@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 import clconv
+from clconv import registry
 from clconv.cli import add_device_argument
 from clconv.commands.devices import run as list_devices
 from clconv.devices import find_device
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     print("  = the input gradient of a 5x5 stride-2 conv: dilate by 2, pad fully, "
           "rotate the filter 180 degrees, stride-1 conv")
     failed = False
-    for algorithm in ("gemm", "direct", "via_forward"):
+    for algorithm in registry.algorithms_for("conv2d_transpose"):
         clconv.conv2d_transpose(x, w, output_shape, 2, "SAME", device=info.spec,
                                 algorithm=algorithm)  # first call builds the kernels
         start = time.perf_counter()

@@ -1,0 +1,207 @@
+"""Plans: one decision per call shape, many executions, from many threads.
+
+- concurrent calls of all three ops, from 8 threads, give exactly (bit for bit)
+  what a lone call gives, on every device;
+- a plan held by the caller computes what the op computes, with the filter
+  packed once (``prepare_filters``) or per call;
+- ``describe()`` and the ``clconv`` logger say what was chosen and why;
+- the registry is the only place that names the algorithms.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import is_simulator
+from helpers import assert_close, backprop_case, backprop_input_reference, random_array
+
+import clconv
+from clconv import plans, registry
+
+THREADS = 8
+CALLS = 100
+
+# (op, operand shape, filter shape, output shape or None, strides, padding): small
+# layers of all three ops, two shapes per op, so threads mix plans and share them.
+CALLS_TABLE = [
+    ("conv2d", (1, 8, 8, 16), (3, 3, 16, 16), None, 1, "SAME"),
+    ("conv2d", (2, 6, 7, 5), (3, 2, 5, 7), None, 2, "VALID"),
+    ("conv2d_transpose", (1, 4, 4, 8), (3, 3, 8, 8), (1, 8, 8, 8), 2, "SAME"),
+    ("conv2d_transpose", (2, 3, 5, 6), (4, 4, 3, 6), (2, 6, 10, 3), 2, "SAME"),
+    ("conv2d_backprop_input", (1, 4, 4, 4), (3, 3, 6, 4), (1, 9, 9, 6), 2, "VALID"),
+    ("conv2d_backprop_input", (2, 4, 4, 4), (3, 3, 4, 4), (2, 4, 4, 4), 1, "SAME"),
+]
+ALGORITHMS = (None, "gemm", "direct")  # None: clconv's choice
+
+
+def _call(op, x, w, out_shape, strides, padding, spec, algorithm):
+    if op == "conv2d":
+        return clconv.conv2d(x, w, strides, padding, device=spec, algorithm=algorithm)
+    if op == "conv2d_transpose":
+        return clconv.conv2d_transpose(x, w, out_shape, strides, padding, device=spec,
+                                       algorithm=algorithm)
+    return clconv.conv2d_backprop_input(out_shape, w, x, strides, padding, device=spec,
+                                        algorithm=algorithm)
+
+
+def test_concurrent_calls_give_exactly_the_lone_results(device, spec):
+    # Every thread has data of its own, on the same shapes as the others: a call that
+    # launched with another thread's arguments or buffers shows as a wrong result.
+    jobs = {}
+    for t in range(THREADS):
+        for i, (op, x_shape, w_shape, out_shape, strides, padding) in enumerate(CALLS_TABLE):
+            for algorithm in ALGORITHMS:
+                x = random_array(x_shape, seed=1000 * t + i)
+                w = random_array(w_shape, seed=1000 * t + 100 + i)
+                lone = _call(op, x, w, out_shape, strides, padding, spec, algorithm)
+                jobs.setdefault(t, []).append((op, x, w, out_shape, strides, padding,
+                                               algorithm, lone))
+    calls = CALLS if not is_simulator(device) else 12  # the simulator runs ~1000x slower
+    failures: list[str] = []
+    start = threading.Barrier(THREADS)
+    switch_every = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between any two bytecodes
+
+    def worker(t: int) -> None:
+        rng = np.random.default_rng(t)
+        start.wait()
+        for _ in range(calls):
+            op, x, w, out_shape, strides, padding, algorithm, lone = jobs[t][
+                rng.integers(len(jobs[t]))]
+            try:
+                got = _call(op, x, w, out_shape, strides, padding, spec, algorithm)
+            except Exception as exc:  # noqa: BLE001 - any error in a thread is a failure
+                failures.append(f"{op} {algorithm}: {type(exc).__name__}: {exc}")
+                continue
+            if not np.array_equal(got, lone):
+                failures.append(f"{op} {x.shape} {algorithm}: max difference "
+                                f"{np.max(np.abs(got - lone))}")
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch_every)
+    assert not failures, f"{len(failures)} of {THREADS * calls} calls differ: {failures[:5]}"
+
+
+def test_one_plan_shared_by_threads_with_prepared_and_plain_filters(device, spec):
+    g = backprop_case((2, 8, 8, 6), (3, 3, 6, 8), (2, 4, 4, 8), 2, "SAME")
+    dy, w = random_array((2, 4, 4, 8), seed=1), random_array((3, 3, 6, 8), seed=2)
+    plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, 2, "SAME",
+                       output_shape=(2, 8, 8, 6), device=spec)
+    packed = plan.prepare_filters(w)
+    lone = plan.execute(dy, w)
+    assert_close(lone, backprop_input_reference(dy, w, g), np.float32, 3 * 3 * 8)
+    calls = 50 if not is_simulator(device) else 6
+    results: list[bool] = []
+
+    def worker(use_packed: bool) -> None:
+        for _ in range(calls):
+            results.append(np.array_equal(plan.execute(dy, packed if use_packed else w), lone))
+
+    threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == THREADS * calls and all(results)
+
+
+def test_prepared_filters_are_a_snapshot_and_belong_to_their_plan(spec):
+    x, w = random_array((1, 6, 6, 4)), random_array((3, 3, 4, 5), seed=3)
+    plan = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec)
+    packed = plan.prepare_filters(w)
+    expected = clconv.conv2d(x, w, 1, "SAME", device=spec)
+    w[...] = 0  # the caller changes its array: the packed copy does not follow
+    assert np.array_equal(plan.execute(x, packed), expected)
+    assert not np.any(plan.execute(x, w))  # the plain array is read at each call
+    other = clconv.plan("conv2d", (1, 7, 7, 4), w.shape, 1, "SAME", device=spec)
+    with pytest.raises(clconv.InvalidArgumentError, match="another plan"):
+        other.execute(random_array((1, 7, 7, 4)), packed)
+    with pytest.raises(clconv.InvalidArgumentError, match=r"input has shape \[1, 6, 7, 4\]"):
+        plan.execute(random_array((1, 6, 7, 4)), w)
+
+
+def test_a_plan_computes_what_the_op_computes_for_every_algorithm(spec, device):
+    dy, w = random_array((1, 3, 3, 4), seed=5), random_array((3, 3, 2, 4), seed=6)
+    for algorithm in registry.algorithms_for("conv2d_transpose"):
+        plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, 2, "SAME",
+                           output_shape=[1, 6, 6, 2], device=spec, algorithm=algorithm)
+        assert plan.algorithm == algorithm and plan.algorithm_source == "requested"
+        op = clconv.conv2d_transpose(dy, w, [1, 6, 6, 2], 2, "SAME", device=spec,
+                                     algorithm=algorithm)
+        assert np.array_equal(plan.execute(dy, w), op)
+        assert np.array_equal(plan.execute(dy, plan.prepare_filters(w)), op)
+
+
+def test_describe_and_the_log_say_what_was_chosen(spec, device, caplog, db):
+    plans.forget_all()
+    with caplog.at_level(logging.DEBUG, logger="clconv"):
+        plan = clconv.plan("conv2d", (1, 9, 9, 3), (3, 3, 3, 4), 1, "SAME", device=spec)
+    text = plan.describe()
+    assert f"[{spec}]" in text and device.name in text and plan.algorithm in text
+    assert plan.family in text and re.search(r"\((generic|device defaults)\)", text), text
+    assert any("plan built" in r.getMessage() and text in r.getMessage()
+               for r in caplog.records)
+    half = clconv.plan("conv2d", (1, 9, 9, 3), (3, 3, 3, 4), 1, "SAME", device=spec,
+                       dtype=np.float16) if device.fp16 else None
+    if half is not None:  # gemm computes float32/64 only: the plan says it fell back
+        assert half.algorithm == registry.UNIVERSAL and "fallback" in half.algorithm_source
+
+
+def test_an_algorithm_that_cannot_compute_the_call_is_refused_with_the_reason(spec):
+    with pytest.raises(clconv.UnimplementedError, match="ungrouped"):
+        clconv.plan("conv2d", (1, 5, 5, 4), (3, 3, 2, 6), 1, "SAME", device=spec,
+                    algorithm="gemm")
+    with pytest.raises(clconv.InvalidArgumentError, match="not one of"):
+        clconv.plan("conv2d", (1, 5, 5, 4), (3, 3, 4, 6), 1, "SAME", device=spec,
+                    algorithm="via_forward")
+
+
+def test_repeated_calls_reuse_one_plan(spec, monkeypatch):
+    built = []
+    real = plans.build_plan
+    monkeypatch.setattr(plans, "build_plan", lambda *a, **k: built.append(1) or real(*a, **k))
+    plans.forget_all()
+    clconv.ops.forget_calls()
+    x, w = random_array((1, 5, 5, 3)), random_array((2, 2, 3, 2))
+    for _ in range(5):
+        clconv.conv2d(x, w, 1, "VALID", device=spec)
+    assert len(built) == 1
+
+
+def test_memory_is_bounded_over_many_shapes(spec):
+    w = random_array((1, 1, 2, 2))
+    for size in range(1, plans.PLAN_CACHE_SIZE + 40):
+        clconv.conv2d(random_array((1, 1, size, 2)), w, 1, "VALID", device=spec,
+                      algorithm="direct")
+    assert plans.cached_plans() <= plans.PLAN_CACHE_SIZE
+    assert len(clconv.ops._calls) <= clconv.ops.CALL_MEMO_SIZE
+
+
+def test_only_the_registry_names_the_algorithms():
+    """Outside the modules that declare them (and docstrings), no code spells an
+    algorithm's name: ops, plans, tuner, conformance and bench read the registry."""
+    package = Path(clconv.__file__).parent
+    declaring = {"registry.py", "gemm.py", "direct.py"}
+    names = "|".join(registry.algorithms_for("conv2d_transpose"))
+    quoted = re.compile(rf"""["']({names})["']""")
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name in declaring:
+            continue
+        code = re.sub(r'"""[\s\S]*?"""', "", path.read_text())  # docstrings are docs
+        for number, line in enumerate(code.splitlines(), 1):
+            if quoted.search(line.split("#")[0]):
+                found.append(f"{path.relative_to(package)}: {line.strip()}")
+    assert not found, found
