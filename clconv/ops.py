@@ -41,8 +41,10 @@ class _NoKey(Exception):
 def _arg_key(value: Any) -> Any:
     """An argument as given, type included, as a hashable key (else _NoKey)."""
     kind = type(value)
-    if value is None or kind in (int, str):
-        return (kind.__name__, value)
+    if kind is str or value is None:
+        return value
+    if kind is int:
+        return (int, value)  # not equal to a str, nor to True (a bool equals 1)
     if kind in (list, tuple):
         return (kind.__name__,) + tuple(_arg_key(v) for v in value)
     if kind is np.ndarray and value.ndim <= 1 and value.size <= 8:
@@ -57,7 +59,7 @@ def _call_key(op: str, data: Any, filters: Any, *args: Any) -> Optional[tuple]:
         attrs = tuple(_arg_key(a) for a in args)
     except _NoKey:
         return None
-    return (op, data.shape, data.dtype.str, filters.shape, filters.dtype.str, attrs,
+    return (op, data.shape, data.dtype, filters.shape, filters.dtype, attrs,
             os.environ.get(ENV_DEVICE), tuning_db.generation(),
             os.environ.get(tuning_db.ENV_DB))
 

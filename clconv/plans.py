@@ -39,6 +39,11 @@ from clconv.registry import Setup
 from clconv.shapes import ConvGeometry
 
 PLAN_CACHE_SIZE = 256  # plans kept per process (least recently used dropped first)
+# A numpy filter up to this size is packed once per plan and reused while its bytes
+# stay the same (compared in full at every call, so an array changed in place is
+# packed again, never read stale); larger ones are packed at each call, or once by
+# the caller with prepare_filters.
+AUTO_PACK_BYTES = 256 << 10
 OPS = search_space.OPS
 
 logger = logging.getLogger("clconv")
@@ -94,6 +99,7 @@ class ConvPlan:
             tensors.check_fits(elements * self.dtype.itemsize, elements,
                                f"{what} of shape {tuple(shape)}", rt.info)
         self.launch: Optional[registry.Launch] = None
+        self._auto_packed: Optional[tuple[bytes, PreparedFilters]] = None
         if self.launches:
             space = search_space.shipped_spaces()[family]
             defines = {k: v for k, v in config.items() if k != search_space.LOCAL_SIZE}
@@ -154,8 +160,20 @@ class ConvPlan:
                     "filters prepared by another plan: call prepare_filters on this plan")
             return filters.prepared
         self._check_shape(filters, self.filter_shape, "filters")
+        if type(filters) is np.ndarray and filters.dtype == self.dtype \
+                and filters.nbytes <= AUTO_PACK_BYTES and filters.flags.c_contiguous:
+            return self._packed_by_content(filters, queue).prepared
         return tensors.to_device(filters, self.dtype, queue, self.device, "filters",
                                  borrow=borrow, checked=True)
+
+    def _packed_by_content(self, filters: np.ndarray, queue: cl.CommandQueue
+                           ) -> PreparedFilters:
+        """The packing of a small host filter, reused while its bytes are unchanged."""
+        entry, content = self._auto_packed, filters.tobytes()
+        if entry is None or entry[0] != content:
+            entry = (content, self.prepare_filters(filters, queue))
+            self._auto_packed = entry  # one assignment: threads see the old or the new
+        return entry[1]
 
     def _check_shape(self, value: Any, expected: tuple[int, ...], what: str) -> None:
         shape = value.shape if type(value) is np.ndarray else tuple(

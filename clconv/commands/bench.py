@@ -9,6 +9,7 @@ import math
 import platform
 from typing import Optional
 
+from clconv import overhead
 from clconv.bench import (
     AGREEMENT_RTOL,
     MIN_RUNS,
@@ -19,6 +20,7 @@ from clconv.bench import (
     all_algorithms,
     geometric_mean,
     load_peers,
+    machine_line,
     op_algorithms,
     phase_breakdown,
     run_case,
@@ -59,8 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "comma-separated list (default auto)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
     parser.add_argument("--phases", action="store_true",
-                        help="after the table, where each GEMM case's time goes: filter "
-                             "packing, the GEMM kernel, host side and launches")
+                        help="after the table, where each case's time goes: each kernel "
+                             "(e.g. filter packing, the GEMM), host side and launches")
+    parser.add_argument("--overhead", action="store_true",
+                        help="instead of the suite: the per-call time of small ops (the op, a "
+                             "held plan, pre-packed filters, TensorFlow's eager op) against "
+                             "one bare OpenCL launch + read-back, in the same run")
 
 
 def _peer_names(text: str) -> list[str]:
@@ -125,6 +131,26 @@ class _Table:
         return self._line(cells)
 
 
+def _overhead(info) -> int:
+    bare, rows = overhead.measure(info.spec)
+    print(f"clconv bench --overhead on {info.label}")
+    print(f"  machine: {machine_line()}")
+    print(f"  median microseconds per call, numpy in and numpy out; bare: one trivial "
+          f"kernel launch + read-back = {bare:.0f} us")
+    contenders = list(dict.fromkeys(k for r in rows for k in r.us))
+    table = []
+    for r in rows:
+        cells = [r.name, OP_LABELS[r.op]] + [_fmt(r.us.get(k)) for k in contenders]
+        cells.append(_fmt(r.us["op"] / bare))
+        tf = r.us.get("tensorflow")
+        cells.append(_fmt(tf / r.us["op"]) if tf else "-")
+        table.append(cells)
+    print(format_table(table, ["case", "op", *(f"{k} us" for k in contenders), "op/bare",
+                               "tf/op"]))
+    print("  op/bare: the op's time in bare launches; tf/op > 1: clconv is faster per call")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
@@ -136,8 +162,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     _, info = find_device(args.device)
     peers, missing = load_peers(_peer_names(args.peers))
+    if args.overhead:
+        return _overhead(info)
 
     print(f"clconv bench: {len(cases)} case(s) from {origin} on {info.label}")
+    print(f"  machine: {machine_line()}")
     cap = (f" (fewer, at least {MIN_RUNS}, once they take {args.max_seconds:g} s)"
            if args.max_seconds else "")
     print(f"  timing: per contender, 1 warm-up, then the median of {args.repeat} runs in a "

@@ -1,0 +1,134 @@
+"""Per-call cost of small ops, measured against a bare OpenCL launch in the same run.
+
+A layer of a few thousand multiply-adds takes the device tens of microseconds;
+what a call costs beyond that is host time.  ``measure`` times, in one
+process and one after another, for each case (numpy in, numpy out):
+
+- ``op``: the public op, as a user calls it in a loop;
+- ``plan``: ``ConvPlan.execute`` of a plan the caller holds;
+- ``prepared``: the same with the filter packed once (``prepare_filters``);
+- each peer's eager op (TensorFlow), when installed;
+
+and once per device ``bare``: one trivial pyopencl kernel launch plus the
+read-back of its result, the floor any OpenCL library pays.  Medians of
+REPEAT calls after a warm-up; ratios, not absolute times, are what carry
+from one machine to another.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import pyopencl as cl
+
+CASES = (
+    # name, op, input, filter, output (backprop ops), strides, padding
+    ("tiny_conv2d", "conv2d", (1, 8, 8, 16), (3, 3, 16, 16), None, 1, "SAME"),
+    ("tiny_transpose", "conv2d_transpose", (1, 4, 4, 8), (3, 3, 8, 8), (1, 8, 8, 8), 2, "SAME"),
+    ("tiny_backprop", "conv2d_backprop_input", (1, 4, 4, 8), (3, 3, 8, 8), (1, 8, 8, 8), 2,
+     "SAME"),
+    ("gan_tiny_b1", "conv2d_transpose", (1, 4, 4, 512), (4, 4, 256, 512), (1, 8, 8, 256), 2,
+     "SAME"),
+)
+REPEAT = 300
+MAX_SECONDS = 1.5
+
+
+def _median_us(call: Callable[[], Any], repeat: int, max_seconds: float) -> float:
+    call()  # warm-up: builds, first-touch
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(repeat):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+        if time.perf_counter() > deadline and len(times) >= 5:
+            break
+    return statistics.median(times) * 1e6
+
+
+def bare_launch_us(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS) -> float:
+    """One trivial kernel over 1,024 floats plus the blocking read-back of them."""
+    from clconv.devices import runtime
+
+    rt = runtime(spec)
+    program = cl.Program(rt.context, "__kernel void add_one(__global float *a, int n) {"
+                         " int i = get_global_id(0); if (i < n) a[i] += 1.0f; }").build()
+    kernel = cl.Kernel(program, "add_one")
+    kernel.set_scalar_arg_dtypes([None, np.int32])
+    host = np.zeros(1024, np.float32)
+    buffer = cl.Buffer(rt.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                       hostbuf=host)
+
+    def call() -> None:
+        kernel.set_args(buffer, host.size)
+        cl.enqueue_nd_range_kernel(rt.queue, kernel, (host.size,), None)
+        cl.enqueue_copy(rt.queue, host, buffer)
+
+    return _median_us(call, repeat, max_seconds)
+
+
+@dataclass
+class OverheadRow:
+    name: str
+    op: str
+    us: dict[str, float] = field(default_factory=dict)  # contender -> median microseconds
+
+
+def _operands(name: str, x_shape, w_shape) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(len(name))
+    return (rng.uniform(-1, 1, x_shape).astype(np.float32),
+            rng.uniform(-1, 1, w_shape).astype(np.float32))
+
+
+def _op_call(op: str, x, w, out_shape, strides, padding, spec: str) -> Callable[[], Any]:
+    import clconv
+
+    if op == "conv2d":
+        return lambda: clconv.conv2d(x, w, strides, padding, device=spec)
+    if op == "conv2d_transpose":
+        return lambda: clconv.conv2d_transpose(x, w, out_shape, strides, padding, device=spec)
+    return lambda: clconv.conv2d_backprop_input(out_shape, w, x, strides, padding, device=spec)
+
+
+def _tf_call(op: str, x, w, out_shape, strides, padding) -> Optional[Callable[[], Any]]:
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    if op == "conv2d":
+        return lambda: tf.nn.conv2d(x, w, strides, padding).numpy()
+    if op == "conv2d_transpose":
+        return lambda: tf.nn.conv2d_transpose(x, w, out_shape, strides, padding).numpy()
+    return lambda: tf.raw_ops.Conv2DBackpropInput(
+        input_sizes=list(out_shape), filter=w, out_backprop=x, strides=[1, strides, strides, 1],
+        padding=padding).numpy()
+
+
+def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS
+            ) -> tuple[float, list[OverheadRow]]:
+    """(bare launch microseconds, one row per case) on device ``spec``."""
+    import clconv
+
+    bare = bare_launch_us(spec, repeat, max_seconds)
+    rows = []
+    for name, op, x_shape, w_shape, out_shape, strides, padding in CASES:
+        x, w = _operands(name, x_shape, w_shape)
+        plan = clconv.plan(op, x_shape, w_shape, strides, padding, output_shape=out_shape,
+                           device=spec)
+        packed = plan.prepare_filters(w)
+        row = OverheadRow(name, op)
+        row.us["op"] = _median_us(_op_call(op, x, w, out_shape, strides, padding, spec),
+                                  repeat, max_seconds)
+        row.us["plan"] = _median_us(lambda: plan.execute(x, w), repeat, max_seconds)
+        row.us["prepared"] = _median_us(lambda: plan.execute(x, packed), repeat, max_seconds)
+        tf_call = _tf_call(op, x, w, out_shape, strides, padding)
+        if tf_call is not None:
+            row.us["tensorflow"] = _median_us(tf_call, repeat, max_seconds)
+        rows.append(row)
+    return bare, rows
