@@ -11,6 +11,7 @@ protect_opencl_runtimes()
 from clconv.devices import DeviceInfo, devices
 from clconv.errors import (
     DeviceNotFoundError,
+    ForkedProcessError,
     InvalidArgumentError,
     KernelBuildError,
     UnimplementedError,
@@ -25,6 +26,7 @@ __all__ = [
     "ConvPlan",
     "DeviceInfo",
     "DeviceNotFoundError",
+    "ForkedProcessError",
     "InvalidArgumentError",
     "KernelBuildError",
     "ResourceExhaustedError",

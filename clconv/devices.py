@@ -17,7 +17,7 @@ from typing import Optional
 
 import pyopencl as cl
 
-from clconv.errors import DeviceNotFoundError
+from clconv.errors import DeviceNotFoundError, ForkedProcessError
 from clconv.llvm_guard import protect_opencl_runtimes
 
 ENV_DEVICE = "CLCONV_DEVICE"
@@ -76,9 +76,45 @@ def _opencl_c_version(device: cl.Device) -> str:
         return "OpenCL C 1.0"
 
 
+# --------------------------------------------------------------------------- fork
+# OpenCL runtimes do not survive fork(): PoCL's worker threads and every driver's
+# context state stay behind in the parent, and a child's first OpenCL call waits
+# for them forever (measured: both PoCLs hang in the first op or even in
+# clGetPlatformIDs).  So clconv remembers which process opened OpenCL, and in a
+# forked child every entry point raises ForkedProcessError instead of hanging.
+
+_opened_in: Optional[int] = None  # pid of the process that opened the OpenCL platforms
+_inherited_from: Optional[int] = None  # in a forked child: that parent's pid
+
+
+def _after_fork_in_child() -> None:
+    global _inherited_from
+    if _opened_in is not None and _opened_in != os.getpid():
+        _inherited_from = _opened_in
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def check_process() -> None:
+    """Raise ForkedProcessError in a child forked after OpenCL was opened (cheap)."""
+    if _inherited_from is not None:
+        raise ForkedProcessError(
+            f"this process (pid {os.getpid()}) was forked from process {_inherited_from} after "
+            "that process had opened OpenCL; OpenCL runtimes do not survive fork(), and any "
+            "OpenCL call here would hang.  Start worker processes with the 'spawn' or "
+            "'forkserver' method (multiprocessing.get_context('spawn'), or "
+            "concurrent.futures.ProcessPoolExecutor(mp_context=...)), or fork before the "
+            "parent first uses clconv."
+        )
+
+
 @functools.lru_cache(maxsize=1)
 def _enumerate() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
+    global _opened_in
+    check_process()
     protect_opencl_runtimes()
+    _opened_in = os.getpid()
     found: list[tuple[cl.Device, DeviceInfo]] = []
     try:
         platforms = cl.get_platforms()
@@ -142,6 +178,7 @@ def _default_rank(info: DeviceInfo, order: int) -> tuple:
 
 def devices() -> list[DeviceInfo]:
     """Every OpenCL device on this machine; the default one has ``is_default``."""
+    check_process()
     return [info for _, info in _enumerate()]
 
 
@@ -156,6 +193,7 @@ def _no_match(text: str) -> DeviceNotFoundError:
 
 def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
     """Resolve ``spec`` (or ``CLCONV_DEVICE``, or the default) to one device."""
+    check_process()
     found = _enumerate()
     if not found:
         raise DeviceNotFoundError(
@@ -209,6 +247,7 @@ def runtime(spec: Optional[str] = None) -> Runtime:
 
 def runtime_for_queue(queue: cl.CommandQueue) -> Runtime:
     """A Runtime that wraps a caller's queue (for pyopencl.array inputs)."""
+    check_process()
     device = queue.device
     for cl_device, info in _enumerate():
         if cl_device == device:

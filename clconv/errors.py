@@ -23,3 +23,11 @@ class DeviceNotFoundError(LookupError):
 
 class KernelBuildError(RuntimeError):
     """An OpenCL program failed to build; carries the build log and options."""
+
+
+class ForkedProcessError(RuntimeError):
+    """clconv was used in a process forked after its parent had opened OpenCL.
+
+    OpenCL runtimes keep threads and driver state that a fork() does not copy,
+    so any OpenCL call in the child would hang; clconv refuses instead.
+    """

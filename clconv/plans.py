@@ -32,7 +32,7 @@ import pyopencl as cl
 
 from clconv import registry, search_space, tensors, tuning_db
 from clconv.config import explain_algorithm, explain_config
-from clconv.devices import Runtime
+from clconv.devices import Runtime, check_process
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.programs import dtype_defines
 from clconv.registry import Setup
@@ -86,6 +86,7 @@ class ConvPlan:
         self.algorithm, self.algorithm_source = algorithm, algorithm_source
         self.config, self.config_source, self.family = config, config_source, family
         self._default_queue = rt.queue
+        self._serial = _simulator_lock(rt) if rt.info.kind == "simulator" else None
         forward = op == "conv2d"
         self.input_shape = g.x_shape() if forward else g.y_shape()
         self.output_shape = g.y_shape() if forward else g.x_shape()
@@ -171,7 +172,7 @@ class ConvPlan:
         """The packing of a small host filter, reused while its bytes are unchanged."""
         entry, content = self._auto_packed, filters.tobytes()
         if entry is None or entry[0] != content:
-            entry = (content, self.prepare_filters(filters, queue))
+            entry = (content, self._prepare_filters(filters, queue))
             self._auto_packed = entry  # one assignment: threads see the old or the new
         return entry[1]
 
@@ -187,6 +188,14 @@ class ConvPlan:
         """Make ``filters`` ready once: packed in this plan's layout (gemm) or copied to
         the device.  ``execute`` accepts the result in place of the filter and skips
         that work; it is a snapshot: later changes to ``filters`` do not reach it."""
+        check_process()
+        if self._serial is not None:
+            with self._serial:
+                return self._prepare_filters(filters, queue)
+        return self._prepare_filters(filters, queue)
+
+    def _prepare_filters(self, filters: Any, queue: Optional[cl.CommandQueue]
+                         ) -> PreparedFilters:
         queue = self._queue_for([filters], queue)
         self._check_shape(filters, self.filter_shape, "filters")
         copy = tensors.to_device(filters, self.dtype, queue, self.device, "filters")
@@ -203,6 +212,14 @@ class ConvPlan:
         a pyopencl array in gives a pyopencl array on its queue.  ``filters`` may be
         what ``prepare_filters`` returned.  ``out``: a pyopencl array of the output's
         shape and dtype to write into (it is also returned)."""
+        check_process()
+        if self._serial is not None:
+            with self._serial:
+                return self._execute(input, filters, out, queue)
+        return self._execute(input, filters, out, queue)
+
+    def _execute(self, input: Any, filters: Any, out: Any,
+                 queue: Optional[cl.CommandQueue]) -> Any:
         queue = self._queue_for([input, filters, out], queue)
         self._check_shape(input, self.input_shape, "input")
         resident = tensors.is_device_array(input)
@@ -242,6 +259,17 @@ class ConvPlan:
         if isinstance(filters, PreparedFilters):
             filters = self._filters(filters, queue, False)
         return self.launch.enqueue(queue, src, filters, out, timeline)
+
+
+_simulator_locks: dict[int, threading.RLock] = {}
+
+
+def _simulator_lock(rt: Runtime) -> threading.RLock:
+    """One lock per simulator context.  Oclgrind runs a kernel in the host thread that
+    waits for it and asserts (aborting the process) when two threads of one context
+    run kernels at once, so its calls run one at a time; real devices never take it."""
+    with _lock:
+        return _simulator_locks.setdefault(rt.context.int_ptr, threading.RLock())
 
 
 def format_config(config: Optional[dict]) -> str:
