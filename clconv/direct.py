@@ -31,7 +31,7 @@ from clconv.shapes import ConvGeometry
 _I = np.int32
 _VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
 CONV2D_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
-               _I, _I, _I, _I, _I, _I, _I, _I]
+               _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
 BACKPROP_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
                  _I, _I, _I, _I, _I, _I, _I]
 DILATE_ARGS = [None, *_VIEW, _I, _I, _I, None, _I, _I, _I, _I, _I, _I, _I]
@@ -41,9 +41,12 @@ class Conv2dDirect:
     """conv2d_direct.cl over the conv ``g``: y in g's layout, x in ``x_format``."""
 
     def __init__(self, setup: Setup, g: Optional[ConvGeometry] = None,
-                 x_format: Optional[str] = None) -> None:
+                 x_format: Optional[str] = None, lattice: Optional[tuple] = None) -> None:
         g = g or setup.geometry
         self.g, self.x_format = g, x_format or g.data_format
+        # (pad_products, lattice_h, lattice_w, before_h, before_w, rows, cols): see the
+        # kernel.  A plain conv2d: every pixel of x is real, padded taps add 0 * w.
+        self.lattice = lattice or (1, 1, 1, 0, 0, g.in_h, g.in_w)
         source, name = setup.space.kernel
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, CONV2D_ARGS)
         self.kernels = (self.kernel,)
@@ -61,7 +64,8 @@ class Conv2dDirect:
             x.buffer, *x.activation_view(self.x_format), g.in_h, g.in_w, g.in_c,
             w.buffer, *(w_view or w.filter_view()), g.k_h, g.k_w,
             y.buffer, *y.activation_view(g.data_format), g.out_h, g.out_w, g.out_c,
-            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.groups])
+            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.groups,
+            *self.lattice])
         if timeline is not None:
             timeline.append(("conv2d direct", event))
         return event
@@ -111,9 +115,12 @@ class BackpropViaForward:
     def __init__(self, setup: Setup) -> None:
         g = self.g = setup.geometry
         fg = self.fg = via_forward_geometry(g)
-        # The padded input is NHWC; dx keeps g's data format.
+        # The padded input is NHWC; dx keeps g's data format.  Only dy's own pixels in
+        # it are real: the inserted zeros and the padding add nothing (TF's gradient).
+        self.before = (g.k_eff_h - 1 - g.pad_top, g.k_eff_w - 1 - g.pad_left)
+        lattice = (0, g.stride_h, g.stride_w, *self.before, g.out_h, g.out_w)
         self.conv = Conv2dDirect(setup, dataclasses.replace(fg, data_format=g.data_format),
-                                 x_format="NHWC")
+                                 x_format="NHWC", lattice=lattice)
         source, name = setup.space.helper_kernels["dilate_pad"]
         self.dilate = TypedKernel(setup.context, source, name, setup.defines, DILATE_ARGS)
         self.kernels = (self.conv.kernel, self.dilate)
@@ -132,8 +139,7 @@ class BackpropViaForward:
                                       zero=False)
         event = self.dilate.enqueue(queue, *self.range, [
             dy.buffer, *dy.activation_view(g.data_format), g.out_h, g.out_w, g.out_c,
-            padded.buffer, fg.in_h, fg.in_w, g.batch, g.stride_h, g.stride_w,
-            g.k_eff_h - 1 - g.pad_top, g.k_eff_w - 1 - g.pad_left])
+            padded.buffer, fg.in_h, fg.in_w, g.batch, g.stride_h, g.stride_w, *self.before])
         if timeline is not None:
             timeline.append(("dilate + pad", event))
         # The rotated, in/out-swapped filter is a view: start at w[kh-1, kw-1] and walk

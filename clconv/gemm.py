@@ -208,7 +208,9 @@ class GemmLaunch:
         self.key = (self.plan, tn, self.n_padded, setup.dtype.str)
 
         source, name = setup.space.kernel
-        self.gemm = TypedKernel(context, source, name, setup.defines, GEMM_ARGS)
+        # TF's conv2d multiplies its zero padding; its input gradient skips outside taps.
+        defines = dict(setup.defines, PAD_PRODUCTS=int(self.forward))
+        self.gemm = TypedKernel(context, source, name, defines, GEMM_ARGS)
         self.gemm_range = ndrange(
             (self.n_padded // tn, -(-self.plan.max_pixels(g.batch) // tm), len(self.plan.phases)),
             setup.local)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 import random
 import statistics
 import sys
@@ -728,6 +729,44 @@ def _confirm(session: Session, result: CaseResult, deadline: float) -> None:
         result.confirmed = {key: statistics.median(ms) for key, ms in times.items()}
 
 
+def available_host_bytes() -> Optional[int]:
+    """MemAvailable of /proc/meminfo (Linux), else free physical pages, else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory_problem(case: TuneCase, info: DeviceInfo,
+                   available: Optional[int] = None) -> Optional[str]:
+    """Why ``case`` cannot be tuned in this machine's memory, or None: its float32
+    tensors must each fit the device's largest buffer, and they, the float64 reference
+    and its work arrays must fit the host's available memory (checked before anything
+    is allocated, so an oversized case is skipped, not a MemoryError after minutes)."""
+    g = case.geometry
+    src = g.x_size() if case.op == "conv2d" else g.y_size()
+    out = g.y_size() if case.op == "conv2d" else g.x_size()
+    w = g.k_h * g.k_w * (g.in_c // max(g.groups, 1)) * g.out_c
+    for what, elements in (("input", src), ("filter", w), ("output", out)):
+        if elements * 4 > info.max_mem_alloc_size:
+            return (f"its {what} needs {elements * 4 / 2**30:.1f} GiB, more than the largest "
+                    f"buffer of {info.name} ({info.max_mem_alloc_size / 2**30:.1f} GiB)")
+    products = g.batch * g.out_h * g.out_w * g.in_c  # the reference's per-tap work array
+    needed = 4 * (src + w + out) + 8 * (3 * (src + out) + w + products)
+    available = available_host_bytes() if available is None else available
+    if available is not None and needed > available:
+        return (f"it needs about {needed / 2**30:.1f} GiB of host memory (operands and the "
+                f"float64 reference), more than the {available / 2**30:.1f} GiB available")
+    return None
+
+
 def tune_case(rt: Runtime, case: TuneCase, *, strategy: str = "exhaustive",
               deadline: float = math.inf, max_runs: int = MAX_RUNS, seed: int = 0,
               progress: bool = False,
@@ -739,6 +778,10 @@ def tune_case(rt: Runtime, case: TuneCase, *, strategy: str = "exhaustive",
         raise ValueError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     started = time.monotonic()
     result = CaseResult(case, rt.info, strategy)
+    problem = memory_problem(case, rt.info)
+    if problem is not None:
+        result.status, result.detail = "skipped", problem
+        return result
     pools, result.spaces = pools_for(case, rt.info, spaces, launchers)
     if not pools:
         result.status, result.detail = "skipped", f"no tunable algorithm computes {case.op}"

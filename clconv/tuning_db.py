@@ -25,6 +25,7 @@ import datetime
 import functools
 import math
 import os
+import shutil
 import tempfile
 import threading
 import warnings
@@ -179,48 +180,74 @@ def find(entries: Iterable[Mapping[str, Any]], info: DeviceInfo, op: str, g: Con
 # --------------------------------------------------------------------------- reading
 
 
+def _is_count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _check_entry(entry: Any) -> None:
+    """Raise _Corrupt naming what is wrong with one entry (types included: an entry
+    is read from a file that may have been edited or copied from anywhere)."""
     if not isinstance(entry, dict) or not _ENTRY_KEYS <= set(entry):
         raise _Corrupt(f"an entry lacks some of {', '.join(sorted(_ENTRY_KEYS))}")
     device = entry["device"]
-    if not isinstance(device, dict) or not {"platform", "name", "driver"} <= set(device):
-        raise _Corrupt("an entry's device lacks platform, name or driver")
+    if not isinstance(device, dict) or not all(
+            isinstance(device.get(k), str) for k in ("platform", "name", "driver")):
+        raise _Corrupt("an entry's device needs platform, name and driver strings")
     geometry = entry["geometry"]
     if not isinstance(geometry, dict) or not set(GEOMETRY_FIELDS) <= set(geometry):
         raise _Corrupt(f"an entry's geometry lacks some of {', '.join(GEOMETRY_FIELDS)}")
+    if geometry["data_format"] not in ("NHWC", "NCHW"):
+        raise _Corrupt(f"geometry.data_format {geometry['data_format']!r} is not NHWC or NCHW")
+    for name in GEOMETRY_FIELDS[1:]:
+        least = 1 if name.startswith(("stride", "dil")) or name == "groups" else 0
+        if not _is_count(geometry[name], least):
+            raise _Corrupt(f"geometry.{name} is {geometry[name]!r}, expected an integer "
+                           f">= {least}")
     if entry["op"] not in COMPUTATION:
         raise _Corrupt(f"unknown op {entry['op']!r}")
+    for key in ("clconv", "source_hash", "algorithm"):
+        if not isinstance(entry[key], str):
+            raise _Corrupt(f"{key} is {entry[key]!r}, expected a string")
     results = entry["results"]
-    if not isinstance(results, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("family"), str)
-            and isinstance(r.get("config"), dict) for r in results.values()):
+    if not isinstance(results, dict) or not results or not all(
+            isinstance(a, str) and isinstance(r, dict) and isinstance(r.get("family"), str)
+            and isinstance(r.get("config"), dict) for a, r in results.items()):
         raise _Corrupt("an entry's results must map algorithms to {family, config, ms}")
 
 
-def parse(text: str) -> list[dict[str, Any]]:
-    """The entries of a database file's text; _Corrupt says what is wrong."""
+def parse(text: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the well-formed entries, what is wrong with each malformed one) of a database
+    file's text; _Corrupt when the file as a whole cannot be read as a database."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise _Corrupt(f"not valid YAML: {str(exc).splitlines()[0]}") from None
     if data is None:
-        return []
+        return [], []
     if not isinstance(data, dict) or not isinstance(data.get("entries", []), list):
         raise _Corrupt("expected a mapping with an 'entries' list")
     if data.get("format", FORMAT) != FORMAT:
         raise _Corrupt(f"format {data.get('format')!r}, this clconv reads format {FORMAT}")
-    entries = data.get("entries") or []
-    for entry in entries:
-        _check_entry(entry)
-    return entries
+    good, problems = [], []
+    for index, entry in enumerate(data.get("entries") or []):
+        try:
+            _check_entry(entry)
+        except _Corrupt as exc:
+            label = entry.get("case") if isinstance(entry, dict) else None
+            problems.append(f"entry {index}{f' ({label})' if isinstance(label, str) else ''}: "
+                            f"{exc}")
+            continue
+        good.append(entry)
+    return good, problems
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
-    """Entries of ``path`` ([] when absent); OSError when unreadable, _Corrupt when bad."""
+def _read(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(entries, malformed-entry problems) of ``path`` (none when absent); OSError when
+    unreadable, _Corrupt when not a database at all."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return []
+        return [], []
     except UnicodeDecodeError as exc:
         raise _Corrupt(f"not UTF-8 text ({exc.reason})") from None
     return parse(text)
@@ -247,7 +274,9 @@ def entries(path: Optional[os.PathLike | str] = None) -> list[dict[str, Any]]:
     if cached is not None and cached[0] == state:
         return cached[1]
     try:
-        found = _read(path)
+        found, problems = _read(path)
+        for problem in problems:
+            _warn(f"clconv tuning database {path}: {problem}; the entry is skipped")
     except OSError as exc:
         _warn(f"clconv tuning database {path} cannot be read ({exc.strerror}); using defaults")
         found = []
@@ -339,23 +368,52 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+def writable_path(path: Optional[os.PathLike | str] = None) -> Path:
+    """The file a write goes to (through a symlink, to its target), checked before any
+    work is done: TuningDatabaseError says why the database cannot be written."""
+    path = resolve_path(path)
+    target = Path(os.path.realpath(path))
+    if target.exists():
+        if not target.is_file():
+            raise TuningDatabaseError(f"tuning database {path} is not a regular file")
+        if not target.stat().st_mode & 0o222:
+            raise TuningDatabaseError(
+                f"tuning database {path} is read-only (mode "
+                f"{target.stat().st_mode & 0o777:o}); clconv does not write over a file its "
+                f"owner protected: make it writable or choose another with --db or {ENV_DB}")
+    folder = target.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(prefix=f".{target.name}.", suffix=".probe",
+                                            dir=folder)
+        probe.close()
+    except OSError as exc:
+        raise TuningDatabaseError(
+            f"cannot write the tuning database {path}: folder {folder} is not writable "
+            f"({exc.strerror}); choose another with --db or {ENV_DB}") from None
+    return target
+
+
 def record(new: Sequence[Mapping[str, Any]], path: Optional[os.PathLike | str] = None) -> Path:
-    """Merge ``new`` entries into the database under its lock; return the path written."""
+    """Merge ``new`` entries into the database under its lock; return the path written.
+    A symlink is written through; a read-only file or folder is a TuningDatabaseError;
+    a file with malformed entries is copied aside before they are dropped."""
     from filelock import FileLock, Timeout
 
     for entry in new:
         _check_entry(entry)
-    path = resolve_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = writable_path(path)
     lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
     try:
         with lock:
             try:
-                current = _read(path)
+                current, problems = _read(path)
+                if problems:
+                    backup = _aside(path, copy=True)
+                    _warn(f"clconv tuning database {path} had malformed entries "
+                          f"({'; '.join(problems)}); kept the file as {backup}")
             except _Corrupt as exc:
-                backup = path.with_name(f"{path.name}.corrupt-"
-                                        f"{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
-                os.replace(path, backup)
+                backup = _aside(path, copy=False)
                 _warn(f"clconv tuning database {path} was corrupt ({exc}); moved it to "
                       f"{backup} and started a new one")
                 current = []
@@ -370,6 +428,15 @@ def record(new: Sequence[Mapping[str, Any]], path: Optional[os.PathLike | str] =
                                   f"{LOCK_TIMEOUT_S} s; is a tuner stuck?") from None
     _bump()
     return path
+
+
+def _aside(path: Path, copy: bool) -> Path:
+    backup = path.with_name(f"{path.name}.corrupt-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}")
+    if copy:
+        shutil.copy2(path, backup)
+    else:
+        os.replace(path, backup)
+    return backup
 
 
 def now_text() -> str:

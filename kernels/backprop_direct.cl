@@ -15,6 +15,9 @@
 #ifndef CI_BLOCK
 #define CI_BLOCK 4 // input channels computed by one work-item
 #endif
+#if CI_BLOCK < 1 || CI_BLOCK > 64
+#error "CI_BLOCK must be 1 to 64 channels (its accumulators live in registers)"
+#endif
 
 __kernel void backprop_direct(
     __global REAL *dx, TENSOR_ARGS(dx), int in_h, int in_w, int in_c,

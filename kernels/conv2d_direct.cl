@@ -4,7 +4,13 @@
 //
 // x: [batch, in_h, in_w, in_c], w: [k_h, k_w, in_c/groups, out_c], y: [batch, out_h, out_w, out_c],
 // each through offset + strides (see common.cl), so NHWC, NCHW and filter views all work.
-// Taps that fall outside x are the zero padding and are skipped.  With groups > 1
+// A tap is *real* where it lands inside x on the lattice of real pixels
+//   ih = before_h + k * lattice_h, 0 <= k < rows (likewise for columns);
+// for a plain conv the lattice is every pixel of x (1, 0, in_h).  via_forward runs
+// this kernel over the dilated, padded dy, whose lattice is dy's own pixels, so the
+// zeros a stride inserts are skipped like the padding.  What a tap that is not real
+// adds: with pad_products, 0 * w (TF's conv2d multiplies its zero padding, so an
+// infinite weight there gives NaN); otherwise nothing (TF's input gradient).  With groups > 1
 // (TF's grouped conv) output channel co of group g = co / (out_c/groups) reads only
 // the input channels g*(in_c/groups) ... (g+1)*(in_c/groups)-1.
 //
@@ -15,13 +21,17 @@
 #ifndef CO_BLOCK
 #define CO_BLOCK 4 // output channels computed by one work-item
 #endif
+#if CO_BLOCK < 1 || CO_BLOCK > 64
+#error "CO_BLOCK must be 1 to 64 channels (its accumulators live in registers)"
+#endif
 
 __kernel void conv2d_direct(
     __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,
     __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
     __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,
     int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
-    int groups)
+    int groups, int pad_products, int lattice_h, int lattice_w, int before_h, int before_w,
+    int rows, int cols)
 {
     const int out_per_group = out_c / groups;
     const int in_per_group = in_c / groups;
@@ -48,14 +58,23 @@ __kernel void conv2d_direct(
 
     for (int a = 0; a < k_h; ++a) {
         const int ih = oh * stride_h - pad_top + a * dil_h;
-        if (ih < 0 || ih >= in_h)
-            continue;
+        const int lh = ih - before_h;
+        const bool real_h = ih >= 0 && ih < in_h && lh >= 0 && lh % lattice_h == 0
+                            && lh / lattice_h < rows;
         for (int b = 0; b < k_w; ++b) {
             const int iw = ow * stride_w - pad_left + b * dil_w;
-            if (iw < 0 || iw >= in_w)
-                continue;
-            const int x_base = AT(x, n, ih, iw, group * in_per_group);
+            const int lw = iw - before_w;
+            const bool real = real_h && iw >= 0 && iw < in_w && lw >= 0
+                              && lw % lattice_w == 0 && lw / lattice_w < cols;
             const int w_base = AT(w, a, b, 0, 0);
+            if (!real) {
+                if (pad_products) // a padded tap adds 0 * w, as TF's conv2d does
+                    for (int ci = 0; ci < in_per_group; ++ci)
+                        for (int j = 0; j < CO_BLOCK; ++j)
+                            acc[j] += (ACC)0 * (ACC)w[w_base + ci * w_s2 + co[j] * w_s3];
+                continue;
+            }
+            const int x_base = AT(x, n, ih, iw, group * in_per_group);
             for (int ci = 0; ci < in_per_group; ++ci) {
                 const ACC xv = (ACC)x[x_base + ci * x_s3];
                 const int w_row = w_base + ci * w_s2;

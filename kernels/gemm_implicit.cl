@@ -27,6 +27,10 @@
 // vector accumulators; the inner loop is plain `acc += a * b` on vectors loaded through
 // pointer casts (some PoCL builds do not inline vloadN/mad/fma, and the resulting calls
 // spill every accumulator).  NDRange: (n_padded/TN, max m-tiles over phases, phases).
+//
+// IEEE parity with TensorFlow: TF's conv2d multiplies its zero padding (an infinite
+// weight on a padded tap gives NaN); its input gradient skips the taps that land
+// outside dy.  PAD_PRODUCTS, set by the host per op (not a tunable), selects which.
 
 #ifndef TM
 #define TM 6 // pixels per work-item tile
@@ -36,6 +40,24 @@
 #endif
 #ifndef VEC
 #define VEC 8 // vector width of the accumulators and filter loads
+#endif
+#ifndef PAD_PRODUCTS
+#define PAD_PRODUCTS 1 // 1: taps outside the source add 0 * w (TF's conv2d); 0: nothing
+#endif
+
+// The kernel guards its own tunables: a configuration from anywhere (a tuning
+// database copied between machines) fails to build rather than run wrongly.
+#if VEC != 1 && VEC != 2 && VEC != 4 && VEC != 8 && VEC != 16
+#error "VEC must be an OpenCL vector width: 1, 2, 4, 8 or 16"
+#endif
+#if TN < VEC || TN % VEC != 0
+#error "TN must be a positive multiple of VEC"
+#endif
+#if TM < 1 || TM > 32
+#error "TM must be 1 to 32 pixels"
+#endif
+#if TN > 64
+#error "TN must be at most 64 channels"
 #endif
 
 #define PHASE_INTS 8
@@ -112,14 +134,41 @@ __kernel void gemm_implicit(
         __global const int *tap = taps + (tap_begin + t) * TAP_INTS;
         __global const REAL *row[TM];
         int step[TM];
+        bool inside[TM];
+        bool all_inside = true;
         #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int sh = r[i] * src_mul_h + tap[0];
             const int sw = c[i] * src_mul_w + tap[1];
-            const bool inside = sh >= 0 && sh < src_h && sw >= 0 && sw < src_w;
-            row[i] = inside ? src + AT(src, img[i], sh, sw, 0) : zero;
-            step[i] = inside ? src_s3 : 0;
+            inside[i] = sh >= 0 && sh < src_h && sw >= 0 && sw < src_w;
+            all_inside = all_inside && inside[i];
+            row[i] = inside[i] ? src + AT(src, img[i], sh, sw, 0) : zero;
+            step[i] = inside[i] ? src_s3 : 0;
         }
+#if !PAD_PRODUCTS
+        // Rows of this tap that fall outside the source add nothing at all (not 0 * w,
+        // which is NaN for an infinite weight): a slower loop for the tiles at the edges.
+        if (!all_inside) {
+            for (int ch = 0; ch < ch_count; ++ch) {
+                VREAL b[NV];
+                #pragma unroll
+                for (int v = 0; v < NV; ++v)
+                    b[v] = *(__global const VREAL *)(panel + v * VEC);
+                panel += TN;
+                #pragma unroll
+                for (int i = 0; i < TM; ++i) {
+                    const REAL a = *row[i];
+                    row[i] += step[i];
+                    if (inside[i]) {
+                        #pragma unroll
+                        for (int v = 0; v < NV; ++v)
+                            acc[i][v] += a * b[v];
+                    }
+                }
+            }
+            continue;
+        }
+#endif
         for (int ch = 0; ch < ch_count; ++ch) {
             VREAL b[NV];
             #pragma unroll

@@ -157,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(rt, cases, db_path)
 
+    try:  # before any tuning: a database that cannot be written would lose it all
+        tuning_db.writable_path(db_path)
+    except tuning_db.TuningDatabaseError as exc:
+        raise UsageError(str(exc)) from None
     strategy = args.strategy or ("greedy" if args.budget is not None else "exhaustive")
     entries = tuning_db.entries(db_path)
     todo, kept = [], {}

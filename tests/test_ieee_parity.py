@@ -1,0 +1,90 @@
+"""Inf and NaN: clconv gives TensorFlow's pattern of Inf and NaN, on every algorithm.
+
+TF's conv2d multiplies its zero padding, so an infinite weight on a padded tap
+gives NaN; its input gradient (conv2d_transpose, Conv2DBackpropInput) only ever
+multiplies real dy pixels, so the zeros of padding and stride add nothing.  Each
+case puts Inf or NaN in the input or the filter at seeded places and compares,
+element for element, where TF has NaN, +Inf and -Inf; the finite elements
+within the usual tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import DEVICES
+from helpers import tolerance
+
+import clconv
+from clconv import registry
+
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+for _device in DEVICES:  # a first build before TF loads (see test_tensorflow.py)
+    clconv.conv2d(np.ones((1, 2, 2, 1), np.float32), np.ones((1, 1, 1, 1), np.float32), 1,
+                  "SAME", device=_device.spec)
+tf = pytest.importorskip("tensorflow")
+pytestmark = pytest.mark.tensorflow
+
+# op, input shape, filter shape, output shape (backprop ops), strides, padding
+CASES = [
+    ("conv2d", (1, 6, 6, 3), (3, 3, 3, 4), None, 1, "SAME"),
+    ("conv2d", (2, 7, 5, 2), (3, 3, 2, 3), None, 2, "SAME"),
+    ("conv2d", (1, 6, 6, 2), (2, 2, 2, 2), None, 1, [[0, 0], [1, 2], [2, 1], [0, 0]]),
+    ("conv2d_transpose", (1, 5, 5, 3), (3, 3, 2, 3), (1, 5, 5, 2), 1, "SAME"),
+    ("conv2d_transpose", (2, 3, 4, 3), (3, 3, 2, 3), (2, 6, 8, 2), 2, "SAME"),
+    ("conv2d_transpose", (1, 3, 3, 2), (4, 4, 3, 2), (1, 8, 8, 3), 2, "VALID"),
+    ("conv2d_backprop_input", (1, 3, 3, 2), (3, 3, 3, 2), (1, 7, 7, 3), 2, "VALID"),
+    ("conv2d_backprop_input", (1, 4, 4, 2), (3, 3, 2, 2), (1, 4, 4, 2), 1, "SAME"),
+]
+SPECIALS = {"inf_filter": ("w", np.inf), "neg_inf_filter": ("w", -np.inf),
+            "nan_filter": ("w", np.nan), "inf_input": ("x", np.inf),
+            "nan_input": ("x", np.nan)}
+
+
+def _tf(op, x, w, out_shape, strides, padding):
+    if op == "conv2d":
+        return tf.nn.conv2d(x, w, strides, padding).numpy()
+    if op == "conv2d_transpose":
+        return tf.nn.conv2d_transpose(x, w, out_shape, strides, padding).numpy()
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=list(out_shape), filter=w,
+                                          out_backprop=x, strides=[1, strides, strides, 1],
+                                          padding=padding).numpy()
+
+
+def _clconv(op, x, w, out_shape, strides, padding, spec, algorithm):
+    if op == "conv2d":
+        return clconv.conv2d(x, w, strides, padding, device=spec, algorithm=algorithm)
+    if op == "conv2d_transpose":
+        return clconv.conv2d_transpose(x, w, out_shape, strides, padding, device=spec,
+                                       algorithm=algorithm)
+    return clconv.conv2d_backprop_input(out_shape, w, x, strides, padding, device=spec,
+                                        algorithm=algorithm)
+
+
+@pytest.mark.parametrize("special", sorted(SPECIALS))
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_inf_and_nan_land_where_tensorflow_puts_them(spec, index, special):
+    op, x_shape, w_shape, out_shape, strides, padding = CASES[index]
+    rng = np.random.default_rng(index)
+    x = rng.uniform(-1, 1, x_shape).astype(np.float32)
+    w = rng.uniform(-1, 1, w_shape).astype(np.float32)
+    target, value = SPECIALS[special]
+    array = w if target == "w" else x
+    for flat in rng.choice(array.size, size=2, replace=False):  # corners included by seed
+        array.reshape(-1)[flat] = value
+    array.reshape(-1)[0] = value  # a corner tap: the one padding meets first
+    expected = _tf(op, x, w, out_shape, strides, padding)
+    rtol, atol = tolerance(np.float32, int(np.prod(w_shape[:2])) * w_shape[-1])
+    for algorithm in registry.algorithms_for(op):
+        got = _clconv(op, x, w, out_shape, strides, padding, spec, algorithm)
+        where = f"{op} {algorithm} {special}"
+        for name, mask in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+            assert np.array_equal(mask(got), mask(expected)), (
+                f"{where}: {name} at {np.argwhere(mask(got)).tolist()}, TF has it at "
+                f"{np.argwhere(mask(expected)).tolist()}")
+        finite = np.isfinite(expected)
+        np.testing.assert_allclose(got[finite], expected[finite], rtol=rtol, atol=atol,
+                                   err_msg=where)
