@@ -8,7 +8,7 @@ protect_opencl_runtimes()
 
 # ruff: noqa: E402
 
-from clconv.devices import DeviceInfo, devices
+from clconv.devices import DeviceInfo, device, devices, runtime, set_default_device
 from clconv.errors import (
     DeviceNotFoundError,
     ForkedProcessError,
@@ -34,7 +34,10 @@ __all__ = [
     "conv2d",
     "conv2d_backprop_input",
     "conv2d_transpose",
+    "device",
     "devices",
     "plan",
+    "runtime",
+    "set_default_device",
     "PreparedFilters",
 ]

@@ -32,8 +32,10 @@ class UsageError(Exception):
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE or "
-                                         "the default device)")
+    parser.add_argument("--device", help="P:D or P (platform, device: as PYOPENCL_CTX), cpu, "
+                                         "gpu, accelerator, or a substring of one device's "
+                                         "name or driver version (default: CLCONV_DEVICE or "
+                                         "clconv's choice)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clconv",
         description="TensorFlow-compatible OpenCL convolutions: devices, demo, tuning, "
                     "benchmarks and conformance.")
+    from clconv import __version__
+
+    parser.add_argument("--version", action="version", version=f"clconv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name in COMMANDS.items():

@@ -1,19 +1,23 @@
 """Which OpenCL devices exist, what they can do, and which one clconv uses.
 
-A device is named by ``device=`` or ``CLCONV_DEVICE``: either ``P:D``
-(platform and device indices, as ``clconv devices`` prints them) or a
-case-insensitive substring of the platform and device names (``pocl``,
-``oclgrind``, ``nvidia``).  Without a name clconv takes the first GPU, else
-the best CPU device; simulators such as Oclgrind are never the default.
+One grammar names a device, for ``device=``, ``--device`` and CLCONV_DEVICE
+(see ``find_device``): ``P`` or ``P:D`` as pyopencl's PYOPENCL_CTX reads them,
+``cpu`` / ``gpu`` / ``accelerator``, a substring that names exactly one
+device, or a DeviceInfo, cl.Device, cl.Context or cl.CommandQueue.  Without a
+name: the device of ``with device(...)`` in this thread, else
+``set_default_device``'s, else CLCONV_DEVICE, else the first GPU, else the best
+CPU device; simulators such as Oclgrind are never the default.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Union
 
 import pyopencl as cl
 
@@ -49,7 +53,8 @@ class DeviceInfo:
     @property
     def search_text(self) -> str:
         """What a name substring is matched against (PoCL names itself only in versions)."""
-        return f"{self.platform} {self.name} {self.vendor} {self.device_version}".lower()
+        return (f"{self.platform} {self.name} {self.vendor} {self.device_version} "
+                f"{self.driver_version}").lower()
 
     @property
     def label(self) -> str:
@@ -183,16 +188,70 @@ def devices() -> list[DeviceInfo]:
 
 
 def _describe_all() -> str:
-    listed = "; ".join(f"{i.spec} {i.name} ({i.platform})" for i in devices())
+    listed = "; ".join(f"{i.spec} {i.name} ({i.platform}, {i.driver_version})"
+                       for i in devices())
     return listed or "no OpenCL device at all"
 
 
-def _no_match(text: str) -> DeviceNotFoundError:
-    return DeviceNotFoundError(f"device {text!r} matches no device; there are: {_describe_all()}")
+def _no_match(text: str, why: str = "matches no device") -> DeviceNotFoundError:
+    return DeviceNotFoundError(f"device {text!r} {why}; there are: {_describe_all()}")
 
 
-def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
-    """Resolve ``spec`` (or ``CLCONV_DEVICE``, or the default) to one device."""
+KIND_WORDS = {"cpu": "CPU", "gpu": "GPU", "accelerator": "accelerator"}
+
+DeviceSpec = Union[None, str, int, "DeviceInfo", cl.Device, cl.Context, cl.CommandQueue]
+
+
+def _by_index(found, text: str, p_index: int, d_index: Optional[int]):
+    """``P`` or ``P:D`` as pyopencl's PYOPENCL_CTX reads them: platform first."""
+    in_platform = [pair for pair in found if int(pair[1].spec.split(":")[0]) == p_index]
+    if not in_platform:
+        raise _no_match(text, f"names platform {p_index}, which does not exist")
+    if d_index is None:
+        return in_platform[0]
+    for pair in in_platform:
+        if int(pair[1].spec.split(":")[1]) == d_index:
+            return pair
+    raise _no_match(text, f"names device {d_index} of platform {p_index}, which has "
+                          f"{len(in_platform)} device(s)")
+
+
+def _resolve_text(found, text: str):
+    """The grammar of ``device=``, ``--device`` and CLCONV_DEVICE for a string."""
+    compact = text.replace(" ", "")
+    if compact.isdigit():
+        return _by_index(found, text, int(compact), None)
+    parts = compact.split(":")
+    if len(parts) == 2 and all(part.isdigit() for part in parts):
+        return _by_index(found, text, int(parts[0]), int(parts[1]))
+    needle = text.lower()
+    if needle in KIND_WORDS:
+        kind = KIND_WORDS[needle]
+        of_kind = [(i, pair) for i, pair in enumerate(found) if pair[1].kind == kind]
+        if not of_kind:
+            raise _no_match(text, f"asks for a {kind} device and there is none")
+        return min(of_kind, key=lambda m: _default_rank(m[1][1], m[0]))[1]
+    matches = [pair for pair in found if needle in pair[1].search_text]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise _no_match(text)
+    names = "; ".join(f"{p[1].spec} {p[1].name} ({p[1].platform}, {p[1].driver_version})"
+                      for p in matches)
+    raise DeviceNotFoundError(f"device {text!r} matches {len(matches)} devices: {names}; "
+                              "name one by its P:D index or a longer part of its name")
+
+
+def find_device(spec: DeviceSpec = None) -> tuple[cl.Device, DeviceInfo]:
+    """Resolve ``spec`` to one device.
+
+    ``spec``: None (the device set by ``set_default_device`` / ``with device(...)``,
+    else CLCONV_DEVICE, else the default); an int or digit string ``P`` (the first
+    device of platform P) or ``P:D``, as pyopencl's PYOPENCL_CTX reads them; ``cpu``,
+    ``gpu`` or ``accelerator`` (the preferred device of that kind); a case-insensitive
+    substring of the platform, device name, vendor, version or driver version that
+    names exactly one device; a DeviceInfo, cl.Device, cl.Context or cl.CommandQueue.
+    """
     check_process()
     found = _enumerate()
     if not found:
@@ -200,24 +259,66 @@ def find_device(spec: Optional[str] = None) -> tuple[cl.Device, DeviceInfo]:
             "no OpenCL device found: install pocl-binary-distribution (pip) for a CPU device"
         )
     if spec is None:
-        spec = os.environ.get(ENV_DEVICE) or None
-    if spec is None or str(spec).strip() == "":
+        spec = _chosen_default() or os.environ.get(ENV_DEVICE) or None
+    if spec is None:
         return next(pair for pair in found if pair[1].is_default)
-    text = str(spec).strip()
-    if ":" in text and all(part.strip().isdigit() for part in text.split(":", 1)):
+    if isinstance(spec, (cl.Context, cl.CommandQueue)):
+        spec = spec.devices[0] if isinstance(spec, cl.Context) else spec.device
+    if isinstance(spec, cl.Device):
         for pair in found:
-            if pair[1].spec == text.replace(" ", ""):
+            if pair[0] == spec:
                 return pair
-        raise _no_match(text)
-    needle = text.lower()
-    matches = [
-        (i, pair)
-        for i, pair in enumerate(found)
-        if needle in pair[1].search_text
-    ]
-    if not matches:
-        raise _no_match(text)
-    return min(matches, key=lambda m: _default_rank(m[1][1], m[0]))[1]
+        raise _no_match(spec.name, "is a cl.Device clconv's platforms do not list")
+    if isinstance(spec, DeviceInfo):
+        spec = spec.spec
+    if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+        raise TypeError(f"device must be a string, an int, a DeviceInfo, cl.Device, "
+                        f"cl.Context or cl.CommandQueue; got {type(spec).__name__}")
+    text = str(spec).strip()
+    if text == "":
+        return next(pair for pair in found if pair[1].is_default)
+    return _resolve_text(found, text)
+
+
+# --------------------------------------------------------------------------- the default
+
+_process_default: DeviceSpec = None
+_thread = threading.local()
+
+
+def _chosen_default() -> DeviceSpec:
+    stack = getattr(_thread, "stack", None)
+    return stack[-1] if stack else _process_default
+
+
+def default_token() -> Any:
+    """What the default device depends on beyond CLCONV_DEVICE (for memo keys)."""
+    chosen = _chosen_default()
+    return chosen if chosen is None or isinstance(chosen, (str, int)) else id(chosen)
+
+
+def set_default_device(spec: DeviceSpec) -> Optional[DeviceInfo]:
+    """Make ``spec`` the device of every call that names none, in every thread (None:
+    back to CLCONV_DEVICE / the default).  Checked now; returns its DeviceInfo."""
+    global _process_default
+    info = find_device(spec)[1] if spec is not None else None
+    _process_default = spec
+    return info
+
+
+@contextlib.contextmanager
+def device(spec: DeviceSpec):
+    """``with clconv.device("pocl 3.1"): ...``: calls in this thread that name no device
+    run on ``spec``; nests, and other threads keep theirs.  Yields the DeviceInfo."""
+    info = find_device(spec)[1]
+    stack = getattr(_thread, "stack", None)
+    if stack is None:
+        stack = _thread.stack = []
+    stack.append(spec)
+    try:
+        yield info
+    finally:
+        stack.pop()
 
 
 class Runtime:
@@ -237,12 +338,24 @@ class Runtime:
 _runtimes: dict[str, Runtime] = {}
 
 
-def runtime(spec: Optional[str] = None) -> Runtime:
-    """The shared Runtime of the device that ``spec`` names (created once)."""
-    device, info = find_device(spec)
-    if info.spec not in _runtimes:
-        _runtimes[info.spec] = Runtime(device, info)
-    return _runtimes[info.spec]
+_runtimes_lock = threading.Lock()
+
+
+def runtime(spec: DeviceSpec = None) -> Runtime:
+    """The shared Runtime of the device that ``spec`` names (created once); for a
+    cl.CommandQueue or cl.Context, a Runtime on it."""
+    if spec is None:
+        spec = _chosen_default()
+    if isinstance(spec, cl.CommandQueue):
+        return runtime_for_queue(spec)
+    found_device, info = find_device(spec)
+    if isinstance(spec, cl.Context):
+        return Runtime(found_device, info, spec, cl.CommandQueue(
+            spec, found_device, properties=cl.command_queue_properties.PROFILING_ENABLE))
+    with _runtimes_lock:
+        if info.spec not in _runtimes:
+            _runtimes[info.spec] = Runtime(found_device, info)
+        return _runtimes[info.spec]
 
 
 def runtime_for_queue(queue: cl.CommandQueue) -> Runtime:

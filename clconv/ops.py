@@ -17,11 +17,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from clconv import plans, registry, tensors, tuning_db
-from clconv.devices import ENV_DEVICE
+from clconv.devices import ENV_DEVICE, DeviceSpec, default_token
 from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.plans import ConvPlan
-from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
+from clconv.shapes import backprop_input_geometry, conv2d_geometry, parse_attrs
 
 # --------------------------------------------------------------------------- call memo
 # A loop that calls an op with the same numpy shapes and arguments pays TF's
@@ -60,7 +60,7 @@ def _call_key(op: str, data: Any, filters: Any, *args: Any) -> Optional[tuple]:
     except _NoKey:
         return None
     return (op, data.shape, data.dtype, filters.shape, filters.dtype, attrs,
-            os.environ.get(ENV_DEVICE), tuning_db.generation(),
+            os.environ.get(ENV_DEVICE), default_token(), tuning_db.generation(),
             os.environ.get(tuning_db.ENV_DB))
 
 
@@ -88,7 +88,7 @@ def forget_calls() -> None:
         _calls.clear()
 
 
-def _choose_runtime(operands: Sequence[Any], device: Optional[str]) -> Runtime:
+def _choose_runtime(operands: Sequence[Any], device: DeviceSpec) -> Runtime:
     queue = tensors.find_queue(operands)
     if queue is None:
         return runtime(device)
@@ -135,7 +135,7 @@ def _check_algorithm(algorithm: Optional[str], op: str) -> Optional[str]:
 
 def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: str = "NHWC",
            dilations: Any = None, name: Optional[str] = None, *,
-           device: Optional[str] = None, algorithm: Optional[str] = None) -> Any:
+           device: DeviceSpec = None, algorithm: Optional[str] = None) -> Any:
     """2-D convolution with tf.nn.conv2d's signature, shape rules, values and errors.
 
     Parameters
@@ -150,8 +150,11 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
     padding : "SAME", "VALID" or four [before, after] pairs in data_format order
     data_format : "NHWC" or "NCHW"
     name : ignored, for signature compatibility with TF
-    device : str, optional
-        ``P:D`` or a name substring; default ``CLCONV_DEVICE`` or the default device.
+    device : optional
+        ``P:D``, ``P``, ``cpu``/``gpu``/``accelerator``, a substring naming one device,
+        a DeviceInfo, cl.Device, cl.Context or cl.CommandQueue; default: the device of
+        ``with clconv.device(...)``, ``set_default_device``, ``CLCONV_DEVICE``, or
+        clconv's choice.
     algorithm : "gemm" (register-blocked implicit GEMM), "direct" or None (clconv chooses)
 
     Returns
@@ -185,6 +188,8 @@ def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: st
 
 
 def _reshaped(value: Any, shape: tuple[int, ...]) -> Any:
+    if not hasattr(value, "shape"):  # nested lists, as TF takes them
+        value = tensors.as_host_array(value, "input")
     if tuple(value.shape) == shape:
         return value
     return value.reshape(shape)
@@ -195,7 +200,7 @@ def _reshaped(value: Any, shape: tuple[int, ...]) -> Any:
 
 def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, strides: Any,
                           padding: Any, data_format: str = "NHWC", dilations: Any = None,
-                          name: Optional[str] = None, *, device: Optional[str] = None,
+                          name: Optional[str] = None, *, device: DeviceSpec = None,
                           algorithm: Optional[str] = None) -> Any:
     """Gradient of conv2d with respect to its input (TF's Conv2DBackpropInput).
 
@@ -229,7 +234,7 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
 
 def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
                      padding: Any = "SAME", data_format: str = "NHWC", dilations: Any = None,
-                     name: Optional[str] = None, *, device: Optional[str] = None,
+                     name: Optional[str] = None, *, device: DeviceSpec = None,
                      algorithm: Optional[str] = None) -> Any:
     """Transposed convolution with tf.nn.conv2d_transpose's signature and behaviour.
 
@@ -263,7 +268,7 @@ def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
 
 
 def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_value: Any,
-              attrs, dtype: np.dtype, device: Optional[str], algorithm: Optional[str]) -> Any:
+              attrs, dtype: np.dtype, device: DeviceSpec, algorithm: Optional[str]) -> Any:
     dy_shape, w_shape = _shape_of(dy_value, "input"), _shape_of(filters, "filters")
     g = backprop_input_geometry(input_sizes, w_shape, dy_shape, attrs)
     tensors.check_computable(dtype)
@@ -280,7 +285,7 @@ def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_
 
 def plan(op: str, input_shape: Sequence[int], filter_shape: Sequence[int], strides: Any,
          padding: Any, output_shape: Any = None, data_format: str = "NHWC",
-         dilations: Any = None, *, dtype: Any = np.float32, device: Optional[str] = None,
+         dilations: Any = None, *, dtype: Any = np.float32, device: DeviceSpec = None,
          algorithm: Optional[str] = None, config: Optional[dict] = None) -> ConvPlan:
     """Decide once how to compute one op on one shape, for calling it many times.
 
@@ -315,8 +320,8 @@ def plan(op: str, input_shape: Sequence[int], filter_shape: Sequence[int], strid
         g = conv2d_geometry(shape, w_shape, attrs)
     else:
         if output_shape is None:
-            raise InvalidArgumentError(f"{op} needs output_shape (TF's "
-                                       f"{'output_shape' if op == 'conv2d_transpose' else 'input_sizes'})")
+            tf_name = "output_shape" if op == "conv2d_transpose" else "input_sizes"
+            raise InvalidArgumentError(f"{op} needs output_shape (TF's {tf_name})")
         g = backprop_input_geometry(output_shape, w_shape, shape, attrs)
     rt = runtime(device)
     _check_device_dtype(rt, dtype)

@@ -125,8 +125,10 @@ def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS
         row = OverheadRow(name, op)
         row.us["op"] = _median_us(_op_call(op, x, w, out_shape, strides, padding, spec),
                                   repeat, max_seconds)
-        row.us["plan"] = _median_us(lambda: plan.execute(x, w), repeat, max_seconds)
-        row.us["prepared"] = _median_us(lambda: plan.execute(x, packed), repeat, max_seconds)
+        row.us["plan"] = _median_us(lambda p=plan, x=x, w=w: p.execute(x, w), repeat,
+                                    max_seconds)
+        row.us["prepared"] = _median_us(lambda p=plan, x=x, f=packed: p.execute(x, f), repeat,
+                                        max_seconds)
         tf_call = _tf_call(op, x, w, out_shape, strides, padding)
         if tf_call is not None:
             row.us["tensorflow"] = _median_us(tf_call, repeat, max_seconds)

@@ -325,6 +325,11 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
         config, config_source = dict(config), "explicit"
     config = {k: list(v) if isinstance(v, tuple) else v
               for k, v in alg.resolve(dict(config), op, g, rt.info).items()}
+    if config_source == "explicit":  # a caller's: checked before it becomes -D options
+        problem = space.problem(config, search_space.context(
+            alg.kernel_geometry(op, g), rt.info, op, name, dtype.itemsize), constraints=False)
+        if problem is not None:
+            raise InvalidArgumentError(f"config for {space.family}: {problem}")
     plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
                     space.family)
     logger.debug("plan built: %s", plan.describe())

@@ -241,11 +241,14 @@ class SearchSpace:
                 return rule
         return None
 
-    def problem(self, config: Any, context: Mapping[str, Any]) -> Optional[str]:
+    def problem(self, config: Any, context: Mapping[str, Any],
+                constraints: bool = True) -> Optional[str]:
         """Why ``config`` is not one of this space's configurations that may run in
         ``context`` (its tunables, their candidate values, the constraints and the
         device limits known before a build), or None.  A configuration read from a
-        file passes here before any build option is formed from it."""
+        file passes here before any build option is formed from it.  ``constraints``
+        False skips the kernel's own constraints (most say what is worth timing, not
+        what is safe) and keeps the values and the device limits."""
         if not isinstance(config, Mapping):
             return f"expected a mapping of {', '.join(self.names)}, got {config!r}"
         if set(config) != set(self.names):
@@ -261,8 +264,9 @@ class SearchSpace:
                 shown = [list(v) if isinstance(v, tuple) else v for v in tunable.values]
                 return (f"{tunable.name}={config[tunable.name]!r} is not one of the candidates "
                         f"{shown}")
+        rules = (self.constraints if constraints else ()) + self.before_build_limits
         try:
-            rule = self.violated(config, context, self.constraints + self.before_build_limits)
+            rule = self.violated(config, context, rules)
         except ConstraintError as exc:
             return str(exc)
         return None if rule is None else f"breaks {rule.name} ({rule.expr.text}): {rule.reason}"

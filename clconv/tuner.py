@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pyopencl as cl
@@ -791,8 +791,9 @@ def tune_case(rt: Runtime, case: TuneCase, *, strategy: str = "exhaustive",
     if progress:
         from tqdm import tqdm
 
+        # disable=None: a bar only on a terminal, never frames in a redirected log.
         bar = tqdm(total=total + 1, desc=case.name, unit="cfg", leave=False, file=sys.stderr,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, disable=None)
     session = None
     try:
         if time.monotonic() >= deadline:

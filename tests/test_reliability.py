@@ -240,3 +240,49 @@ def test_autotune_skips_a_case_too_large_for_this_machine():
     small = tuner.TuneCase("small", "conv2d", conv2d_geometry(
         (1, 8, 8, 4), (3, 3, 4, 4), parse_attrs(1, "SAME", "NHWC", None)))
     assert tuner.memory_problem(small, device, available=8 << 30) is None
+
+
+# --------------------------------------------------------------------------- bounded memory
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE")
+
+
+def test_memory_stays_bounded_over_many_queues(device, spec):
+    import pyopencl as cl
+    import pyopencl.array as cl_array
+    from conftest import is_simulator
+    from helpers import random_array
+
+    from clconv.devices import runtime
+
+    if is_simulator(device):
+        pytest.skip("300 launches of a 3x3x128x128 layer take minutes on the simulator")
+    rt = runtime(spec)
+    # 590 KB of filter: the landed code kept a packed copy per queue (177 MB here).
+    x, w = random_array((1, 4, 4, 128)), random_array((3, 3, 128, 128), seed=1)
+    clconv.conv2d(x, w, 1, "SAME", device=spec)
+    before = _rss_bytes()
+    for _ in range(300):
+        queue = cl.CommandQueue(rt.context)
+        y = clconv.conv2d(cl_array.to_device(queue, x), w, 1, "SAME")
+        y.get()
+        del queue, y
+    grown = _rss_bytes() - before
+    assert grown < 48 << 20, f"RSS grew by {grown >> 20} MiB over 300 queues"
+    assert clconv.plans.cached_plans() <= clconv.plans.PLAN_CACHE_SIZE
+
+
+def test_every_cache_is_bounded_over_many_shapes():
+    from clconv import config
+    from clconv.shapes import conv2d_geometry, parse_attrs
+
+    info = clconv.devices()[0]
+    attrs = parse_attrs(1, "VALID", "NHWC", None)
+    for size in range(1, config.MEMO_SIZE + 200):
+        g = conv2d_geometry((1, 1, size, 1), (1, 1, 1, 1), attrs)
+        config.explain_config("conv2d_direct", info, "conv2d", g)
+    assert len(config._memo) <= config.MEMO_SIZE
+    assert clconv.programs.MAX_PROGRAMS >= len(clconv.programs._programs)

@@ -213,7 +213,7 @@ def test_wrong_candidates_are_rejected_and_never_chosen(rt):
         assert {statuses[(family, "4")]} == {"wrong"}, statuses
     assert statuses[("test_broken", "4 +")] == "build failed"
     failed = next(t for t in result.trials if t.status == "build failed")
-    assert "-DCO_BLOCK=4 +" in failed.detail or "CO_BLOCK" in failed.detail
+    assert "-DCO_BLOCK=4 +" in failed.detail, failed.detail
     wrong = [t for t in result.trials if t.status == "wrong"]
     assert all("outside tolerance" in t.detail for t in wrong)
     assert result.best.candidate.family in ("test_good", "test_broken")
@@ -227,12 +227,17 @@ def test_wrong_candidates_are_rejected_and_never_chosen(rt):
 
 
 def test_budget_is_a_hard_bound(one_rt):
-    budget = 3.0
     cases = [small_conv2d("a"), small_conv2d("b", h=8, c_out=16)]
-    started = time.monotonic()
-    results = tuner.tune_all(one_rt, cases, strategy="random", budget=budget)
-    elapsed = time.monotonic() - started
-    assert elapsed <= budget * 1.05, f"{elapsed:.2f} s for a {budget} s budget"
+    # On a machine whose cores are busy a short budget may end before a candidate is
+    # timed; the budget doubles until each case keeps one, and it is a hard bound
+    # every time.
+    for budget in (3.0, 6.0, 12.0, 24.0):
+        started = time.monotonic()
+        results = tuner.tune_all(one_rt, cases, strategy="random", budget=budget)
+        elapsed = time.monotonic() - started
+        assert elapsed <= budget * 1.05, f"{elapsed:.2f} s for a {budget} s budget"
+        if all(r.best is not None for r in results):
+            break
     assert {r.status for r in results} == {"budget"}
     assert all(r.best is not None for r in results), "the best so far is kept"
     assert all(r.best.ms <= r.default.ms for r in results if r.default.status == "ok")
@@ -325,7 +330,7 @@ def test_interrupted_run_resumes(one_rt, db, tmp_path, monkeypatch, capsys):
 
 def test_two_tuners_at_once_keep_both_results(one_rt, db, tmp_path):
     env = dict(os.environ, **{tuning_db.ENV_DB: str(db)})
-    common = ["--device", one_rt.info.spec, "--budget", "4", "--strategy", "random", "--json"]
+    common = ["--device", one_rt.info.spec, "--budget", "4", "--strategy", "random", "--json", "-"]
     cases = [["--op", "conv2d", "--input", "1,5,5,4", "--filter", "3,3,4,4", "--name", "p"],
              ["--op", "conv2d", "--input", "1,4,4,8", "--filter", "1,1,8,4", "--name", "q"]]
     procs = [subprocess.Popen([sys.executable, "-m", "clconv.cli", "autotune", *case, *common],

@@ -4,7 +4,6 @@ database that the ops then use with no further action."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Any, Optional
 
 from clconv import config, search_space, tuner, tuning_db
 from clconv.cli import UsageError, add_device_argument
+from clconv.commands import json_output
 from clconv.commands.case_args import OP_LABELS, add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
 from clconv.devices import find_device, runtime
@@ -35,8 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the size of each search space before and after its "
                              "constraints and the device limits; tune nothing")
-    parser.add_argument("--json", action="store_true",
-                        help="print the results as JSON instead of a table")
+    json_output.add_json_argument(parser, "every trial and result")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="draw default vs tuned times (needs matplotlib: clconv[plot])")
     parser.add_argument("--retune", action="store_true",
@@ -147,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--runs must be at least 1, got {args.runs}")
     if args.plot:
         _pyplot()  # fail before tuning, not after
+    json_output.check_target(args.json)
     _, info = find_device(args.device)
     if info.kind == "simulator" and not args.dry_run:
         print(f"clconv autotune: note: {info.name} is a simulator; its timings say nothing "
@@ -192,20 +192,19 @@ def run(args: argparse.Namespace) -> int:
         budget = None if args.budget is None else args.budget - (time.monotonic() - started)
         results = tuner.tune_all(rt, todo, strategy=strategy, budget=budget,
                                  max_runs=args.runs, seed=args.seed,
-                                 progress=not args.json, on_result=write)
+                                 progress=True, on_result=write)
     except tuning_db.TuningDatabaseError as exc:
         print(f"clconv autotune: error: {exc}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
     interrupted = any(r.status == "interrupted" for r in results)
 
-    if args.json:
-        print(json.dumps({"device": rt.info.label, "db": str(db_path), "strategy": strategy,
-                          "budget_s": args.budget, "seconds": round(elapsed, 2),
-                          "kept": sorted(kept), "results": [r.to_json() for r in results]},
-                         indent=2))
-    else:
+    with json_output.report_stream(args.json):
         _print_table(rt, results, kept, strategy, args.budget, elapsed, db_path)
+    json_output.write(args.json, "autotune", {
+        "device": dict(rt.info.__dict__), "db": str(db_path), "strategy": strategy,
+        "budget_s": args.budget, "seconds": round(elapsed, 2), "kept": sorted(kept),
+        "results": [r.to_json() for r in results]})
     if args.plot:
         _plot(args.plot, results)
     return 130 if interrupted else 0

@@ -4,12 +4,12 @@ PyTorch when they are installed, and print useful GFLOP/s and peer/clconv ratios
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 from typing import Optional
 
 from clconv import overhead
+from clconv.commands import json_output
 from clconv.bench import (
     AGREEMENT_RTOL,
     MIN_RUNS,
@@ -18,6 +18,7 @@ from clconv.bench import (
     CaseResult,
     SuiteError,
     all_algorithms,
+    cpu_model,
     geometric_mean,
     load_peers,
     machine_line,
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", default="auto", metavar="LIST",
                         help="auto (every installed one of tensorflow, torch), none, or a "
                              "comma-separated list (default auto)")
-    parser.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    json_output.add_json_argument(parser, "every figure")
     parser.add_argument("--phases", action="store_true",
                         help="after the table, where each case's time goes: each kernel "
                              "(e.g. filter packing, the GEMM), host side and launches")
@@ -131,7 +132,7 @@ class _Table:
         return self._line(cells)
 
 
-def _overhead(info) -> int:
+def _overhead(info, json_path) -> int:
     bare, rows = overhead.measure(info.spec)
     print(f"clconv bench --overhead on {info.label}")
     print(f"  machine: {machine_line()}")
@@ -148,6 +149,10 @@ def _overhead(info) -> int:
     print(format_table(table, ["case", "op", *(f"{k} us" for k in contenders), "op/bare",
                                "tf/op"]))
     print("  op/bare: the op's time in bare launches; tf/op > 1: clconv is faster per call")
+    json_output.write(json_path, "bench", {
+        "mode": "overhead", "device": dict(info.__dict__), "cpu": cpu_model(),
+        "bare_launch_us": bare, "cases": [{"name": r.name, "op": r.op, "us": r.us}
+                                          for r in rows]})
     return 0
 
 
@@ -161,10 +166,15 @@ def run(args: argparse.Namespace) -> int:
     except SuiteError as exc:
         raise UsageError(str(exc)) from None
     _, info = find_device(args.device)
+    json_output.check_target(args.json)  # before the benchmark, not after it
     peers, missing = load_peers(_peer_names(args.peers))
-    if args.overhead:
-        return _overhead(info)
+    with json_output.report_stream(args.json):
+        if args.overhead:
+            return _overhead(info, args.json)
+        return _run(args, cases, origin, info, peers, missing)
 
+
+def _run(args, cases, origin, info, peers, missing) -> int:
     print(f"clconv bench: {len(cases)} case(s) from {origin} on {info.label}")
     print(f"  machine: {machine_line()}")
     cap = (f" (fewer, at least {MIN_RUNS}, once they take {args.max_seconds:g} s)"
@@ -233,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         document = {
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
+            "cpu": cpu_model(),
             "versions": versions(), "repeat": args.repeat, "warmup": 1,
             "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
             "algorithm": args.algorithm,
@@ -242,9 +253,6 @@ def run(args: argparse.Namespace) -> int:
             "geomean_ratio": geomeans,
             "phases_ms": phases,
         }
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
-        print(f"\nwrote {args.json}")
+        json_output.write(args.json, "bench", document)
     disagree = any(r.peers[p.name].agrees is False for r in results for p in peers)
     return 1 if disagree else 0

@@ -9,14 +9,12 @@ them under the Oclgrind simulator's checks instead.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
-import clconv
 from clconv import conformance, memcheck
+from clconv.commands import json_output
 from clconv.cli import UsageError
 from clconv.commands.devices import _size, format_table
 from clconv.devices import DeviceInfo, devices, find_device
@@ -26,12 +24,13 @@ HELP = "check every op, algorithm and configuration on a device against the floa
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--device", help="P:D or a name substring (default: CLCONV_DEVICE or the "
-                                        "default device)")
+    where.add_argument("--device", help="P:D or P, cpu, gpu, accelerator, or a substring of "
+                                        "one device's name (default: CLCONV_DEVICE or "
+                                        "clconv's choice)")
     where.add_argument("--all-devices", action="store_true", help="every OpenCL device in turn")
     parser.add_argument("--quick", action="store_true",
                         help="a small representative subset (under a minute on a CPU)")
-    parser.add_argument("--json", metavar="FILE", help="also write the full report as JSON")
+    json_output.add_json_argument(parser, "the full report")
     parser.add_argument("--memcheck", action="store_true",
                         help="run on the Oclgrind simulator with its out-of-bounds, data-race "
                              "and uninitialised-read checks; any report fails (one process "
@@ -100,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs {args.jobs}: expected at least 1")
     cases = conformance.select_cases(all_cases, args.quick, _split(args.cases))
     targets = _targets(args)
-    if args.json:
-        _check_writable(args.json)  # before a long run, not after it
+    json_output.check_target(args.json)  # before a long run, not after it
+    with json_output.report_stream(args.json):
+        return _run(args, targets, cases, all_cases, dtypes, plugin_files)
+
+
+def _run(args, targets, cases, all_cases, dtypes, plugin_files) -> int:
 
     reports = []
     for info in targets:
@@ -125,29 +128,8 @@ def run(args: argparse.Namespace) -> int:
                   f"({r['device']['driver_version']}): {r['passed']} passed, {r['failed']} "
                   f"failed, {r['skipped']} skipped; worst relative error "
                   f"{_error(r['worst_rel_error'])}; {r['seconds']:.1f} s")
-    if args.json:
-        document = {"clconv_version": clconv.__version__, "passed": failed == 0, "devices": reports}
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(_finite(document), handle, indent=1)
-        print(f"\nfull report written to {args.json}")
+    json_output.write(args.json, "conformance", {"passed": failed == 0, "devices": reports})
     return 1 if failed else 0
-
-
-def _check_writable(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UsageError(f"--json {path}: cannot write a file there")
-
-
-def _finite(value: Any) -> Any:
-    """JSON has no inf or NaN: write them as strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 class _Progress:

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _, info = find_device(args.device)  # an unknown device fails before any output
-    list_devices(argparse.Namespace(json=False))
+    list_devices(argparse.Namespace(json=None))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 8, 8, 64)).astype(np.float32)  # generator feature map
     w = rng.standard_normal((5, 5, 32, 64)).astype(np.float32) / 40  # [kh, kw, out, in]

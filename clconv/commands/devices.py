@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from clconv.devices import ENV_DEVICE, devices
 
@@ -11,7 +10,9 @@ HELP = "list OpenCL platforms and devices with the capabilities clconv uses"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    from clconv.commands import json_output
+
+    json_output.add_json_argument(parser, "every device and its capabilities")
 
 
 def _size(nbytes: int) -> str:
@@ -31,10 +32,17 @@ def format_table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clconv.commands import json_output
+
+    json_output.check_target(args.json)
     found = devices()
-    if args.json:
-        print(json.dumps([d.__dict__ for d in found], indent=2))
-        return 0
+    with json_output.report_stream(args.json):
+        status = _print(found)
+    json_output.write(args.json, "devices", {"devices": [dict(d.__dict__) for d in found]})
+    return status
+
+
+def _print(found) -> int:
     if not found:
         print("no OpenCL device found (pip install pocl-binary-distribution gives a CPU one)")
         return 1
@@ -49,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         ])
     print(format_table(rows, ["device", "name", "platform", "kind", "driver", "OpenCL C",
                               "fp64", "fp16", "max WG", "local mem", "CUs", "max alloc"]))
-    print(f"\n* default device. Choose another with --device or {ENV_DEVICE}=P:D "
-          "(or a name substring such as pocl, oclgrind, nvidia).")
+    print(f"\n* default device. Choose another with --device or {ENV_DEVICE}: P:D, P, cpu, "
+          "gpu, or a part of one device's name or driver (oclgrind, 3.0-rc2).")
     return 0

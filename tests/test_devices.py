@@ -1,0 +1,125 @@
+"""One grammar names a device, for device=, --device and CLCONV_DEVICE.
+
+The expectations are derived from the devices this machine has, so the table
+holds on any set of OpenCL platforms."""
+
+from __future__ import annotations
+
+import threading
+
+import pyopencl as cl
+import pytest
+
+import clconv
+from clconv.devices import find_device, runtime
+
+DEVICES = clconv.devices()
+
+
+def _platform_first(index: int):
+    return next((d for d in DEVICES if d.spec.split(":")[0] == str(index)), None)
+
+
+def _only(predicate):
+    found = [d for d in DEVICES if predicate(d)]
+    return found[0] if len(found) == 1 else None
+
+
+def _grammar_table():
+    rows = []  # (spec, the DeviceInfo it names, or a regex of the error)
+    for d in DEVICES:
+        rows.append((d.spec, d))
+        rows.append((f" {d.spec} ", d))
+    for index in range(len({d.spec.split(':')[0] for d in DEVICES})):
+        rows.append((str(index), _platform_first(index)))
+        rows.append((index, _platform_first(index)))
+    rows.append(("99", "names platform 99, which does not exist"))
+    rows.append(("0:99", "names device 99 of platform 0"))
+    for word, kind in (("cpu", "CPU"), ("GPU", "GPU"), ("accelerator", "accelerator")):
+        of_kind = [d for d in DEVICES if d.kind == kind]
+        best = next((d for d in of_kind if d.is_default), of_kind[0] if of_kind else None)
+        rows.append((word, best if of_kind else f"asks for a {kind} device and there is none"))
+    for d in DEVICES:  # each driver version, where it names one device
+        if _only(lambda o, v=d.driver_version: v.lower() in o.search_text) is d:
+            rows.append((d.driver_version, d))
+    pocl = [d for d in DEVICES if "portable computing language" in d.platform.lower()]
+    if len(pocl) > 1:
+        rows.append(("pocl", f"matches {len(pocl)} devices"))
+    rows.append(("no-such-device-anywhere", "matches no device"))
+    return rows
+
+
+@pytest.mark.parametrize("spec, expected", _grammar_table(), ids=lambda v: repr(v)[:40])
+def test_the_device_grammar(spec, expected):
+    if expected is None:
+        pytest.skip("this machine has no such platform")
+    if isinstance(expected, str):
+        with pytest.raises(clconv.DeviceNotFoundError, match=expected) as caught:
+            find_device(spec)
+        listed = [d for d in DEVICES if str(spec).lower() in d.search_text] \
+            if "devices" in expected else DEVICES  # the candidates, or everything there is
+        assert all(f"{d.spec} {d.name}" in str(caught.value) for d in listed), caught.value
+        return
+    assert find_device(spec)[1] == expected
+
+
+def test_a_digit_is_never_a_name_substring():
+    # "2" is platform 2, even though "avx512" in a device's name contains a 2.
+    for d in DEVICES:
+        platform = d.spec.split(":")[0]
+        assert find_device(platform)[1].spec.split(":")[0] == platform
+
+
+def test_opencl_objects_name_their_device():
+    for d in DEVICES:
+        device, _ = find_device(d.spec)
+        assert find_device(d)[1] == d
+        assert find_device(device)[1] == d
+        rt = runtime(d.spec)
+        assert find_device(rt.context)[1] == d and find_device(rt.queue)[1] == d
+    with pytest.raises(TypeError, match="DeviceInfo"):
+        find_device(3.5)
+
+
+def test_default_device_and_the_context_manager(monkeypatch):
+    monkeypatch.delenv("CLCONV_DEVICE", raising=False)
+    first, last = DEVICES[0], DEVICES[-1]
+    x = [[[[1.0]]]]
+    try:
+        assert clconv.set_default_device(last.spec) == last
+        assert find_device()[1] == last
+        seen = {}
+
+        def other_thread():
+            with clconv.device(first.spec) as info:
+                seen["inside"] = (info, find_device()[1])
+            seen["after"] = find_device()[1]
+
+        with clconv.device(first.spec):
+            assert find_device()[1] == first
+            worker = threading.Thread(target=other_thread)
+            worker.start()
+            worker.join()
+            assert find_device()[1] == first
+        assert seen == {"inside": (first, first), "after": last}
+        assert find_device()[1] == last
+        # The ops follow the choice (through their call memo too).
+        with clconv.device(first.spec):
+            clconv.conv2d(x, x, 1, "SAME")
+            plan = clconv.plan("conv2d", (1, 1, 1, 1), (1, 1, 1, 1), 1, "SAME")
+            assert plan.device.spec == first.spec
+    finally:
+        clconv.set_default_device(None)
+    assert find_device()[1].is_default
+
+
+def test_a_queue_as_device_runs_on_that_queue():
+    import numpy as np
+    import pyopencl.array as cl_array
+
+    d = next(d for d in DEVICES if d.kind == "CPU")
+    rt = runtime(d.spec)
+    queue = cl.CommandQueue(rt.context)
+    x = cl_array.to_device(queue, np.ones((1, 3, 3, 1), np.float32))
+    y = clconv.conv2d(x, np.ones((3, 3, 1, 1), np.float32), 1, "SAME", device=queue)
+    assert y.queue is queue and float(y.get()[0, 1, 1, 0]) == 9.0
