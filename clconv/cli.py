@@ -12,7 +12,12 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from clconv.errors import DeviceNotFoundError, InvalidArgumentError, UnimplementedError
+from clconv.errors import (
+    DeviceNotFoundError,
+    InvalidArgumentError,
+    UnimplementedError,
+    UsageError,
+)
 
 # Sub-command name -> module under clconv.commands (imported only when used).
 COMMANDS = {
@@ -25,10 +30,6 @@ COMMANDS = {
 
 USER_ERRORS = (DeviceNotFoundError, InvalidArgumentError, UnimplementedError, ValueError,
                TypeError, FileNotFoundError, KeyError)
-
-
-class UsageError(Exception):
-    """A command-line mistake, reported as one line."""
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -32,7 +32,7 @@ import yaml
 
 import clconv
 from clconv import config as config_lookup
-from clconv import plans, registry, tensors, tuning_db
+from clconv import plans, registry, search_space, tensors, tuning_db
 from clconv.config import default_config
 from clconv.devices import DeviceInfo, Runtime, runtime
 from clconv.reference import backprop_input_reference, conv2d_reference
@@ -331,11 +331,7 @@ def config_problem(config: dict, info: DeviceInfo) -> Optional[str]:
     return None
 
 
-def format_config(config: Optional[dict]) -> str:
-    if config is None:
-        return ""
-    return " ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                    for k, v in config.items() if v is not None)
+format_config = search_space.format_config  # one way to print a configuration
 
 
 # --------------------------------------------------------------------------- plan

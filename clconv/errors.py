@@ -31,3 +31,7 @@ class ForkedProcessError(RuntimeError):
     OpenCL runtimes keep threads and driver state that a fork() does not copy,
     so any OpenCL call in the child would hang; clconv refuses instead.
     """
+
+
+class UsageError(Exception):
+    """A command-line mistake, reported by ``clconv`` as one line and exit status 2."""

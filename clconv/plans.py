@@ -36,6 +36,7 @@ from clconv.devices import Runtime, check_process
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.programs import dtype_defines
 from clconv.registry import Setup
+from clconv.search_space import format_config
 from clconv.shapes import ConvGeometry
 
 PLAN_CACHE_SIZE = 256  # plans kept per process (least recently used dropped first)
@@ -270,13 +271,6 @@ def _simulator_lock(rt: Runtime) -> threading.RLock:
     run kernels at once, so its calls run one at a time; real devices never take it."""
     with _lock:
         return _simulator_locks.setdefault(rt.context.int_ptr, threading.RLock())
-
-
-def format_config(config: Optional[dict]) -> str:
-    if not config:
-        return "(kernel defaults)"
-    return " ".join(f"{k}={'x'.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
-                    for k, v in config.items())
 
 
 # --------------------------------------------------------------------------- decisions

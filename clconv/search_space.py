@@ -314,6 +314,21 @@ class Pruned:
         return len(self.candidates)
 
 
+def format_config(config: Optional[Mapping[str, Any]]) -> str:
+    """``TM=6 TN=16 VEC=16 LOCAL_SIZE=1x16``, one way everywhere; a LOCAL_SIZE of None
+    (the OpenCL runtime chooses the work-group) reads ``LOCAL_SIZE=runtime``."""
+    if not config:
+        return "(kernel defaults)"
+    parts = []
+    for name, value in config.items():
+        if isinstance(value, (list, tuple)):
+            value = "x".join(map(str, value))
+        elif value is None and name == LOCAL_SIZE:
+            value = "runtime"
+        parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
 def _copy(value: Any) -> Any:
     return list(value) if isinstance(value, (list, tuple)) else value
 

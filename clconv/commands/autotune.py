@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 import time
 from typing import Any, Optional
 
@@ -112,26 +113,53 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 'clconv[plot]'") from None
+        raise UsageError("--plot needs matplotlib: pip install matplotlib (or, from a clone, "
+                         "pip install '.[plot]')") from None
     return plt
 
 
-def _plot(path: str, results: list[tuner.CaseResult]) -> None:
+def _speedups(results: list[tuner.CaseResult], kept: dict[str, dict]) -> list[tuple[str, float]]:
+    """(case, default ms / tuned ms) of every case tuned now or kept from the database."""
+    found = [(r.case.name, r.speedup) for r in results if r.speedup is not None]
+    for name, entry in kept.items():
+        default = (entry.get("default") or {}).get("ms")
+        tuned = (entry["results"].get(entry["algorithm"]) or {}).get("ms")
+        if default and tuned:
+            found.append((name, default / tuned))
+    return found
+
+
+def _plot(path: str, results: list[tuner.CaseResult], kept: dict[str, dict],
+          device: str) -> None:
+    """Speedup per case as bars up from 1.0 on a linear axis, each labelled."""
+    found = _speedups(results, kept)
+    if not found:
+        print(f"--plot {path}: no case has both a default and a tuned time; nothing drawn",
+              file=sys.stderr)
+        return
     plt = _pyplot()
-    done = [r for r in results if r.speedup is not None]
-    names = [r.case.name for r in done]
-    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(done) + 2), 4))
-    xs = range(len(done))
-    ax.bar([x - 0.2 for x in xs], [r.default_ms for r in done], 0.4, label="default")
-    ax.bar([x + 0.2 for x in xs], [r.tuned_ms for r in done], 0.4, label="tuned")
+    names, speedups = zip(*found)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(found) + 2.5), 4.5))
+    xs = range(len(found))
+    bars = ax.bar(xs, [s - 1.0 for s in speedups], 0.6, bottom=1.0, color="tab:green")
+    for bar, speedup in zip(bars, speedups):
+        ax.annotate(f"{speedup:.2f}x", (bar.get_x() + bar.get_width() / 2, max(speedup, 1.0)),
+                    xytext=(0, 3), textcoords="offset points", ha="center", fontsize=9)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    top = max(speedups)
+    ax.set_ylim(min(1.0, min(speedups)) - 0.02, 1.0 + (top - 1.0) * 1.2 + 0.05)
     ax.set_xticks(list(xs))
     ax.set_xticklabels(names, rotation=30, ha="right")
-    ax.set_yscale("log")
-    ax.set_ylabel("ms (median)")
-    ax.set_title(f"clconv autotune on {done[0].device.name if done else ''}")
-    ax.legend()
+    ax.set_ylabel("speedup: default ms / tuned ms")
+    ax.yaxis.get_major_locator().set_params(nbins=6)
+    ax.grid(axis="y", alpha=0.3)
+    width = int(fig.get_figwidth() * 11)  # characters that fit the figure at this size
+    ax.set_title("clconv autotune: speedup over the shipped defaults\n"
+                 + "\n".join(textwrap.wrap(device, width)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot written to {path}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- run
@@ -206,7 +234,8 @@ def run(args: argparse.Namespace) -> int:
         "budget_s": args.budget, "seconds": round(elapsed, 2), "kept": sorted(kept),
         "results": [r.to_json() for r in results]})
     if args.plot:
-        _plot(args.plot, results)
+        _plot(args.plot, results, kept, f"{rt.info.name} ({rt.info.platform}, "
+                                        f"{rt.info.driver_version})")
     return 130 if interrupted else 0
 
 
@@ -237,7 +266,7 @@ def _print_table(rt, results, kept, strategy, budget, elapsed, db_path) -> None:
                      _ms(tuned_ms), f"{ms / tuned_ms:.2f}x" if ms and tuned_ms else "-",
                      f"{entry['algorithm']} {config_text_}", "-", "from database"])
     print(f"clconv autotune on {rt.info.label}: strategy {strategy}, budget "
-          f"{'none' if budget is None else f'{budget:g} s'}, {elapsed:.0f} s")
+          f"{'none' if budget is None else f'{budget:g} s'}, took {elapsed:.0f} s")
     print(format_table(rows, ["case", "op", "default", "default ms", "tuned ms", "speedup",
                               "chosen", "tried", "notes"]))
     print("default ms / tuned ms: medians of the default and the winner timed again, run for "

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Iterator
 
-from clconv.cli import UsageError
+from clconv.errors import UsageError
 
 SCHEMA_VERSION = 1
 STDOUT = "-"
@@ -42,14 +42,22 @@ def check_target(path: str | None) -> None:
         raise UsageError(f"--json {path}: cannot write there")
 
 
+_json_stdout: list = []  # standard output as it was when report_stream moved the report
+
+
 @contextlib.contextmanager
 def report_stream(path: str | None) -> Iterator[None]:
-    """With ``--json -`` the human-readable report goes to standard error."""
-    if path == STDOUT:
+    """With ``--json -`` the human-readable report goes to standard error (and the
+    JSON, written inside or after the block, to the real standard output)."""
+    if path != STDOUT:
+        yield
+        return
+    _json_stdout.append(sys.stdout)
+    try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
-    else:
-        yield
+    finally:
+        _json_stdout.pop()
 
 
 def _finite(value: Any) -> Any:
@@ -72,8 +80,9 @@ def write(path: str | None, command: str, document: dict[str, Any]) -> None:
             "clconv_version": __version__, **document}
     text = json.dumps(_finite(full), indent=1) + "\n"
     if path == STDOUT:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        stream = _json_stdout[-1] if _json_stdout else sys.stdout
+        stream.write(text)
+        stream.flush()
         return
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
