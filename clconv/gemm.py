@@ -215,7 +215,8 @@ class GemmLaunch:
             (self.n_padded // tn, -(-self.plan.max_pixels(g.batch) // tm), len(self.plan.phases)),
             setup.local)
         pack_source, pack_name = setup.space.helper_kernels["pack"]
-        self.packer = TypedKernel(context, pack_source, pack_name, setup.defines, PACK_ARGS)
+        # The same options as the GEMM's, so that both kernels come from one program.
+        self.packer = TypedKernel(context, pack_source, pack_name, defines, PACK_ARGS)
         self.pack_range = ndrange((self.ch_count, self.n_padded // tn, len(self.plan.taps)),
                                   _pack_local(self.ch_count, info))
         self.kernels = (self.gemm, self.packer)

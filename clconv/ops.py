@@ -12,9 +12,13 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Optional, Sequence, Union
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import pyopencl.array as cl_array
 
 from clconv import plans, registry, tensors, tuning_db
 from clconv.devices import ENV_DEVICE, DeviceSpec, default_token
@@ -22,6 +26,15 @@ from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.plans import ConvPlan
 from clconv.shapes import backprop_input_geometry, conv2d_geometry, parse_attrs
+
+# Types of the public signatures.  A tensor is anything np.asarray takes (numpy
+# arrays, nested lists, TF tensors) or a pyopencl array; the result is the same kind.
+Tensor = Union[npt.ArrayLike, "cl_array.Array"]
+Result = Union[np.ndarray, "cl_array.Array"]
+IntOrInts = Union[int, Sequence[int]]
+Shape = Union[Sequence[int], np.ndarray]
+Padding = Union[Literal["SAME", "VALID"], Sequence[Sequence[int]]]
+DataFormat = Literal["NHWC", "NCHW"]
 
 # --------------------------------------------------------------------------- call memo
 # A loop that calls an op with the same numpy shapes and arguments pays TF's
@@ -133,9 +146,10 @@ def _check_algorithm(algorithm: Optional[str], op: str) -> Optional[str]:
 # --------------------------------------------------------------------------- conv2d
 
 
-def conv2d(input: Any, filters: Any, strides: Any, padding: Any, data_format: str = "NHWC",
-           dilations: Any = None, name: Optional[str] = None, *,
-           device: DeviceSpec = None, algorithm: Optional[str] = None) -> Any:
+def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
+           data_format: DataFormat = "NHWC", dilations: Optional[IntOrInts] = None,
+           name: Optional[str] = None, *, device: DeviceSpec = None,
+           algorithm: Optional[str] = None) -> Result:
     """2-D convolution with tf.nn.conv2d's signature, shape rules, values and errors.
 
     Parameters
@@ -198,10 +212,11 @@ def _reshaped(value: Any, shape: tuple[int, ...]) -> Any:
 # --------------------------------------------------------------------------- backprop
 
 
-def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, strides: Any,
-                          padding: Any, data_format: str = "NHWC", dilations: Any = None,
-                          name: Optional[str] = None, *, device: DeviceSpec = None,
-                          algorithm: Optional[str] = None) -> Any:
+def conv2d_backprop_input(input_sizes: Shape, filters: Tensor, out_backprop: Tensor,
+                          strides: IntOrInts, padding: Padding,
+                          data_format: DataFormat = "NHWC",
+                          dilations: Optional[IntOrInts] = None, name: Optional[str] = None, *,
+                          device: DeviceSpec = None, algorithm: Optional[str] = None) -> Result:
     """Gradient of conv2d with respect to its input (TF's Conv2DBackpropInput).
 
     Parameters
@@ -232,10 +247,10 @@ def conv2d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any, str
                      dtype, device, _check_algorithm(algorithm, "conv2d_backprop_input"))
 
 
-def conv2d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
-                     padding: Any = "SAME", data_format: str = "NHWC", dilations: Any = None,
-                     name: Optional[str] = None, *, device: DeviceSpec = None,
-                     algorithm: Optional[str] = None) -> Any:
+def conv2d_transpose(input: Tensor, filters: Tensor, output_shape: Shape, strides: IntOrInts,
+                     padding: Padding = "SAME", data_format: DataFormat = "NHWC",
+                     dilations: Optional[IntOrInts] = None, name: Optional[str] = None, *,
+                     device: DeviceSpec = None, algorithm: Optional[str] = None) -> Result:
     """Transposed convolution with tf.nn.conv2d_transpose's signature and behaviour.
 
     It is Conv2DBackpropInput(input_sizes=output_shape, filter=filters,
@@ -283,9 +298,11 @@ def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_
 # --------------------------------------------------------------------------- plans
 
 
-def plan(op: str, input_shape: Sequence[int], filter_shape: Sequence[int], strides: Any,
-         padding: Any, output_shape: Any = None, data_format: str = "NHWC",
-         dilations: Any = None, *, dtype: Any = np.float32, device: DeviceSpec = None,
+def plan(op: Literal["conv2d", "conv2d_transpose", "conv2d_backprop_input"],
+         input_shape: Sequence[int], filter_shape: Sequence[int], strides: IntOrInts,
+         padding: Padding, output_shape: Optional[Shape] = None,
+         data_format: DataFormat = "NHWC", dilations: Optional[IntOrInts] = None, *,
+         dtype: npt.DTypeLike = np.float32, device: DeviceSpec = None,
          algorithm: Optional[str] = None, config: Optional[dict] = None) -> ConvPlan:
     """Decide once how to compute one op on one shape, for calling it many times.
 

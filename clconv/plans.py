@@ -100,6 +100,7 @@ class ConvPlan:
             elements = int(np.prod(shape))
             tensors.check_fits(elements * self.dtype.itemsize, elements,
                                f"{what} of shape {tuple(shape)}", rt.info)
+        _check_index_range(op, g)
         self.launch: Optional[registry.Launch] = None
         self._auto_packed: Optional[tuple[bytes, PreparedFilters]] = None
         if self.launches:
@@ -115,7 +116,7 @@ class ConvPlan:
     def _check_built_limits(self, rt: Runtime, space: search_space.SearchSpace) -> None:
         """The limits only a built kernel knows (CL_KERNEL_WORK_GROUP_SIZE, its local
         memory): a configuration that breaks one is refused before any launch."""
-        if not space.after_build_limits:
+        if not space.after_build_limits or self.launch is None:
             return
         main = self.launch.kernels[0]
         geometry = registry.get(self.algorithm).kernel_geometry(self.op, self.geometry)
@@ -298,6 +299,21 @@ def _freeze(config: Optional[dict]) -> Optional[tuple]:
     if config is None:
         return None
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+
+
+def _check_index_range(op: str, g: ConvGeometry) -> None:
+    """The kernels compute pixel rows and columns in 32-bit ints (row * stride - pad +
+    tap * dilation, and their differences): a call whose arithmetic could pass 2^31 - 1
+    is refused here, never launched to wrap around."""
+    for axis, size, out, stride, dil, k, before, after in (
+            ("height", g.in_h, g.out_h, g.stride_h, g.dil_h, g.k_h, g.pad_top, g.pad_bottom),
+            ("width", g.in_w, g.out_w, g.stride_w, g.dil_w, g.k_w, g.pad_left, g.pad_right)):
+        reach = size + out * stride + before + after + max(k - 1, 0) * dil
+        if reach > tensors.INT32_LIMIT:
+            raise UnimplementedError(
+                f"{op}: along the {axis}, input {size}, output {out}, stride {stride}, "
+                f"padding {before}+{after} and {k} taps {dil} apart span {reach} pixels; "
+                f"clconv's kernels index with 32-bit integers (at most {tensors.INT32_LIMIT})")
 
 
 def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,

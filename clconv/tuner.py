@@ -71,7 +71,12 @@ RUN_SECONDS = 1.0  # timed runs stop adding up beyond this (never below MIN_RUNS
 CONFIRM_ROUNDS = 5  # the default and the finalists timed again, alternating, at the end
 FINALISTS = 3  # ... the fastest candidates of the search that are re-timed
 BLAS_SETTLE_S = 0.3  # see Session._prepare
-RECENT = 5  # builds and first launches the time estimates look back on
+RECENT = 5  # first launches the time estimates look back on
+# A program this process has not built may be in pyopencl's disk cache (a few ms) or
+# not (a compile: about a second on a 2-core PoCL machine, more when it is busy); the
+# tuner cannot tell which before it starts, so it budgets the slowest build it has
+# seen on the device, and at least COLD_BUILD_S.
+COLD_BUILD_S = 1.0
 GATE_TIMEOUT_S = 2.0  # see Session._run_once
 HOPELESS_FACTOR = 10.0  # see Session.hopeless
 SLOW_FACTOR = 3.0  # a first timed run this many times the best so far: not worth more
@@ -387,7 +392,7 @@ def default_candidate(case: TuneCase, info: DeviceInfo, pools: Sequence[Pool]) -
 # --------------------------------------------------------------------------- one case
 
 
-_recent_builds: dict[str, collections.deque] = {}
+_slowest_build: dict[str, float] = {}  # per device, over the whole process
 
 
 class Session:
@@ -403,10 +408,9 @@ class Session:
         self.trials: dict[tuple, Trial] = {}
         self.launches: dict[tuple, Callable[[], cl.Event]] = {}
         self.built: set[tuple] = set()
-        # Recent builds on this device (over all cases: they do not depend on the shape)
-        # and first launches in this case (which include compiling for the work-group
-        # size): the longest of them is what the next candidate is expected to need.
-        self.builds = _recent_builds.setdefault(rt.info.spec, collections.deque(maxlen=RECENT))
+        # First launches in this case (which include compiling for the work-group size):
+        # the longest of them is what the next candidate is expected to need, with a
+        # build (see COLD_BUILD_S) when its program is new to this process.
         self.firsts: collections.deque = collections.deque(maxlen=RECENT)
         self.first_by_algorithm: dict[str, float] = {}  # longest first launch in this case
         self.dtype = np.dtype(np.float32)
@@ -488,7 +492,8 @@ class Session:
                     self._work(a) for a in self.first_by_algorithm))
                 first, run = first * scale, run * scale
         needs_build = self._program_key(candidate) not in self.built
-        return (max(self.builds, default=0.0) if needs_build else 0.0) + first + run
+        build = max(COLD_BUILD_S, _slowest_build.get(self.rt.info.spec, 0.0))
+        return (build if needs_build else 0.0) + first + run
 
     def hopeless(self, algorithm: str) -> bool:
         """True when even the fastest run of ``algorithm`` so far is HOPELESS_FACTOR
@@ -518,7 +523,9 @@ class Session:
         finally:
             if self._program_key(candidate) not in self.built:
                 self.built.add(self._program_key(candidate))
-                self.builds.append(time.monotonic() - started)
+                spec = self.rt.info.spec
+                _slowest_build[spec] = max(_slowest_build.get(spec, 0.0),
+                                           time.monotonic() - started)
         # Check before timing: NaN in the output shows any element the kernel skips.
         try:
             self.out.fill(self.rt.queue, np.nan)
