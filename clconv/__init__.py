@@ -18,7 +18,10 @@ from clconv.errors import (
 )
 from clconv.ops import conv2d, conv2d_backprop_input, conv2d_transpose, plan
 from clconv.plans import ConvPlan, PreparedFilters
+from clconv.llvm_guard import OpenCLRuntimeConflictError
+from clconv.search_space import SearchSpaceError
 from clconv.tensors import ResourceExhaustedError
+from clconv.tuning_db import TuningDatabaseError, TuningDatabaseWarning
 
 __version__ = "0.1.0"
 
@@ -29,7 +32,11 @@ __all__ = [
     "ForkedProcessError",
     "InvalidArgumentError",
     "KernelBuildError",
+    "OpenCLRuntimeConflictError",
     "ResourceExhaustedError",
+    "SearchSpaceError",
+    "TuningDatabaseError",
+    "TuningDatabaseWarning",
     "UnimplementedError",
     "conv2d",
     "conv2d_backprop_input",

@@ -149,7 +149,7 @@ def _check_algorithm(algorithm: Optional[str], op: str) -> Optional[str]:
 def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
            data_format: DataFormat = "NHWC", dilations: Optional[IntOrInts] = None,
            name: Optional[str] = None, *, device: DeviceSpec = None,
-           algorithm: Optional[str] = None) -> Result:
+           algorithm: Optional[str] = None, out: Optional["cl_array.Array"] = None) -> Result:
     """2-D convolution with tf.nn.conv2d's signature, shape rules, values and errors.
 
     Parameters
@@ -170,6 +170,8 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
         ``with clconv.device(...)``, ``set_default_device``, ``CLCONV_DEVICE``, or
         clconv's choice.
     algorithm : "gemm" (register-blocked implicit GEMM), "direct" or None (clconv chooses)
+    out : pyopencl.array.Array, optional
+        Where to write the result (its shape and dtype); it is also returned.
 
     Returns
     -------
@@ -180,7 +182,7 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
     known = _recall(key)
     if known is not None:
         plan, x_shape, lead = known
-        result = plan.execute(_reshaped(input, x_shape), filters)
+        result = plan.execute(_reshaped(input, x_shape), filters, out=out)
         return result if lead is None else result.reshape(lead + tuple(result.shape[1:]))
     attrs = parse_attrs(strides, padding, data_format, dilations)
     _check_algorithm(algorithm, "conv2d")
@@ -191,10 +193,10 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
         x_shape = (int(np.prod(lead)),) + x_shape[-3:]
     g = conv2d_geometry(x_shape, w_shape, attrs)
     tensors.check_computable(dtype)
-    rt = _choose_runtime([input, filters], device)
+    rt = _choose_runtime([input, filters, out], device)
     _check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, "conv2d", g, dtype, algorithm)
-    result = plan.execute(_reshaped(input, x_shape), filters, queue=rt.queue)
+    result = plan.execute(_reshaped(input, x_shape), filters, out=out, queue=rt.queue)
     _remember(key, (plan, x_shape, lead))
     if lead is not None:
         result = result.reshape(lead + tuple(result.shape[1:]))
@@ -216,7 +218,8 @@ def conv2d_backprop_input(input_sizes: Shape, filters: Tensor, out_backprop: Ten
                           strides: IntOrInts, padding: Padding,
                           data_format: DataFormat = "NHWC",
                           dilations: Optional[IntOrInts] = None, name: Optional[str] = None, *,
-                          device: DeviceSpec = None, algorithm: Optional[str] = None) -> Result:
+                          device: DeviceSpec = None, algorithm: Optional[str] = None,
+                          out: Optional["cl_array.Array"] = None) -> Result:
     """Gradient of conv2d with respect to its input (TF's Conv2DBackpropInput).
 
     Parameters
@@ -239,18 +242,19 @@ def conv2d_backprop_input(input_sizes: Shape, filters: Tensor, out_backprop: Ten
                     padding, data_format, dilations, device, algorithm)
     known = _recall(key)
     if known is not None:
-        return known[0].execute(out_backprop, filters)
+        return known[0].execute(out_backprop, filters, out=out)
     attrs = parse_attrs(strides, padding, data_format, dilations)
     dtype = tensors.resolve_dtype("Conv2DBackpropInput",
                                   [(filters, "filters"), (out_backprop, "out_backprop")])
     return _backprop(key, "conv2d_backprop_input", input_sizes, filters, out_backprop, attrs,
-                     dtype, device, _check_algorithm(algorithm, "conv2d_backprop_input"))
+                     dtype, device, _check_algorithm(algorithm, "conv2d_backprop_input"), out)
 
 
 def conv2d_transpose(input: Tensor, filters: Tensor, output_shape: Shape, strides: IntOrInts,
                      padding: Padding = "SAME", data_format: DataFormat = "NHWC",
                      dilations: Optional[IntOrInts] = None, name: Optional[str] = None, *,
-                     device: DeviceSpec = None, algorithm: Optional[str] = None) -> Result:
+                     device: DeviceSpec = None, algorithm: Optional[str] = None,
+                     out: Optional["cl_array.Array"] = None) -> Result:
     """Transposed convolution with tf.nn.conv2d_transpose's signature and behaviour.
 
     It is Conv2DBackpropInput(input_sizes=output_shape, filter=filters,
@@ -274,23 +278,24 @@ def conv2d_transpose(input: Tensor, filters: Tensor, output_shape: Shape, stride
                     data_format, dilations, device, algorithm)
     known = _recall(key)
     if known is not None:
-        return known[0].execute(input, filters)
+        return known[0].execute(input, filters, out=out)
     attrs = parse_attrs(strides, padding, data_format, dilations)
     # TF passes filters as the op's input #1 and input as #2: T follows the filter.
     dtype = tensors.resolve_dtype("Conv2DBackpropInput", [(filters, "filters"), (input, "input")])
     return _backprop(key, "conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
-                     _check_algorithm(algorithm, "conv2d_transpose"))
+                     _check_algorithm(algorithm, "conv2d_transpose"), out)
 
 
 def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_value: Any,
-              attrs, dtype: np.dtype, device: DeviceSpec, algorithm: Optional[str]) -> Any:
+              attrs, dtype: np.dtype, device: DeviceSpec, algorithm: Optional[str],
+              out: Any = None) -> Any:
     dy_shape, w_shape = _shape_of(dy_value, "input"), _shape_of(filters, "filters")
     g = backprop_input_geometry(input_sizes, w_shape, dy_shape, attrs)
     tensors.check_computable(dtype)
-    rt = _choose_runtime([dy_value, filters], device)
+    rt = _choose_runtime([dy_value, filters, out], device)
     _check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, op, g, dtype, algorithm)
-    result = plan.execute(dy_value, filters, queue=rt.queue)
+    result = plan.execute(dy_value, filters, out=out, queue=rt.queue)
     _remember(key, (plan,))
     return result
 

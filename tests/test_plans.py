@@ -208,3 +208,20 @@ def test_only_the_registry_names_the_algorithms():
             if quoted.search(line.split("#")[0]):
                 found.append(f"{path.relative_to(package)}: {line.strip()}")
     assert not found, found
+
+
+def test_out_writes_into_the_callers_array(spec):
+    import pyopencl.array as cl_array
+
+    from clconv.devices import runtime
+
+    queue = runtime(spec).queue
+    x, w = random_array((1, 5, 5, 3), seed=7), random_array((3, 3, 2, 3), seed=8)
+    out = cl_array.empty(queue, (1, 10, 10, 2), np.float32)
+    got = clconv.conv2d_transpose(x, w, [1, 10, 10, 2], 2, "SAME", device=spec, out=out)
+    assert got is out
+    g = backprop_case((1, 10, 10, 2), w.shape, x.shape, 2, "SAME")
+    assert_close(out.get(), backprop_input_reference(x, w, g), np.float32, 3 * 3 * 3)
+    with pytest.raises(clconv.InvalidArgumentError, match=r"out has shape \[1, 9, 9, 2\]"):
+        clconv.conv2d_transpose(x, w, [1, 10, 10, 2], 2, "SAME", device=spec,
+                                out=cl_array.empty(queue, (1, 9, 9, 2), np.float32))
