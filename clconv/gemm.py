@@ -12,6 +12,7 @@ per tile, unless the caller packed it once with ``prepare_filters``.
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -119,8 +120,9 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
 # Argument types of the two kernels (None: a buffer), in their signatures' order.
 _I = np.int32
 _VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
-PACK_ARGS = [None, *_VIEW, None, None, _I, _I, _I]
+PACK_ARGS = [None, *_VIEW, None, None, _I, _I, _I, None, _I]
 GEMM_ARGS = [None, *_VIEW, _I, _I, _I, None, None, None, *_VIEW, _I, _I, _I, _I, _I, None, None]
+CAREFUL_ARGS = [*GEMM_ARGS, None, _I]
 SCRATCH_KEEP_BYTES = 64 << 20  # larger packed filters are not kept between calls
 SCRATCH_KEEP_COUNT = 2  # packed-filter buffers a plan keeps for reuse
 
@@ -135,12 +137,21 @@ def _pack_local(ch_count: int, info: DeviceInfo) -> Optional[tuple[int, int, int
 
 
 @dataclass(frozen=True)
+class Packing:
+    """A packed-filter buffer and its non-finite flag (see the kernel's header)."""
+
+    buffer: cl.Buffer
+    flag: cl.Buffer  # pack_filter raises it to the stamp of a packing with Inf or NaN
+
+
+@dataclass(frozen=True)
 class PackedFilters:
     """A filter packed for one GEMM plan (``ConvPlan.prepare_filters``)."""
 
-    buffer: cl.Buffer
+    packing: Packing
+    stamp: int
     plan_key: tuple  # what the packing depends on: the GEMM's tables and tile
-    event: Optional[cl.Event] = None  # the packing; later launches on other queues wait
+    finite: bool  # no Inf or NaN in it: the gradient needs no careful pass
 
 
 class _ScratchPool:
@@ -156,25 +167,30 @@ class _ScratchPool:
 
     def __init__(self, context: cl.Context, nbytes: int) -> None:
         self.context, self.nbytes = context, nbytes
-        self._free: list[tuple[cl.Buffer, cl.CommandQueue, cl.Event]] = []
+        self._free: list[tuple[Packing, cl.CommandQueue, cl.Event]] = []
         self._lock = threading.Lock()
 
-    def take(self, queue: cl.CommandQueue) -> cl.Buffer:
+    def new(self) -> Packing:
+        flags = cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR
+        return Packing(cl.Buffer(self.context, cl.mem_flags.READ_WRITE, self.nbytes),
+                       cl.Buffer(self.context, flags, hostbuf=np.zeros(1, np.int32)))
+
+    def take(self, queue: cl.CommandQueue) -> Packing:
         done = cl.command_execution_status.COMPLETE
         with self._lock:
-            for i, (buffer, owner, event) in enumerate(self._free):
+            for i, (packing, owner, event) in enumerate(self._free):
                 if (owner.int_ptr == queue.int_ptr and _in_order(owner)) or \
                         event.command_execution_status == done:
                     del self._free[i]
-                    return buffer
-        return cl.Buffer(self.context, cl.mem_flags.READ_WRITE, self.nbytes)
+                    return packing
+        return self.new()
 
-    def give(self, buffer: cl.Buffer, queue: cl.CommandQueue, event: cl.Event) -> None:
+    def give(self, packing: Packing, queue: cl.CommandQueue, event: cl.Event) -> None:
         if self.nbytes > SCRATCH_KEEP_BYTES:
             return
         with self._lock:
             if len(self._free) < SCRATCH_KEEP_COUNT:
-                self._free.append((buffer, queue, event))
+                self._free.append((packing, queue, event))
 
 
 def _in_order(queue: cl.CommandQueue) -> bool:
@@ -206,20 +222,26 @@ class GemmLaunch:
         self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
                                     * setup.dtype.itemsize)
         self.key = (self.plan, tn, self.n_padded, setup.dtype.str)
+        self._stamps = itertools.count()
 
         source, name = setup.space.kernel
-        # TF's conv2d multiplies its zero padding; its input gradient skips outside taps.
-        defines = dict(setup.defines, PAD_PRODUCTS=int(self.forward))
+        defines = setup.defines
         self.gemm = TypedKernel(context, source, name, defines, GEMM_ARGS)
+        # TF's conv2d multiplies its zero padding; its input gradient skips outside taps,
+        # which matters only for a filter with Inf or NaN: a second, careful pass.
+        self.careful = None
+        if not self.forward:
+            careful_source, careful_name = setup.space.helper_kernels["careful"]
+            self.careful = TypedKernel(context, careful_source, careful_name, defines,
+                                       CAREFUL_ARGS)
         self.gemm_range = ndrange(
             (self.n_padded // tn, -(-self.plan.max_pixels(g.batch) // tm), len(self.plan.phases)),
             setup.local)
         pack_source, pack_name = setup.space.helper_kernels["pack"]
-        # The same options as the GEMM's, so that both kernels come from one program.
         self.packer = TypedKernel(context, pack_source, pack_name, defines, PACK_ARGS)
         self.pack_range = ndrange((self.ch_count, self.n_padded // tn, len(self.plan.taps)),
                                   _pack_local(self.ch_count, info))
-        self.kernels = (self.gemm, self.packer)
+        self.kernels = (self.gemm, self.packer) + ((self.careful,) if self.careful else ())
 
     def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:
         offset, s_a, s_b, s_in, s_out = filters.filter_view()
@@ -228,17 +250,27 @@ class GemmLaunch:
         return [offset, s_a, s_b, s_in, s_out] if self.forward else [offset, s_a, s_b, s_out,
                                                                       s_in]
 
+    def _stamp(self) -> int:
+        """A number no earlier packing into any of this plan's buffers used (2^31 - 1
+        packings per plan before one comes round again)."""
+        return next(self._stamps) % tensors.INT32_LIMIT + 1
+
     def _pack_into(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor,
-                   buffer: cl.Buffer) -> Optional[cl.Event]:
+                   packing: Packing, stamp: int) -> Optional[cl.Event]:
         if not self.total_k:
             return None
         return self.packer.enqueue(queue, *self.pack_range, [
-            filters.buffer, *self._filter_view(filters), self.taps, buffer, self.ch_count,
-            self.n_out, self.n_padded])
+            filters.buffer, *self._filter_view(filters), self.taps, packing.buffer,
+            self.ch_count, self.n_out, self.n_padded, packing.flag, stamp])
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> PackedFilters:
-        buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, self.scratch.nbytes)
-        return PackedFilters(buffer, self.key, self._pack_into(queue, filters, buffer))
+        """Pack once, and find out (one read of the flag) whether the careful pass will
+        ever be needed with this packing."""
+        packing, stamp = self.scratch.new(), self._stamp()
+        self._pack_into(queue, filters, packing, stamp)
+        flag = np.zeros(1, np.int32)
+        cl.enqueue_copy(queue, flag, packing.flag)  # blocking: the packing is done
+        return PackedFilters(packing, stamp, self.key, finite=int(flag[0]) != stamp)
 
     def enqueue(self, queue: cl.CommandQueue, src: tensors.DeviceTensor, filters: Any,
                 out: tensors.DeviceTensor, timeline: Optional[list] = None) -> cl.Event:
@@ -247,19 +279,27 @@ class GemmLaunch:
                 raise ValueError("these filters were packed by another plan (another shape, "
                                  "algorithm or configuration): pack them with this plan's "
                                  "prepare_filters")
-            packed, scratch = filters.buffer, None
+            packing, stamp, scratch = filters.packing, filters.stamp, None
+            needs_care = not filters.finite
         else:
-            packed = scratch = self.scratch.take(queue)
-            event = self._pack_into(queue, filters, packed)
+            needs_care = True  # unknown until the packing has run: the pass checks
+            packing = scratch = self.scratch.take(queue)
+            stamp = self._stamp()
+            event = self._pack_into(queue, filters, packing, stamp)
             if timeline is not None and event is not None:
                 timeline.append(("pack filter", event))
         layout = self.g.data_format
-        event = self.gemm.enqueue(queue, *self.gemm_range, [
-            src.buffer, *src.activation_view(layout), *self.src_hw, self.ch_count, packed,
-            self.zero, out.buffer, *out.activation_view(layout), self.g.batch, self.n_out,
-            self.n_padded, self.plan.src_mul_h, self.plan.src_mul_w, self.phases, self.taps])
+        args = [src.buffer, *src.activation_view(layout), *self.src_hw, self.ch_count,
+                packing.buffer, self.zero, out.buffer, *out.activation_view(layout),
+                self.g.batch, self.n_out, self.n_padded, self.plan.src_mul_h,
+                self.plan.src_mul_w, self.phases, self.taps]
+        event = self.gemm.enqueue(queue, *self.gemm_range, args)
         if timeline is not None:
             timeline.append(("gemm", event))
+        if self.careful is not None and needs_care:
+            event = self.careful.enqueue(queue, *self.gemm_range, [*args, packing.flag, stamp])
+            if timeline is not None:
+                timeline.append(("inf/nan pass", event))
         if scratch is not None:
             self.scratch.give(scratch, queue, event)
         return event

@@ -30,7 +30,12 @@
 //
 // IEEE parity with TensorFlow: TF's conv2d multiplies its zero padding (an infinite
 // weight on a padded tap gives NaN); its input gradient skips the taps that land
-// outside dy.  PAD_PRODUCTS, set by the host per op (not a tunable), selects which.
+// outside dy.  gemm_implicit multiplies (outside rows read zero), which is conv2d's
+// answer, and the gradient's whenever the filter is finite.  Skipping costs a slower
+// loop at the edges, so it runs only when needed, as a second kernel the host enqueues
+// for the gradient: pack_filter raises *nonfinite to the call's stamp (a number the
+// host never reuses for a buffer) when the filter holds an Inf or NaN, and then
+// gemm_implicit_careful recomputes the tiles (see the end of the file).
 
 #ifndef TM
 #define TM 6 // pixels per work-item tile
@@ -40,9 +45,6 @@
 #endif
 #ifndef VEC
 #define VEC 8 // vector width of the accumulators and filter loads
-#endif
-#ifndef PAD_PRODUCTS
-#define PAD_PRODUCTS 1 // 1: taps outside the source add 0 * w (TF's conv2d); 0: nothing
 #endif
 
 // The kernel guards its own tunables: a configuration from anywhere (a tuning
@@ -75,7 +77,8 @@
 // side of this transpose is scattered whichever filter axis has unit stride.
 __kernel void pack_filter(
     __global const REAL *filt, TENSOR_ARGS(filt), __global const int *taps,
-    __global REAL *packed, int ch_count, int n_out, int n_padded)
+    __global REAL *packed, int ch_count, int n_out, int n_padded,
+    __global int *nonfinite, int stamp)
 {
     const int ch = (int)get_global_id(0);
     const int nb = (int)get_global_id(1);
@@ -88,19 +91,27 @@ __kernel void pack_filter(
     const int k = (t - tap_begin) * ch_count + ch;
     __global const REAL *from = filt + AT(filt, tap[2], tap[3], ch, 0);
     __global REAL *to = packed + tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN;
+    bool finite = true;
     #pragma unroll
     for (int j = 0; j < TN; ++j) {
         const int n = nb * TN + j;
-        to[j] = n < n_out ? from[n * filt_s3] : (REAL)0;
+        const REAL v = n < n_out ? from[n * filt_s3] : (REAL)0;
+        to[j] = v;
+        finite = finite && isfinite(v);
     }
+    if (!finite) // this packing holds an Inf or NaN: see gemm_implicit_careful
+        atomic_max(nonfinite, stamp);
 }
 
-__kernel void gemm_implicit(
+// The GEMM of one work-item's tile.  `careful` (a constant in each kernel below, so
+// the compiler keeps only one of the two inner loops) skips the rows that fall outside
+// the source instead of multiplying them by zero.
+static inline void gemm_tile(
     __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count,
     __global const REAL *packed, __global const REAL *zero,
     __global REAL *y, TENSOR_ARGS(y),
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w,
-    __global const int *phases, __global const int *taps)
+    __global const int *phases, __global const int *taps, const bool careful)
 {
     const int nb = (int)get_global_id(0);
     const int mb = (int)get_global_id(1);
@@ -145,10 +156,9 @@ __kernel void gemm_implicit(
             row[i] = inside[i] ? src + AT(src, img[i], sh, sw, 0) : zero;
             step[i] = inside[i] ? src_s3 : 0;
         }
-#if !PAD_PRODUCTS
         // Rows of this tap that fall outside the source add nothing at all (not 0 * w,
         // which is NaN for an infinite weight): a slower loop for the tiles at the edges.
-        if (!all_inside) {
+        if (careful && !all_inside) {
             for (int ch = 0; ch < ch_count; ++ch) {
                 VREAL b[NV];
                 #pragma unroll
@@ -168,7 +178,6 @@ __kernel void gemm_implicit(
             }
             continue;
         }
-#endif
         for (int ch = 0; ch < ch_count; ++ch) {
             VREAL b[NV];
             #pragma unroll
@@ -206,4 +215,34 @@ __kernel void gemm_implicit(
             }
         }
     }
+}
+
+#define GEMM_ARGS_DECL \
+    __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count, \
+    __global const REAL *packed, __global const REAL *zero, \
+    __global REAL *y, TENSOR_ARGS(y), \
+    int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w, \
+    __global const int *phases, __global const int *taps
+#define GEMM_ARGS_PASS \
+    src, src_off, src_s0, src_s1, src_s2, src_s3, src_h, src_w, ch_count, packed, zero, \
+    y, y_off, y_s0, y_s1, y_s2, y_s3, batch, n_out, n_padded, src_mul_h, src_mul_w, \
+    phases, taps
+
+// Every tap's rows multiplied as they are: outside rows read zero.  What conv2d is
+// (TF multiplies its zero padding), and the input gradient's answer whenever the
+// filter is finite.
+__kernel void gemm_implicit(GEMM_ARGS_DECL)
+{
+    gemm_tile(GEMM_ARGS_PASS, false);
+}
+
+// The input gradient's second pass, enqueued after gemm_implicit: when this call's
+// packing found an Inf or NaN in the filter (pack_filter raised *nonfinite to `stamp`),
+// recompute every tile skipping the outside rows, as TF's gradient does; otherwise
+// every work-item returns at once.
+__kernel void gemm_implicit_careful(GEMM_ARGS_DECL, __global const int *nonfinite, int stamp)
+{
+    if (*nonfinite != stamp)
+        return;
+    gemm_tile(GEMM_ARGS_PASS, true);
 }
