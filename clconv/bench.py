@@ -12,6 +12,7 @@ are never runtime dependencies.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -294,12 +295,30 @@ class Peer:
                                                                  Callable[[Any], np.ndarray]]]
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 to /dev/null for the block (what C++ code writes there too)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _tensorflow_peer() -> Optional[Peer]:
     # Quieten TF's C++ info lines unless the user chose a level; oneDNN is left as
     # the user set it (default on), since that is TF's real CPU speed.
+    user_chose = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        import tensorflow as tf
+        # TF 2.21 prints its oneDNN INFO line from C++ at import whatever that level
+        # says: unless the user asked for TF's logs, the import's stderr is dropped.
+        with contextlib.nullcontext() if user_chose else _native_stderr_silenced():
+            import tensorflow as tf
     except ImportError:
         return None
     onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
