@@ -97,7 +97,8 @@ __kernel void pack_filter(
         const int n = nb * TN + j;
         const REAL v = n < n_out ? from[n * filt_s3] : (REAL)0;
         to[j] = v;
-        finite = finite && isfinite(v);
+        finite = finite && v - v == (REAL)0; // false for Inf and NaN; isfinite() is a
+                                             // call, not inlined, on some PoCL builds
     }
     if (!finite) // this packing holds an Inf or NaN: see gemm_implicit_careful
         atomic_max(nonfinite, stamp);
