@@ -379,8 +379,6 @@ class Run:
 def _dtype_problem(dtype: str, info: DeviceInfo) -> Optional[str]:
     if dtype == "float64" and not info.fp64:
         return "no fp64"
-    if dtype == "float16" and not info.fp16:
-        return "no fp16"
     return None
 
 

@@ -26,7 +26,9 @@ from clconv.programs import TypedKernel, ndrange
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
-GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))  # half accumulates in float: direct
+# float16 is storage: loaded with vload_half, packed and accumulated in float.
+GEMM_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+PACKED_DTYPE = {np.dtype(np.float16): np.dtype(np.float32)}  # else the tensor's own
 
 
 @dataclass(frozen=True)
@@ -229,8 +231,9 @@ class GemmLaunch:
         self.taps = cl.Buffer(context, flags, hostbuf=np.array(
             self.plan.taps or [(0,) * 6], np.int32).reshape(-1))
         self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(4, setup.dtype))
+        packed_dtype = PACKED_DTYPE.get(setup.dtype, setup.dtype)
         self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
-                                    * setup.dtype.itemsize)
+                                    * packed_dtype.itemsize)
         self.key = (self.plan, tn, self.n_padded, setup.dtype.str)
         self._stamps = itertools.count()
 
@@ -317,7 +320,7 @@ class GemmLaunch:
 
 def _unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo) -> Optional[str]:
     if dtype not in GEMM_DTYPES:
-        return f"gemm computes float32/float64 only (got {dtype.name})"
+        return f"gemm computes float16/32/64 only (got {dtype.name})"
     if g.groups != 1:
         return f"gemm computes ungrouped convolutions only (got {g.groups} groups)"
     return None

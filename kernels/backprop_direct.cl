@@ -57,15 +57,15 @@ __kernel void backprop_direct(
             const int dy_base = AT(dy, n, oh, ow, 0);
             const int w_base = AT(w, a, b, 0, 0);
             for (int co = 0; co < out_c; ++co) {
-                const ACC g = (ACC)dy[dy_base + co * dy_s3];
+                const ACC g = LOAD(dy, dy_base + co * dy_s3);
                 const int w_col = w_base + co * w_s3;
                 for (int j = 0; j < CI_BLOCK; ++j)
-                    acc[j] += g * (ACC)w[w_col + ci[j] * w_s2];
+                    acc[j] += g * LOAD(w, w_col + ci[j] * w_s2);
             }
         }
     }
 
     for (int j = 0; j < CI_BLOCK; ++j)
         if (ci0 + j < in_c)
-            dx[AT(dx, n, ih, iw, ci0 + j)] = (REAL)acc[j];
+            STORE(acc[j], dx, AT(dx, n, ih, iw, ci0 + j));
 }

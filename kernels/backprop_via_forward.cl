@@ -30,12 +30,12 @@ __kernel void dilate_pad(
 
     const int th = t - pad_before_h;
     const int tw = u - pad_before_w;
-    REAL value = (REAL)0;
+    ACC value = (ACC)0;
     if (th >= 0 && tw >= 0 && th % stride_h == 0 && tw % stride_w == 0) {
         const int oh = th / stride_h;
         const int ow = tw / stride_w;
         if (oh < out_h && ow < out_w)
-            value = dy[AT(dy, n, oh, ow, c)];
+            value = LOAD(dy, AT(dy, n, oh, ow, c));
     }
-    p[index] = value;
+    STORE(value, p, index);
 }

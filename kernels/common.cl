@@ -2,6 +2,10 @@
 //
 // Element type: REAL is the tensor type (float, double or half), ACC the
 // accumulator type (half accumulates in float, as TensorFlow's CPU kernels do).
+// Half is storage only: every tensor element is read with LOAD and written with
+// STORE, which for half are vload_half / vstore_half_rte - core OpenCL 1.2, so
+// float16 runs on every device, cl_khr_fp16 or not (a half* may point at a
+// buffer; only half arithmetic needs the extension, and none is done).
 // Every tensor is addressed through an element offset and four element
 // strides, so one kernel serves NHWC and NCHW, strided pyopencl views, and
 // the rotated / in-out-swapped filter view of the via_forward algorithm
@@ -9,9 +13,6 @@
 
 #ifdef REAL_IS_DOUBLE
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
-#endif
-#ifdef REAL_IS_HALF
-#pragma OPENCL EXTENSION cl_khr_fp16 : enable
 #endif
 
 #ifndef REAL
@@ -24,6 +25,14 @@
 // A tensor reaches a kernel as a buffer, an element offset and four element
 // strides in the order of its logical axes (activations: n, h, w, c; filters:
 // kh, kw, in, out).  TENSOR_ARGS declares them; AT computes an index.
+#ifdef REAL_IS_HALF
+#define LOAD(p, i) vload_half((i), (p))
+#define STORE(v, p, i) vstore_half_rte((v), (i), (p))
+#else
+#define LOAD(p, i) ((ACC)(p)[i])
+#define STORE(v, p, i) ((p)[i] = (REAL)(v))
+#endif
+
 #define TENSOR_ARGS(p) int p##_off, int p##_s0, int p##_s1, int p##_s2, int p##_s3
 #define AT(p, i0, i1, i2, i3) \
     (p##_off + (i0) * p##_s0 + (i1) * p##_s1 + (i2) * p##_s2 + (i3) * p##_s3)

@@ -71,20 +71,20 @@ __kernel void conv2d_direct(
                 if (pad_products) // a padded tap adds 0 * w, as TF's conv2d does
                     for (int ci = 0; ci < in_per_group; ++ci)
                         for (int j = 0; j < CO_BLOCK; ++j)
-                            acc[j] += (ACC)0 * (ACC)w[w_base + ci * w_s2 + co[j] * w_s3];
+                            acc[j] += (ACC)0 * LOAD(w, w_base + ci * w_s2 + co[j] * w_s3);
                 continue;
             }
             const int x_base = AT(x, n, ih, iw, group * in_per_group);
             for (int ci = 0; ci < in_per_group; ++ci) {
-                const ACC xv = (ACC)x[x_base + ci * x_s3];
+                const ACC xv = LOAD(x, x_base + ci * x_s3);
                 const int w_row = w_base + ci * w_s2;
                 for (int j = 0; j < CO_BLOCK; ++j)
-                    acc[j] += xv * (ACC)w[w_row + co[j] * w_s3];
+                    acc[j] += xv * LOAD(w, w_row + co[j] * w_s3);
             }
         }
     }
 
     for (int j = 0; j < CO_BLOCK; ++j)
         if (co0 + j < co_end)
-            y[AT(y, n, oh, ow, co0 + j)] = (REAL)acc[j];
+            STORE(acc[j], y, AT(y, n, oh, ow, co0 + j));
 }

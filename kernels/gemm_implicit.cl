@@ -67,17 +67,18 @@
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
-#define VREAL CAT(REAL, VEC)
+#define VACC CAT(ACC, VEC) // accumulators and packed-filter vectors (float for half)
 #define NV (TN / VEC)
 
-// Packed filter: packed[tap_begin*CH*n_padded + (nb*K + (t-tap_begin)*CH + ch)*TN + j]
+// Packed filter (in ACC: float for a half filter, so the GEMM loads whole float vectors):
+//   packed[tap_begin*CH*n_padded + (nb*K + (t-tap_begin)*CH + ch)*TN + j]
 //   = filt[a, b, ch, nb*TN + j] (0 past n_out), K = tap_count*CH.
 // NDRange: (CH, n_padded/TN, taps).  Each work-item writes one whole TN-wide row
 // (a cache line or two) and consecutive work-items read consecutive ch, so neither
 // side of this transpose is scattered whichever filter axis has unit stride.
 __kernel void pack_filter(
     __global const REAL *filt, TENSOR_ARGS(filt), __global const int *taps,
-    __global REAL *packed, int ch_count, int n_out, int n_padded,
+    __global ACC *packed, int ch_count, int n_out, int n_padded,
     __global int *nonfinite, int stamp)
 {
     const int ch = (int)get_global_id(0);
@@ -90,14 +91,14 @@ __kernel void pack_filter(
     const int k_phase = tap[5] * ch_count;
     const int k = (t - tap_begin) * ch_count + ch;
     __global const REAL *from = filt + AT(filt, tap[2], tap[3], ch, 0);
-    __global REAL *to = packed + tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN;
+    __global ACC *to = packed + tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN;
     bool finite = true;
     #pragma unroll
     for (int j = 0; j < TN; ++j) {
         const int n = nb * TN + j;
-        const REAL v = n < n_out ? from[n * filt_s3] : (REAL)0;
+        const ACC v = n < n_out ? LOAD(from, n * filt_s3) : (ACC)0;
         to[j] = v;
-        finite = finite && v - v == (REAL)0; // false for Inf and NaN; isfinite() is a
+        finite = finite && v - v == (ACC)0; // false for Inf and NaN; isfinite() is a
                                              // call, not inlined, on some PoCL builds
     }
     if (!finite) // this packing holds an Inf or NaN: see gemm_implicit_careful
@@ -109,7 +110,7 @@ __kernel void pack_filter(
 // the source instead of multiplying them by zero.
 static inline void gemm_tile(
     __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count,
-    __global const REAL *packed, __global const REAL *zero,
+    __global const ACC *packed, __global const REAL *zero,
     __global REAL *y, TENSOR_ARGS(y),
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w,
     __global const int *phases, __global const int *taps, const bool careful)
@@ -134,14 +135,14 @@ static inline void gemm_tile(
         c[i] = m % cols;
     }
 
-    VREAL acc[TM][NV];
+    VACC acc[TM][NV];
     #pragma unroll
     for (int i = 0; i < TM; ++i)
         #pragma unroll
         for (int v = 0; v < NV; ++v)
-            acc[i][v] = (VREAL)0;
+            acc[i][v] = (VACC)0;
 
-    __global const REAL *panel = packed + tap_begin * ch_count * n_padded + nb * k_phase * TN;
+    __global const ACC *panel = packed + tap_begin * ch_count * n_padded + nb * k_phase * TN;
     for (int t = 0; t < tap_count; ++t) {
         __global const int *tap = taps + (tap_begin + t) * TAP_INTS;
         __global const REAL *row[TM];
@@ -161,14 +162,14 @@ static inline void gemm_tile(
         // which is NaN for an infinite weight): a slower loop for the tiles at the edges.
         if (careful && !all_inside) {
             for (int ch = 0; ch < ch_count; ++ch) {
-                VREAL b[NV];
+                VACC b[NV];
                 #pragma unroll
                 for (int v = 0; v < NV; ++v)
-                    b[v] = *(__global const VREAL *)(panel + v * VEC);
+                    b[v] = *(__global const VACC *)(panel + v * VEC);
                 panel += TN;
                 #pragma unroll
                 for (int i = 0; i < TM; ++i) {
-                    const REAL a = *row[i];
+                    const ACC a = LOAD(row[i], 0);
                     row[i] += step[i];
                     if (inside[i]) {
                         #pragma unroll
@@ -180,14 +181,14 @@ static inline void gemm_tile(
             continue;
         }
         for (int ch = 0; ch < ch_count; ++ch) {
-            VREAL b[NV];
+            VACC b[NV];
             #pragma unroll
             for (int v = 0; v < NV; ++v)
-                b[v] = *(__global const VREAL *)(panel + v * VEC);
+                b[v] = *(__global const VACC *)(panel + v * VEC);
             panel += TN;
             #pragma unroll
             for (int i = 0; i < TM; ++i) {
-                const REAL a = *row[i];
+                const ACC a = LOAD(row[i], 0);
                 row[i] += step[i];
                 #pragma unroll
                 for (int v = 0; v < NV; ++v)
@@ -205,13 +206,13 @@ static inline void gemm_tile(
                                         col_start + c[i] * col_step, 0);
             #pragma unroll
             for (int v = 0; v < NV; ++v) {
-                union { VREAL vector; REAL lane[VEC]; } u;
+                union { VACC vector; ACC lane[VEC]; } u;
                 u.vector = acc[i][v];
                 #pragma unroll
                 for (int e = 0; e < VEC; ++e) {
                     const int n = nb * TN + v * VEC + e;
                     if (n < n_out)
-                        out[n * y_s3] = u.lane[e];
+                        STORE(u.lane[e], out, n * y_s3);
                 }
             }
         }
@@ -220,7 +221,7 @@ static inline void gemm_tile(
 
 #define GEMM_ARGS_DECL \
     __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count, \
-    __global const REAL *packed, __global const REAL *zero, \
+    __global const ACC *packed, __global const REAL *zero, \
     __global REAL *y, TENSOR_ARGS(y), \
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w, \
     __global const int *phases, __global const int *taps

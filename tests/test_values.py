@@ -162,23 +162,28 @@ def test_algorithms_agree_on_a_larger_case(device, spec):
         assert_close(got, expected, np.float32, 5 * 5 * 16)
 
 
+@pytest.mark.parametrize("algorithm", [None, "gemm", "direct"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
-def test_other_dtypes(device, spec, dtype):
+def test_other_dtypes(device, spec, dtype, algorithm):
+    """float64 where the device has fp64; float16 everywhere (half is storage,
+    loaded with vload_half and accumulated in float, as TF's half kernels do)."""
     x, w = random_array((1, 5, 6, 3), dtype, seed=9), random_array((3, 3, 3, 2), dtype, seed=10)
-    available = device.fp64 if dtype == np.float64 else device.fp16
-    if not available:
+    if dtype == np.float64 and not device.fp64:
         # The name as text, not a pattern: "Intel(R) Xeon(R)" holds regex groups.
         with pytest.raises(clconv.UnimplementedError, match=re.escape(device.name)):
             clconv.conv2d(x, w, 1, "SAME", device=spec)
         return
     g = conv2d_case(x.shape, w.shape, 1, "SAME")
-    assert_close(clconv.conv2d(x, w, 1, "SAME", device=spec), conv2d_reference(x, w, g),
-                 dtype, reduction_length(g))
+    y = clconv.conv2d(x, w, 1, "SAME", device=spec, algorithm=algorithm)
+    assert_close(y, conv2d_reference(x, w, g), dtype, reduction_length(g))
     dx = clconv.conv2d_transpose(x, w.transpose(0, 1, 3, 2).copy(), (1, 10, 12, 2), 2, "SAME",
-                                 device=spec)
+                                 device=spec, algorithm=algorithm)
     gt = backprop_case((1, 10, 12, 2), (3, 3, 2, 3), x.shape, 2, "SAME")
     assert_close(dx, backprop_input_reference(x, w.transpose(0, 1, 3, 2), gt), dtype,
                  reduction_length(gt, True))
+    if dtype == np.float16 and algorithm is None:  # the fast path, not a fallback
+        plan = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", dtype=dtype, device=spec)
+        assert plan.algorithm == "gemm", plan.describe()
 
 
 def test_pyopencl_arrays_in_and_out(device, spec):
