@@ -340,3 +340,29 @@ def test_two_tuners_at_once_keep_both_results(one_rt, db, tmp_path):
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
     assert sorted(e["case"] for e in tuning_db.entries(db)) == ["p", "q"]
+
+
+# --------------------------------------------------------------------------- defaults from the device
+
+
+def test_gemm_tiles_follow_the_devices_vector_width_and_registers():
+    from clconv import gemm
+
+    avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
+    avx2 = dataclasses.replace(avx512, preferred_float_vector_width=8)
+    gpu = dataclasses.replace(avx512, kind="GPU", preferred_float_vector_width=1)
+    auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
+    assert gemm.vector_width(avx512) == 16 and gemm.vector_width(avx2) == 8
+    assert gemm.vector_width(gpu) == 4  # the narrowest width the kernel has
+    # fcn8s_up8's 21 channels: one 24-wide tile of 8-wide vectors where 32 registers
+    # hold its 6 x 3 accumulators; with 16 registers (AVX2) they would spill.
+    assert gemm.tile_for(auto, 21, avx512)["TN"] == 24
+    assert (gemm.tile_for(auto, 21, avx512)["VEC"], gemm.tile_for(auto, 21, avx2)["TN"]) == (8, 8)
+    assert gemm.tile_for(auto, 256, avx512)["VEC"] == 16
+    assert gemm.tile_for(auto, 256, avx2)["VEC"] == 8
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 64), parse_attrs(1, "SAME", "NHWC", None))
+    for info, fits in ((avx512, True), (avx2, False)):  # 6 x 24/8 + 3 + 1 = 22 registers
+        context = search_space.context(g, info, "conv2d", "gemm")
+        config = {"TM": 6, "TN": 24, "VEC": 8, "LOCAL_SIZE": None}
+        assert (space.problem(config, context) is None) == fits
