@@ -342,7 +342,7 @@ def test_two_tuners_at_once_keep_both_results(one_rt, db, tmp_path):
     assert sorted(e["case"] for e in tuning_db.entries(db)) == ["p", "q"]
 
 
-# --------------------------------------------------------------------------- defaults from the device
+# ------------------------------------------------------------------ defaults from the device
 
 
 def test_gemm_tiles_follow_the_devices_vector_width_and_registers():
