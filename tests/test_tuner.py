@@ -133,7 +133,8 @@ def test_pruning_by_device_limits_before_building():
     for pool in pools:
         size = sizes[pool.algorithm]
         assert size.after_limits < size.after_constraints <= size.total
-        assert set(size.by_limit) <= {"max_work_group_size", "max_work_item_sizes"}
+        assert set(size.by_limit) <= {"max_work_group_size", "max_work_item_sizes",
+                                      "accumulators_in_registers"}
         for candidate in pool.candidates:
             local = candidate.config["LOCAL_SIZE"]
             if local is not None:
@@ -235,7 +236,7 @@ def test_budget_is_a_hard_bound(one_rt):
         started = time.monotonic()
         results = tuner.tune_all(one_rt, cases, strategy="random", budget=budget)
         elapsed = time.monotonic() - started
-        assert elapsed <= budget * 1.05, f"{elapsed:.2f} s for a {budget} s budget"
+        assert elapsed <= budget + tuner.BUDGET_SLACK_S, f"{elapsed:.2f} s for {budget} s"
         if all(r.best is not None for r in results):
             break
     assert {r.status for r in results} == {"budget"}
