@@ -8,7 +8,7 @@ protect_opencl_runtimes()
 
 # ruff: noqa: E402
 
-from clconv.devices import DeviceInfo, device, devices, runtime, set_default_device
+from clconv.device_select import DeviceInfo, device, devices, runtime, set_default_device
 from clconv.errors import (
     DeviceNotFoundError,
     ForkedProcessError,

@@ -497,7 +497,7 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     import pyopencl.array as cl_array
 
     from clconv import plans
-    from clconv.devices import runtime
+    from clconv.device_select import runtime
 
     rt = runtime(spec)
     x, w = case_data(case)
@@ -550,7 +550,7 @@ def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float,
     (for gemm: packing the filter, the GEMM itself) and what remains of the
     device-resident time: the host side (argument checks, buffers) and launches."""
     from clconv import plans, tensors
-    from clconv.devices import runtime
+    from clconv.device_select import runtime
 
     rt = runtime(spec)
     g = case.geometry()

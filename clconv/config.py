@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from clconv import search_space, tuning_db
-from clconv.devices import DeviceInfo
+from clconv.device_select import DeviceInfo
 from clconv.programs import source_hash
 from clconv.registry import UNIVERSAL
 from clconv.resources import config_text

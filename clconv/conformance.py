@@ -34,7 +34,7 @@ import clconv
 from clconv import config as config_lookup
 from clconv import plans, registry, search_space, tensors, tuning_db
 from clconv.config import default_config
-from clconv.devices import DeviceInfo, Runtime, runtime
+from clconv.device_select import DeviceInfo, Runtime, runtime
 from clconv.reference import backprop_input_reference, conv2d_reference
 from clconv.resources import config_text
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs

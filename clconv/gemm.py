@@ -21,7 +21,7 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import tensors
-from clconv.devices import DeviceInfo
+from clconv.device_select import DeviceInfo
 from clconv.programs import TypedKernel, ndrange
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry

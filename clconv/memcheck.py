@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from clconv import conformance
-from clconv.devices import DeviceInfo, runtime
+from clconv.device_select import DeviceInfo, runtime
 
 RESULT_MARK = "CLCONV-CONFORMANCE-RESULT "
 CHECKS_ENV = {"OCLGRIND_DATA_RACES": "1", "OCLGRIND_UNINITIALIZED": "1"}

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     import pyopencl.array as cl_array
 
 from clconv import plans, registry, tensors, tuning_db
-from clconv.devices import ENV_DEVICE, DeviceSpec, default_token
-from clconv.devices import Runtime, find_device, runtime, runtime_for_queue
+from clconv.device_select import ENV_DEVICE, DeviceSpec, default_token
+from clconv.device_select import Runtime, find_device, runtime, runtime_for_queue
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.plans import ConvPlan
 from clconv.shapes import backprop_input_geometry, conv2d_geometry, parse_attrs

@@ -53,7 +53,7 @@ def _median_us(call: Callable[[], Any], repeat: int, max_seconds: float) -> floa
 
 def bare_launch_us(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS) -> float:
     """One trivial kernel over 1,024 floats plus the blocking read-back of them."""
-    from clconv.devices import runtime
+    from clconv.device_select import runtime
 
     rt = runtime(spec)
     program = cl.Program(rt.context, "__kernel void add_one(__global float *a, int n) {"

@@ -32,7 +32,7 @@ import pyopencl as cl
 
 from clconv import registry, search_space, tensors, tuning_db
 from clconv.config import explain_algorithm, explain_config
-from clconv.devices import Runtime, check_process
+from clconv.device_select import Runtime, check_process
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.programs import dtype_defines
 from clconv.registry import Setup

@@ -18,7 +18,7 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import search_space
-from clconv.devices import DeviceInfo
+from clconv.device_select import DeviceInfo
 from clconv.search_space import SearchSpace
 from clconv.shapes import ConvGeometry
 

@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
-from clconv.devices import DeviceInfo
+from clconv.device_select import DeviceInfo
 from clconv.resources import config_names, config_text
 from clconv.shapes import ConvGeometry
 

@@ -60,7 +60,7 @@ import pyopencl as cl
 
 from clconv import config as config_module
 from clconv import plans, registry, search_space, tensors, tuning_db
-from clconv.devices import DeviceInfo, Runtime
+from clconv.device_select import DeviceInfo, Runtime
 from clconv.errors import KernelBuildError, UnimplementedError
 from clconv.programs import TypedKernel, dtype_defines
 from clconv.reference import backprop_input_reference, conv2d_reference

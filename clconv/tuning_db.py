@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import yaml
 
-from clconv.devices import DeviceInfo
+from clconv.device_select import DeviceInfo
 from clconv.shapes import ConvGeometry
 
 ENV_DB = "CLCONV_TUNING_DB"

@@ -11,7 +11,7 @@ import os
 import pytest
 
 import clconv
-from clconv.devices import find_device
+from clconv.device_select import find_device
 
 TEST_DEVICES_ENV = "CLCONV_TEST_DEVICES"
 

@@ -11,7 +11,7 @@ import pyopencl as cl
 import pytest
 
 import clconv
-from clconv.devices import find_device, runtime
+from clconv.device_select import find_device, runtime
 
 DEVICES = clconv.devices()
 
@@ -123,3 +123,10 @@ def test_a_queue_as_device_runs_on_that_queue():
     x = cl_array.to_device(queue, np.ones((1, 3, 3, 1), np.float32))
     y = clconv.conv2d(x, np.ones((3, 3, 1, 1), np.float32), 1, "SAME", device=queue)
     assert y.queue is queue and float(y.get()[0, 1, 1, 0]) == 9.0
+
+
+def test_the_module_is_not_shadowed_by_the_function():
+    import clconv.device_select as module
+
+    assert module.runtime is clconv.runtime and callable(clconv.devices)
+    assert clconv.devices() == module.devices()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not OCLGRIND, reason="Oclgrind is not installed"
 
 BROKEN_KERNEL = """
 import numpy as np, pyopencl as cl, sys
-from clconv.devices import runtime
+from clconv.device_select import runtime
 rt = runtime(sys.argv[1])
 src = "__kernel void k(__global float *a) { a[get_global_id(0) + 1] = 1.0f; }"
 prg = cl.Program(rt.context, src).build()

@@ -213,7 +213,7 @@ def test_only_the_registry_names_the_algorithms():
 def test_out_writes_into_the_callers_array(spec):
     import pyopencl.array as cl_array
 
-    from clconv.devices import runtime
+    from clconv.device_select import runtime
 
     queue = runtime(spec).queue
     x, w = random_array((1, 5, 5, 3), seed=7), random_array((3, 3, 2, 3), seed=8)

@@ -21,7 +21,7 @@ from helpers import assert_close, conv2d_reference, random_array
 import clconv
 from clconv import config, conformance, search_space, tuner, tuning_db
 from clconv.cli import main
-from clconv.devices import Runtime, runtime
+from clconv.device_select import Runtime, runtime
 from clconv.search_space import SearchSpaceError, load_space
 from clconv.shapes import conv2d_geometry, parse_attrs
 

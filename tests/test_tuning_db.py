@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from clconv import config, tuning_db
-from clconv.devices import DeviceInfo
+from clconv.device_select import DeviceInfo
 from clconv.shapes import conv2d_geometry, parse_attrs
 
 FAKE = DeviceInfo(spec="9:0", platform="Fake Platform", name="fake-cpu", vendor="FakeVendor",

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clconv
-from clconv.devices import runtime
+from clconv.device_select import runtime
 from helpers import (
     assert_close,
     backprop_case,

@@ -15,7 +15,7 @@ from clconv.cli import UsageError, add_device_argument
 from clconv.commands import json_output
 from clconv.commands.case_args import OP_LABELS, add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
-from clconv.devices import find_device, runtime
+from clconv.device_select import find_device, runtime
 
 HELP = "tune ops/shapes (a suite file or one case) on a device into the tuning database"
 

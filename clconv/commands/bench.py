@@ -30,7 +30,7 @@ from clconv.bench import (
 from clconv.cli import UsageError, add_device_argument
 from clconv.commands.case_args import OP_LABELS, add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
-from clconv.devices import find_device
+from clconv.device_select import find_device
 
 HELP = "time ops on a benchmark suite (or one case), side by side with TensorFlow/PyTorch"
 

@@ -17,7 +17,7 @@ from clconv import conformance, memcheck
 from clconv.commands import json_output
 from clconv.cli import UsageError
 from clconv.commands.devices import _size, format_table
-from clconv.devices import DeviceInfo, devices, find_device
+from clconv.device_select import DeviceInfo, devices, find_device
 
 HELP = "check every op, algorithm and configuration on a device against the float64 reference"
 

@@ -12,7 +12,7 @@ import clconv
 from clconv import registry
 from clconv.cli import add_device_argument
 from clconv.commands.devices import run as list_devices
-from clconv.devices import find_device
+from clconv.device_select import find_device
 from clconv.reference import backprop_input_reference
 from clconv.shapes import backprop_input_geometry, parse_attrs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clconv.devices import ENV_DEVICE, devices
+from clconv.device_select import ENV_DEVICE, devices
 
 HELP = "list OpenCL platforms and devices with the capabilities clconv uses"
 
