@@ -294,9 +294,22 @@ def _tuned(family: str, info: DeviceInfo) -> list[tuple[str, dict]]:
     return found
 
 
+def _shipped_for_other_kinds(family: str, info: DeviceInfo) -> list[tuple[str, dict]]:
+    """The GPU defaults, checked on any device that can run them (a CPU, the simulator):
+    their values are tested where no GPU is at hand (config_problem skips a group the
+    device cannot hold)."""
+    if info.kind == "GPU":
+        return []
+    gpu = dataclasses.replace(info, kind="GPU")
+    try:
+        return [("GPU default", default_config(family, gpu))]
+    except KeyError:
+        return []
+
+
 # Functions (family, device) -> [(label, config)].
 CONFIG_SOURCES: list[Callable[[str, DeviceInfo], list[tuple[str, dict]]]] = [
-    _shipped_for_kind, _shipped_generic, _tuned]
+    _shipped_for_kind, _shipped_generic, _shipped_for_other_kinds, _tuned]
 
 
 def configurations_for(family: str, info: DeviceInfo) -> list[tuple[str, dict]]:

@@ -51,7 +51,9 @@ class Conv2dDirect:
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, CONV2D_ARGS)
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.out_c // g.groups) // int(setup.defines["CO_BLOCK"]))
-        self.range = ndrange((blocks, g.batch * g.out_h * g.out_w), setup.local)
+        self.range = ndrange((blocks, g.batch * g.out_h * g.out_w), setup.local,
+                             setup.info.kind, axis=1,
+                             max_group=setup.info.max_work_group_size)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -80,7 +82,9 @@ class BackpropDirect:
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, BACKPROP_ARGS)
         self.kernels = (self.kernel,)
         blocks = -(-g.in_c // int(setup.defines["CI_BLOCK"]))
-        self.range = ndrange((blocks, g.batch * g.in_h * g.in_w), setup.local)
+        self.range = ndrange((blocks, g.batch * g.in_h * g.in_w), setup.local,
+                             setup.info.kind, axis=1,
+                             max_group=setup.info.max_work_group_size)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -125,7 +129,8 @@ class BackpropViaForward:
         self.dilate = TypedKernel(setup.context, source, name, setup.defines, DILATE_ARGS)
         self.kernels = (self.conv.kernel, self.dilate)
         self.padded_shape = (g.batch, fg.in_h, fg.in_w, g.out_c)
-        self.range = ndrange((int(np.prod(self.padded_shape)),), None)
+        self.range = ndrange((int(np.prod(self.padded_shape)),), None, setup.info.kind,
+                             max_group=setup.info.max_work_group_size)
         self.dtype, self.info = setup.dtype, setup.info
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:

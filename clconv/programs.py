@@ -98,12 +98,26 @@ def get_program(context: cl.Context, source_name: str, defines: Mapping[str, obj
     return program
 
 
-def ndrange(work: Sequence[int], local: Optional[Sequence[int]]
+GPU_GROUP = 64  # work-items of a GPU group clconv picks: an AMD wave, two NVIDIA warps
+
+
+def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CPU",
+            axis: int = 0, max_group: int = GPU_GROUP
             ) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
     """(global size, local size) of a launch over ``work`` items.  OpenCL 1.2 needs the
     global size to be a multiple of the work-group size, so with a ``local`` shape
     (truncated or padded with 1s to the range's dimensions) the range is rounded up;
-    kernels return early for items past ``work``."""
+    kernels return early for items past ``work``.
+
+    Without a ``local`` shape a CPU runtime chooses (PoCL does well), but a GPU never
+    launches with a NULL local size: its runtime must then pick a divisor of the global
+    size, which for a prime count of tiles is a group of one or a few work-items (a
+    few percent of a wave).  There a group of GPU_GROUP (at most ``max_group``)
+    work-items is laid along ``axis``, the dimension the kernel checks its bounds in.
+    """
+    if not local and kind == "GPU":
+        local = [1] * len(work)
+        local[axis] = max(1, min(GPU_GROUP, max_group))
     if not local:
         return tuple(int(n) for n in work), None
     local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))

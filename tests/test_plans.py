@@ -225,3 +225,35 @@ def test_out_writes_into_the_callers_array(spec):
     with pytest.raises(clconv.InvalidArgumentError, match=r"out has shape \[1, 9, 9, 2\]"):
         clconv.conv2d_transpose(x, w, [1, 10, 10, 2], 2, "SAME", device=spec,
                                 out=cl_array.empty(queue, (1, 9, 9, 2), np.float32))
+
+
+def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, monkeypatch):
+    """A GPU-kind device gets the GPU defaults and a local size on every launch, with
+    the NDRange padded to it; run on this device (pretending to be a GPU), every
+    algorithm still computes the reference's values."""
+    import dataclasses
+
+    from clconv.device_select import Runtime, runtime
+    from clconv.programs import TypedKernel
+
+    rt = runtime(spec)
+    gpu = Runtime(rt.device, dataclasses.replace(rt.info, kind="GPU"), rt.context, rt.queue)
+    launches = []
+    real = TypedKernel.enqueue
+
+    def recording(self, queue, global_size, local_size, args):
+        launches.append((self.name, tuple(global_size), local_size))
+        return real(self, queue, global_size, local_size, args)
+
+    monkeypatch.setattr(TypedKernel, "enqueue", recording)
+    # 7 x 7 pixels, 5 channels: prime tile counts, the case a runtime's pick gets wrong.
+    dy, w = random_array((1, 7, 7, 5), seed=11), random_array((3, 3, 3, 5), seed=12)
+    g = backprop_case((1, 13, 13, 3), w.shape, dy.shape, 2, "SAME")
+    expected = backprop_input_reference(dy, w, g)
+    for algorithm in registry.algorithms_for("conv2d_transpose"):
+        plan = plans.build_plan(gpu, "conv2d_transpose", g, np.float32, algorithm)
+        if algorithm == "gemm":
+            assert plan.config["LOCAL_SIZE"] == [1, 64] and plan.config_source != "generic"
+        assert_close(plan.execute(dy, w), expected, np.float32, 3 * 3 * 5)
+    assert launches and all(local is not None for _, _, local in launches), launches
+    assert all(n % size == 0 for _, glob, local in launches for n, size in zip(glob, local))
