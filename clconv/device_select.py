@@ -56,6 +56,11 @@ class DeviceInfo:
         return (f"{self.platform} {self.name} {self.vendor} {self.device_version} "
                 f"{self.driver_version}").lower()
 
+    def group_limit(self, axis: int) -> int:
+        """The most work-items a group may have along ``axis`` (both device limits)."""
+        sizes = self.max_work_item_sizes
+        return min(self.max_work_group_size, sizes[axis] if axis < len(sizes) else 1)
+
     @property
     def label(self) -> str:
         return f"[{self.spec}] {self.name} ({self.platform}, {self.driver_version})"

@@ -52,8 +52,7 @@ class Conv2dDirect:
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.out_c // g.groups) // int(setup.defines["CO_BLOCK"]))
         self.range = ndrange((blocks, g.batch * g.out_h * g.out_w), setup.local,
-                             setup.info.kind, axis=1,
-                             max_group=setup.info.max_work_group_size)
+                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1))
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -83,8 +82,7 @@ class BackpropDirect:
         self.kernels = (self.kernel,)
         blocks = -(-g.in_c // int(setup.defines["CI_BLOCK"]))
         self.range = ndrange((blocks, g.batch * g.in_h * g.in_w), setup.local,
-                             setup.info.kind, axis=1,
-                             max_group=setup.info.max_work_group_size)
+                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1))
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -130,7 +128,7 @@ class BackpropViaForward:
         self.kernels = (self.conv.kernel, self.dilate)
         self.padded_shape = (g.batch, fg.in_h, fg.in_w, g.out_c)
         self.range = ndrange((int(np.prod(self.padded_shape)),), None, setup.info.kind,
-                             max_group=setup.info.max_work_group_size)
+                             max_group=setup.info.group_limit(0))
         self.dtype, self.info = setup.dtype, setup.info
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:

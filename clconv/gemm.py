@@ -268,12 +268,12 @@ class GemmLaunch:
                                        CAREFUL_ARGS)
         self.gemm_range = ndrange(
             (self.n_padded // tn, -(-self.plan.max_pixels(g.batch) // tm), len(self.plan.phases)),
-            setup.local, info.kind, axis=1, max_group=info.max_work_group_size)
+            setup.local, info.kind, axis=1, max_group=info.group_limit(1))
         pack_source, pack_name = setup.space.helper_kernels["pack"]
         self.packer = TypedKernel(context, pack_source, pack_name, defines, PACK_ARGS)
         self.pack_range = ndrange((self.ch_count, self.n_padded // tn, len(self.plan.taps)),
                                   _pack_local(self.ch_count, info), info.kind,
-                                  max_group=info.max_work_group_size)
+                                  max_group=info.group_limit(0))
         self.kernels = (self.gemm, self.packer) + ((self.careful,) if self.careful else ())
 
     def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:

@@ -335,11 +335,18 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
         config, config_source = dict(config), "explicit"
     config = {k: list(v) if isinstance(v, tuple) else v
               for k, v in alg.resolve(dict(config), op, g, rt.info).items()}
-    if config_source == "explicit":  # a caller's: checked before it becomes -D options
-        problem = space.problem(config, search_space.context(
-            alg.kernel_geometry(op, g), rt.info, op, name, dtype.itemsize), constraints=False)
-        if problem is not None:
-            raise InvalidArgumentError(f"config for {space.family}: {problem}")
+    limits = search_space.context(alg.kernel_geometry(op, g), rt.info, op, name,
+                                  dtype.itemsize)
+    problem = space.problem(config, limits, constraints=False)
+    if problem is not None and config_source == "explicit":
+        # A caller's configuration: checked before it becomes -D options.
+        raise InvalidArgumentError(f"config for {space.family}: {problem}")
+    if problem is not None:
+        # A shipped default this device cannot run (a work-group past its limits): the
+        # kernel's own defaults, which leave the group to the runtime, never fail so.
+        config_source = f"kernel defaults ({config_source} {problem})"
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in alg.resolve(
+            space.default_config(), op, g, rt.info).items()}
     plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
                     space.family)
     logger.debug("plan built: %s", plan.describe())

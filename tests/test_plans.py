@@ -257,3 +257,34 @@ def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, mo
         assert_close(plan.execute(dy, w), expected, np.float32, 3 * 3 * 5)
     assert launches and all(local is not None for _, _, local in launches), launches
     assert all(n % size == 0 for _, glob, local in launches for n, size in zip(glob, local))
+
+
+def test_a_gpu_with_small_groups_gets_configurations_it_can_run(device, spec):
+    """Shipped GPU defaults ask for groups of 64 and 128; a device that holds at most 32
+    work-items per group runs the kernels' own defaults instead (saying why), with
+    clconv's groups cut to its limits, and computes the same values."""
+    import dataclasses
+
+    from clconv.device_select import Runtime, runtime
+
+    rt = runtime(spec)
+    small = dataclasses.replace(rt.info, kind="GPU", max_work_group_size=32,
+                                max_work_item_sizes=(32, 16, 1))
+    gpu = Runtime(rt.device, small, rt.context, rt.queue)
+    from helpers import conv2d_case, conv2d_reference
+
+    x, w = random_array((1, 9, 9, 5), seed=13), random_array((3, 3, 5, 6), seed=14)
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    expected = conv2d_reference(x, w, g)
+    for algorithm in registry.algorithms_for("conv2d"):
+        plan = plans.build_plan(gpu, "conv2d", g, np.float32, algorithm)
+        assert plan.config_source.startswith("kernel defaults"), plan.describe()
+        assert "max_work_group_size" in plan.config_source
+        assert_close(plan.execute(x, w), expected, np.float32, 3 * 3 * 5)
+        for launch_range in _ranges(plan.launch):
+            _, local = launch_range
+            assert local is not None and np.prod(local) <= 32 and local[1] <= 16, local
+
+
+def _ranges(launch):
+    return [value for name, value in vars(launch).items() if name.endswith("range")]
