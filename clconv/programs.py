@@ -159,9 +159,3 @@ class TypedKernel:
         with self._lock:
             self.kernel.set_args(*args)
             return cl.enqueue_nd_range_kernel(queue, self.kernel, global_size, local_size)
-
-
-def forget_all() -> None:
-    """Drop every cached program (after fork: the parent's are not usable)."""
-    with _lock:
-        _programs.clear()
