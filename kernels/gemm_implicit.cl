@@ -158,28 +158,10 @@ static inline void gemm_tile(
             row[i] = inside[i] ? src + AT(src, img[i], sh, sw, 0) : zero;
             step[i] = inside[i] ? src_s3 : 0;
         }
-        // Rows of this tap that fall outside the source add nothing at all (not 0 * w,
-        // which is NaN for an infinite weight): a slower loop for the tiles at the edges.
-        if (careful && !all_inside) {
-            for (int ch = 0; ch < ch_count; ++ch) {
-                VACC b[NV];
-                #pragma unroll
-                for (int v = 0; v < NV; ++v)
-                    b[v] = *(__global const VACC *)(panel + v * VEC);
-                panel += TN;
-                #pragma unroll
-                for (int i = 0; i < TM; ++i) {
-                    const ACC a = LOAD(row[i], 0);
-                    row[i] += step[i];
-                    if (inside[i]) {
-                        #pragma unroll
-                        for (int v = 0; v < NV; ++v)
-                            acc[i][v] += a * b[v];
-                    }
-                }
-            }
-            continue;
-        }
+        // In the careful kernel, rows of this tap that fall outside the source add
+        // nothing at all (not 0 * w, which is NaN for an infinite weight).  `careful`
+        // is a constant in each kernel, so the fast one compiles to the plain loop.
+        const bool skip_outside = careful && !all_inside;
         for (int ch = 0; ch < ch_count; ++ch) {
             VACC b[NV];
             #pragma unroll
@@ -190,9 +172,11 @@ static inline void gemm_tile(
             for (int i = 0; i < TM; ++i) {
                 const ACC a = LOAD(row[i], 0);
                 row[i] += step[i];
-                #pragma unroll
-                for (int v = 0; v < NV; ++v)
-                    acc[i][v] += a * b[v];
+                if (!skip_outside || inside[i]) {
+                    #pragma unroll
+                    for (int v = 0; v < NV; ++v)
+                        acc[i][v] += a * b[v];
+                }
             }
         }
     }

@@ -14,8 +14,22 @@ from clconv.shapes import (
 )
 from clconv.tolerance import max_relative_error, tolerance
 
-__all__ = ["assert_close", "random_array", "tolerance", "max_relative_error", "conv2d_case",
-           "backprop_case", "conv2d_reference", "backprop_input_reference"]
+__all__ = ["call_op", "assert_close", "random_array", "tolerance", "max_relative_error",
+           "conv2d_case", "backprop_case", "conv2d_reference", "backprop_input_reference"]
+
+
+def call_op(op, x, w, out_shape, strides, padding, spec, algorithm=None):
+    """One of clconv's three ops, by name: ``x`` is conv2d's input, or the input /
+    out_backprop of the other two; ``out_shape`` their output_shape / input_sizes."""
+    import clconv
+
+    if op == "conv2d":
+        return clconv.conv2d(x, w, strides, padding, device=spec, algorithm=algorithm)
+    if op == "conv2d_transpose":
+        return clconv.conv2d_transpose(x, w, out_shape, strides, padding, device=spec,
+                                       algorithm=algorithm)
+    return clconv.conv2d_backprop_input(out_shape, w, x, strides, padding, device=spec,
+                                        algorithm=algorithm)
 
 
 def random_array(shape, dtype=np.float32, seed=0) -> np.ndarray:

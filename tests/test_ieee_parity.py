@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 from conftest import DEVICES
-from helpers import tolerance
+from helpers import call_op, tolerance
 
 import clconv
 from clconv import registry
@@ -54,16 +54,6 @@ def _tf(op, x, w, out_shape, strides, padding):
                                           padding=padding).numpy()
 
 
-def _clconv(op, x, w, out_shape, strides, padding, spec, algorithm):
-    if op == "conv2d":
-        return clconv.conv2d(x, w, strides, padding, device=spec, algorithm=algorithm)
-    if op == "conv2d_transpose":
-        return clconv.conv2d_transpose(x, w, out_shape, strides, padding, device=spec,
-                                       algorithm=algorithm)
-    return clconv.conv2d_backprop_input(out_shape, w, x, strides, padding, device=spec,
-                                        algorithm=algorithm)
-
-
 @pytest.mark.parametrize("special", sorted(SPECIALS))
 @pytest.mark.parametrize("index", range(len(CASES)))
 def test_inf_and_nan_land_where_tensorflow_puts_them(spec, index, special):
@@ -79,7 +69,7 @@ def test_inf_and_nan_land_where_tensorflow_puts_them(spec, index, special):
     expected = _tf(op, x, w, out_shape, strides, padding)
     rtol, atol = tolerance(np.float32, int(np.prod(w_shape[:2])) * w_shape[-1])
     for algorithm in registry.algorithms_for(op):
-        got = _clconv(op, x, w, out_shape, strides, padding, spec, algorithm)
+        got = call_op(op, x, w, out_shape, strides, padding, spec, algorithm)
         where = f"{op} {algorithm} {special}"
         for name, mask in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
             assert np.array_equal(mask(got), mask(expected)), (

@@ -19,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import is_simulator
-from helpers import assert_close, backprop_case, backprop_input_reference, random_array
+from helpers import (
+    assert_close,
+    backprop_case,
+    backprop_input_reference,
+    call_op,
+    random_array,
+)
 
 import clconv
 from clconv import plans, registry
@@ -40,16 +46,6 @@ CALLS_TABLE = [
 ALGORITHMS = (None, "gemm", "direct")  # None: clconv's choice
 
 
-def _call(op, x, w, out_shape, strides, padding, spec, algorithm):
-    if op == "conv2d":
-        return clconv.conv2d(x, w, strides, padding, device=spec, algorithm=algorithm)
-    if op == "conv2d_transpose":
-        return clconv.conv2d_transpose(x, w, out_shape, strides, padding, device=spec,
-                                       algorithm=algorithm)
-    return clconv.conv2d_backprop_input(out_shape, w, x, strides, padding, device=spec,
-                                        algorithm=algorithm)
-
-
 def test_concurrent_calls_give_exactly_the_lone_results(device, spec):
     # Every thread has data of its own, on the same shapes as the others: a call that
     # launched with another thread's arguments or buffers shows as a wrong result.
@@ -59,7 +55,7 @@ def test_concurrent_calls_give_exactly_the_lone_results(device, spec):
             for algorithm in ALGORITHMS:
                 x = random_array(x_shape, seed=1000 * t + i)
                 w = random_array(w_shape, seed=1000 * t + 100 + i)
-                lone = _call(op, x, w, out_shape, strides, padding, spec, algorithm)
+                lone = call_op(op, x, w, out_shape, strides, padding, spec, algorithm)
                 jobs.setdefault(t, []).append((op, x, w, out_shape, strides, padding,
                                                algorithm, lone))
     calls = CALLS if not is_simulator(device) else 12  # the simulator runs ~1000x slower
@@ -75,7 +71,7 @@ def test_concurrent_calls_give_exactly_the_lone_results(device, spec):
             op, x, w, out_shape, strides, padding, algorithm, lone = jobs[t][
                 rng.integers(len(jobs[t]))]
             try:
-                got = _call(op, x, w, out_shape, strides, padding, spec, algorithm)
+                got = call_op(op, x, w, out_shape, strides, padding, spec, algorithm)
             except Exception as exc:  # noqa: BLE001 - any error in a thread is a failure
                 failures.append(f"{op} {algorithm}: {type(exc).__name__}: {exc}")
                 continue
