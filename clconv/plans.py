@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import threading
+import weakref
 from typing import Any, Optional
 
 import numpy as np
@@ -55,7 +56,7 @@ class PreparedFilters:
     """A filter made ready once for one plan (``ConvPlan.prepare_filters``): packed
     into the plan's layout where its algorithm has one, else on the device."""
 
-    plan_id: int
+    plan: "weakref.ReferenceType[ConvPlan]"  # not an id(): a later plan may reuse that
     shape: tuple[int, ...]
     dtype: np.dtype
     prepared: Any  # what the algorithm's enqueue reads
@@ -108,7 +109,7 @@ class ConvPlan:
             defines = {k: v for k, v in config.items() if k != search_space.LOCAL_SIZE}
             defines.update(dtype_defines(self.dtype))
             local = config.get(search_space.LOCAL_SIZE)
-            setup = Setup(rt.context, rt.device, rt.info, op, g, self.dtype, space, config,
+            setup = Setup(rt.context, rt.info, op, g, self.dtype, space, config,
                           defines, tuple(int(v) for v in local) if local else None)
             self.launch = registry.get(algorithm).prepare(setup)
             self._check_built_limits(rt, space)
@@ -118,14 +119,11 @@ class ConvPlan:
         memory): a configuration that breaks one is refused before any launch."""
         if not space.after_build_limits or self.launch is None:
             return
-        main = self.launch.kernels[0]
         geometry = registry.get(self.algorithm).kernel_geometry(self.op, self.geometry)
         context = search_space.context(geometry, rt.info, self.op, self.algorithm,
-                                       self.dtype.itemsize, main.work_group_info(rt.device))
-        try:
-            rule = space.violated(self.config, context, space.after_build_limits)
-        except search_space.ConstraintError:
-            return  # a value left to the launch ("auto"): the launch itself judges
+                                       self.dtype.itemsize)
+        rule = space.broken_after_build(self.config, context,
+                                        self.launch.kernels[0].work_group_info(rt.device))
         if rule is not None:
             raise UnimplementedError(
                 f"configuration {format_config(self.config)} of {self.family} cannot run on "
@@ -158,7 +156,7 @@ class ConvPlan:
 
     def _filters(self, filters: Any, queue: cl.CommandQueue, borrow: bool) -> Any:
         if isinstance(filters, PreparedFilters):
-            if filters.plan_id != id(self):
+            if filters.plan() is not self:
                 raise InvalidArgumentError(
                     "filters prepared by another plan: call prepare_filters on this plan")
             return filters.prepared
@@ -205,7 +203,7 @@ class ConvPlan:
             copy = tensors.DeviceTensor.of_array(filters.copy(queue))  # a snapshot too
         prepared = self.launch.pack(queue, copy) if self.launch is not None else copy
         queue.finish()  # the snapshot is complete before the caller may change the source
-        return PreparedFilters(id(self), self.filter_shape, self.dtype, prepared, copy)
+        return PreparedFilters(weakref.ref(self), self.filter_shape, self.dtype, prepared, copy)
 
     # -- running it
     def execute(self, input: Any, filters: Any, out: Any = None,

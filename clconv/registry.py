@@ -28,7 +28,6 @@ class Setup:
     """Everything a plan has decided, handed to an algorithm's ``prepare``."""
 
     context: cl.Context
-    device: cl.Device
     info: DeviceInfo
     op: str
     geometry: ConvGeometry

@@ -271,6 +271,16 @@ class SearchSpace:
             return str(exc)
         return None if rule is None else f"breaks {rule.name} ({rule.expr.text}): {rule.reason}"
 
+    def broken_after_build(self, config: Mapping[str, Any], context: Mapping[str, Any],
+                           kernel_values: Mapping[str, int]) -> Optional[Constraint]:
+        """The first limit only the built kernel knows (``kernel_values``: its
+        work-group size, local memory...) that ``config`` breaks, or None.  A value
+        left to the launch ("auto") cannot be judged here: the launch judges it."""
+        try:
+            return self.violated(config, {**context, **kernel_values}, self.after_build_limits)
+        except ConstraintError:
+            return None
+
     @property
     def before_build_limits(self) -> tuple[Constraint, ...]:
         return tuple(c for c in self.device_limits if not c.after_build)

@@ -606,14 +606,10 @@ class Session:
         kernel = TypedKernel(self.rt.context, space.kernel[0], space.kernel[1], defines, None)
         if not space.after_build_limits:
             return
-        try:
-            ctx = search_space.context(
-                pool.launcher.kernel_geometry(self.case.geometry), self.rt.info, self.case.op,
-                candidate.algorithm, self.dtype.itemsize,
-                kernel.work_group_info(self.rt.device))
-            rule = space.violated(config, ctx, space.after_build_limits)
-        except ConstraintError:
-            rule = None  # e.g. an "auto" default: the launch itself is the judge
+        context = search_space.context(
+            pool.launcher.kernel_geometry(self.case.geometry), self.rt.info, self.case.op,
+            candidate.algorithm, self.dtype.itemsize)
+        rule = space.broken_after_build(config, context, kernel.work_group_info(self.rt.device))
         if rule is not None:
             raise UnimplementedError(f"{rule.name}: {rule.reason}")
 

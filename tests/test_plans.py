@@ -284,3 +284,21 @@ def test_a_gpu_with_small_groups_gets_configurations_it_can_run(device, spec):
 
 def _ranges(launch):
     return [value for name, value in vars(launch).items() if name.endswith("range")]
+
+
+def test_prepared_filters_never_pass_to_a_plan_built_later(spec):
+    """A plan that was dropped cannot lend its packing to a new plan of another shape,
+    even one that reuses its memory address."""
+    import gc
+
+    w = random_array((3, 3, 4, 5), seed=3)
+    packed = plans.build_plan(clconv.runtime(spec), "conv2d", clconv.plan(
+        "conv2d", (1, 6, 6, 4), w.shape, 1, "SAME", device=spec).geometry, np.float32,
+        "direct").prepare_filters(w)
+    gc.collect()  # that plan is gone
+    for _ in range(20):  # new plans, some at the freed address
+        other = plans.build_plan(clconv.runtime(spec), "conv2d", clconv.plan(
+            "conv2d", (1, 6, 6, 4), (3, 3, 4, 7), 1, "SAME", device=spec).geometry,
+            np.float32, "direct")
+        with pytest.raises(clconv.InvalidArgumentError, match="another plan"):
+            other.execute(random_array((1, 6, 6, 4)), packed)
