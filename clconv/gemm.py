@@ -229,9 +229,35 @@ def _in_order(queue: cl.CommandQueue) -> bool:
 
 
 class GemmLaunch:
-    """The prepared launches of one GEMM plan: tables, typed kernels, NDRanges."""
+    """The prepared launches of one GEMM plan: tables, typed kernels, NDRanges.
+
+    The tables and the packing are shared with the tiled family (clconv.tiled), which
+    brings its own main kernel and careful pass: ``_prepare_packing`` then ``gemm``,
+    ``gemm_range`` and ``careful_range``.
+    """
 
     def __init__(self, setup: Setup) -> None:
+        tn, tm = int(setup.defines["TN"]), int(setup.defines["TM"])
+        self._prepare_packing(setup, tn, setup.defines)
+        source, name = setup.space.kernel
+        self.gemm = TypedKernel(setup.context, source, name, setup.defines, GEMM_ARGS)
+        info = setup.info
+        self.gemm_range = ndrange(
+            (self.n_padded // tn, -(-self.plan.max_pixels(self.g.batch) // tm),
+             len(self.plan.phases)),
+            setup.local, info.kind, axis=1, max_group=info.group_limit(1))
+        self.careful_range = self.gemm_range
+
+    @property
+    def kernels(self) -> tuple:
+        """The main kernel first (the one whose built limits a plan checks)."""
+        return (self.gemm, self.packer) + ((self.careful,) if self.careful else ())
+
+    def _prepare_packing(self, setup: Setup, tn: int, pack_defines: dict[str, Any],
+                         careful_defines: Optional[dict[str, Any]] = None) -> None:
+        """Tables, the filter packing into panels ``tn`` wide (built with
+        ``pack_defines``), its scratch pool and the gradient's careful pass (built with
+        ``careful_defines``, default the plan's own)."""
         g, info, context = setup.geometry, setup.info, setup.context
         self.forward = setup.op == "conv2d"
         self.plan = forward_plan(g) if self.forward else backprop_plan(g)
@@ -240,7 +266,6 @@ class GemmLaunch:
         self.src_hw = (g.in_h, g.in_w) if self.forward else (g.out_h, g.out_w)
         self.ch_count = g.in_c if self.forward else g.out_c
         self.n_out = g.out_c if self.forward else g.in_c
-        tn, tm = int(setup.defines["TN"]), int(setup.defines["TM"])
         self.n_padded = -(-self.n_out // tn) * tn
         self.total_k = len(self.plan.taps) * self.ch_count
 
@@ -256,25 +281,18 @@ class GemmLaunch:
         self.key = (self.plan, tn, self.n_padded, setup.dtype.str)
         self._stamps = itertools.count()
 
-        source, name = setup.space.kernel
-        defines = setup.defines
-        self.gemm = TypedKernel(context, source, name, defines, GEMM_ARGS)
         # TF's conv2d multiplies its zero padding; its input gradient skips outside taps,
         # which matters only for a filter with Inf or NaN: a second, careful pass.
         self.careful = None
         if not self.forward:
             careful_source, careful_name = setup.space.helper_kernels["careful"]
-            self.careful = TypedKernel(context, careful_source, careful_name, defines,
-                                       CAREFUL_ARGS)
-        self.gemm_range = ndrange(
-            (self.n_padded // tn, -(-self.plan.max_pixels(g.batch) // tm), len(self.plan.phases)),
-            setup.local, info.kind, axis=1, max_group=info.group_limit(1))
+            self.careful = TypedKernel(context, careful_source, careful_name,
+                                       careful_defines or setup.defines, CAREFUL_ARGS)
         pack_source, pack_name = setup.space.helper_kernels["pack"]
-        self.packer = TypedKernel(context, pack_source, pack_name, defines, PACK_ARGS)
+        self.packer = TypedKernel(context, pack_source, pack_name, pack_defines, PACK_ARGS)
         self.pack_range = ndrange((self.ch_count, self.n_padded // tn, len(self.plan.taps)),
                                   _pack_local(self.ch_count, info), info.kind,
                                   max_group=info.group_limit(0))
-        self.kernels = (self.gemm, self.packer) + ((self.careful,) if self.careful else ())
 
     def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:
         offset, s_a, s_b, s_in, s_out = filters.filter_view()
@@ -330,7 +348,8 @@ class GemmLaunch:
         if timeline is not None:
             timeline.append(("gemm", event))
         if self.careful is not None and needs_care:
-            event = self.careful.enqueue(queue, *self.gemm_range, [*args, packing.flag, stamp])
+            event = self.careful.enqueue(queue, *self.careful_range,
+                                         [*args, packing.flag, stamp])
             if timeline is not None:
                 timeline.append(("inf/nan pass", event))
         if scratch is not None:
@@ -338,11 +357,13 @@ class GemmLaunch:
         return event
 
 
-def _unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo) -> Optional[str]:
+def unsupported_by_gemms(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo
+                         ) -> Optional[str]:
+    """What the GEMM families (gemm and tiled) cannot compute, or None."""
     if dtype not in GEMM_DTYPES:
-        return f"gemm computes float16/32/64 only (got {dtype.name})"
+        return f"the GEMM kernels compute float16/32/64 only (got {dtype.name})"
     if g.groups != 1:
-        return f"gemm computes ungrouped convolutions only (got {g.groups} groups)"
+        return f"the GEMM kernels compute ungrouped convolutions only (got {g.groups} groups)"
     return None
 
 
@@ -352,7 +373,7 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
 
 
 ALGORITHM = register(Algorithm(
-    name="gemm", prepare=GemmLaunch, unsupported=_unsupported, resolve=_resolve,
+    name="gemm", prepare=GemmLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
     fallback="direct",
     doc="per stride phase, a register-blocked implicit GEMM over the taps that land on "
         "real input pixels"))

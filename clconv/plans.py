@@ -345,6 +345,11 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
         config_source = f"kernel defaults ({config_source} {problem})"
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in alg.resolve(
             space.default_config(), op, g, rt.info).items()}
+        problem = space.problem(config, limits, constraints=False)
+        if problem is not None:  # a family whose every group is fixed (reqd_work_group_size)
+            raise UnimplementedError(
+                f"algorithm {name!r} cannot run on device {rt.info.name!r}: its kernel "
+                f"defaults {format_config(config)} {problem}; choose another algorithm")
     plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
                     space.family)
     logger.debug("plan built: %s", plan.describe())

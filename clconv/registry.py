@@ -64,7 +64,8 @@ class Algorithm:
     compute a call (None when it can); ``kernel_geometry(op, g)`` is the conv its
     tuned kernel itself computes (what the search space's constraints read);
     ``resolve(config, op, g, device)`` fills in values left as "auto";
-    ``prepare(setup)`` builds the plan's kernels, tables and buffers.
+    ``prepare(setup)`` builds the plan's kernels, tables and buffers;
+    ``kernel_defines`` says what each of them is built with (offline compiles read it).
     """
 
     name: str
@@ -76,6 +77,10 @@ class Algorithm:
         lambda config, op, g, info: config
     fallback: Optional[str] = None  # what the op runs instead when clconv chose this one
     doc: str = ""
+    # The -D macros the family's kernel ("kernel") or a helper (its role in the family
+    # file's helper_kernels) is built with, from the plan's (tunables + dtype macros).
+    kernel_defines: Callable[[str, dict, np.dtype], dict] = \
+        lambda role, defines, dtype: defines
 
 
 # The algorithm that computes every op, dtype and grouping: the end of every
@@ -99,8 +104,9 @@ def _load_builtins() -> None:
     if not _builtins_loaded:
         _builtins_loaded = True
         # The modules register their algorithms when imported.
-        from clconv import gemm  # noqa: F401  (first: the fastest general algorithm)
+        from clconv import gemm  # noqa: F401  (first: the fastest general algorithm on CPUs)
         from clconv import direct  # noqa: F401
+        from clconv import tiled  # noqa: F401
 
 
 def get(name: str) -> Algorithm:

@@ -9,11 +9,16 @@ second time, even with the queue finished in between; kept alive, never).
 
 from __future__ import annotations
 
+import random
 import sys
 
 import numpy as np
 
 import clconv
+from clconv import config, programs, registry, search_space
+from clconv.device_select import runtime
+from helpers import assert_close, backprop_case, conv2d_case, reduction_length
+from clconv.reference import backprop_input_reference, conv2d_reference
 
 CONV = [  # x_shape, w_shape, strides, padding, dilations, data_format
     ((1, 5, 6, 3), (3, 3, 3, 5), 1, "SAME", None, "NHWC"),
@@ -30,12 +35,104 @@ TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, d
 
 
 CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
-            for algorithm in ("direct", "gemm") if not (i == 2 and algorithm == "gemm")] + [
+            for algorithm in registry.algorithms_for("conv2d")
+            if not (i == 2 and algorithm != registry.UNIVERSAL)] + [
     f"transpose-{i}-{algorithm}" for i in range(len(TRANSPOSE))
-    for algorithm in ("direct", "via_forward", "gemm")]
+    for algorithm in registry.algorithms_for("conv2d_transpose")]
+
+# The kernels that share __local memory between work-items (where a missing barrier
+# passes on PoCL and shows only under Oclgrind's race check), run over their shipped
+# configurations and a seeded sample of their candidates, on cases whose K spans several
+# local chunks and whose stride phases cover different numbers of pixel tiles.
+LOCAL_FAMILY = ("tiled", "gemm_tiled")
+LOCAL_CONV = ((1, 7, 7, 5), (3, 3, 5, 20), 1, "SAME")  # 2 channel tiles at NWG 16
+LOCAL_TRANSPOSE = ((1, 5, 5, 6), (3, 3, 5, 6), (1, 9, 9, 5), 2, "SAME")  # 4 unequal phases
+SAMPLED_CANDIDATES = 3
+# A line of gemm_tiled.cl the broken variant leaves out: the barrier that keeps the
+# next chunk's loads from overwriting a tile other work-items still read.
+BARRIER_MARK = "// every work-item is done with the chunk"
+
+
+def local_configs(spec: str) -> dict[str, dict]:
+    """name -> configuration: the family file's default, the shipped CPU and GPU
+    defaults, and a seeded sample of the candidates the search space keeps."""
+    algorithm, family = LOCAL_FAMILY
+    space = search_space.shipped_spaces()[family]
+    configs = {"family-default": space.default_config()}
+    for kind in ("CPU", "GPU"):
+        shipped = config._shipped_defaults()
+        section = {**shipped["generic"].get(family, {}), **shipped.get(kind, {}).get(family, {})}
+        configs[f"shipped-{kind}"] = {**space.default_config(), **section}
+    g = conv2d_case(*LOCAL_CONV)
+    info = runtime(spec).info
+    candidates = space.prune(search_space.context(g, info, "conv2d", algorithm)).candidates
+    for i, chosen in enumerate(random.Random(7).sample(candidates, SAMPLED_CANDIDATES)):
+        configs[f"sampled{i}"] = chosen
+    return configs
+
+
+LOCAL_CASE_IDS = [f"local-{name}-{op}" for name in ("family-default", "shipped-CPU",
+                                                    "shipped-GPU", *(f"sampled{i}" for i in
+                                                                     range(SAMPLED_CANDIDATES)))
+                  for op in ("conv2d", "transpose")]
+
+
+def run_local_case(case_id: str, spec: str) -> None:
+    """One op under one configuration, checked against the float64 reference too."""
+    rest, op = case_id.rsplit("-", 1)
+    algorithm = LOCAL_FAMILY[0]
+    chosen = local_configs(spec)[rest[len("local-"):]]
+    rng = np.random.default_rng(0)
+    if op == "conv2d":
+        x_shape, w_shape, strides, padding = LOCAL_CONV
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        g = conv2d_case(x_shape, w_shape, strides, padding)
+        plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, device=spec,
+                           algorithm=algorithm, config=chosen)
+        assert_close(plan.execute(x, w), conv2d_reference(x, w, g), np.float32,
+                     reduction_length(g))
+    else:
+        dy_shape, w_shape, out_shape, strides, padding = LOCAL_TRANSPOSE
+        dy = rng.standard_normal(dy_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        g = backprop_case(out_shape, w_shape, dy_shape, strides, padding)
+        plan = clconv.plan("conv2d_transpose", dy_shape, w_shape, strides, padding,
+                           output_shape=out_shape, device=spec, algorithm=algorithm,
+                           config=chosen)
+        assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
+                     reduction_length(g, transpose=True))
+    print("ran", case_id, plan.describe())
+
+
+def run_without_barrier(spec: str) -> None:
+    """The transpose case with gemm_tiled.cl's second barrier left out (a race that
+    PoCL's sequential work-item loops never show)."""
+    original = programs.kernel_source
+
+    def broken(name: str) -> str:
+        text = original(name)
+        if name != "gemm_tiled.cl":
+            return text
+        kept = [line for line in text.splitlines() if BARRIER_MARK not in line]
+        assert len(kept) == len(text.splitlines()) - 1, "the barrier to remove is not there"
+        return "\n".join(kept)
+
+    programs.kernel_source = broken
+    small = {"MWG": 16, "NWG": 16, "KWG": 8, "MDIMC": 4, "NDIMC": 4, "PAD": 0}
+    dy_shape, w_shape, out_shape, strides, padding = LOCAL_TRANSPOSE
+    dy = np.ones(dy_shape, np.float32)
+    w = np.ones(w_shape, np.float32)
+    clconv.plan("conv2d_transpose", dy_shape, w_shape, strides, padding, output_shape=out_shape,
+                device=spec, algorithm=LOCAL_FAMILY[0], config=small).execute(dy, w)
+    print("ran without barrier")
 
 
 def run_case(case_id: str, spec: str) -> None:
+    if case_id.startswith("local-"):
+        return run_local_case(case_id, spec)
+    if case_id == "without-barrier":
+        return run_without_barrier(spec)
     rng = np.random.default_rng(0)
     kind, index, *rest = case_id.split("-")
     if kind == "conv2d":

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clconv
+from clconv import registry
 from clconv.device_select import runtime
 from helpers import (
     assert_close,
@@ -74,7 +75,9 @@ TRANSPOSE_CASES = {
     "1x1_s1": ((2, 4, 4, 6), (1, 1, 5, 6), (2, 4, 4, 5), 1, "VALID", None),
 }
 
-ALGORITHMS = ["direct", "via_forward", "gemm"]
+# Every registered algorithm, each op: what the tables below run.
+ALGORITHMS = list(registry.algorithms_for("conv2d_transpose"))
+CONV2D_ALGORITHMS = list(registry.algorithms_for("conv2d"))
 
 
 def _nchw(array: np.ndarray) -> np.ndarray:
@@ -99,7 +102,7 @@ def _nchw_padding(padding):
     return [padding[0], padding[3], padding[1], padding[2]]
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "gemm"])
+@pytest.mark.parametrize("algorithm", CONV2D_ALGORITHMS)
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("case", list(CONV_CASES), ids=list(CONV_CASES))
 def test_conv2d_matches_reference(device, spec, case, data_format, algorithm):
@@ -109,7 +112,7 @@ def test_conv2d_matches_reference(device, spec, case, data_format, algorithm):
         x, padding = _nchw(x), _nchw_padding(padding)
         strides, dilations = _nchw_attr(strides), _nchw_attr(dilations)
     g = conv2d_case(x.shape, w_shape, strides, padding, data_format, dilations)
-    if algorithm == "gemm" and g.groups > 1:
+    if algorithm != registry.UNIVERSAL and g.groups > 1:  # the GEMMs are ungrouped
         with pytest.raises(clconv.UnimplementedError, match="algorithm='direct'"):
             clconv.conv2d(x, w, strides, padding, data_format=data_format, dilations=dilations,
                           device=spec, algorithm=algorithm)
@@ -162,7 +165,7 @@ def test_algorithms_agree_on_a_larger_case(device, spec):
         assert_close(got, expected, np.float32, 5 * 5 * 16)
 
 
-@pytest.mark.parametrize("algorithm", [None, "gemm", "direct"])
+@pytest.mark.parametrize("algorithm", [None, *CONV2D_ALGORITHMS])
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_other_dtypes(device, spec, dtype, algorithm):
     """float64 where the device has fp64; float16 everywhere (half is storage,
