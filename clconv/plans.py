@@ -345,15 +345,28 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
         config_source = f"kernel defaults ({config_source} {problem})"
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in alg.resolve(
             space.default_config(), op, g, rt.info).items()}
-        problem = space.problem(config, limits, constraints=False)
-        if problem is not None:  # a family whose every group is fixed (reqd_work_group_size)
-            raise UnimplementedError(
-                f"algorithm {name!r} cannot run on device {rt.info.name!r}: its kernel "
-                f"defaults {format_config(config)} {problem}; choose another algorithm")
+        if space.problem(config, limits, constraints=False) is not None:
+            # A family whose group is part of its tile (reqd_work_group_size): the
+            # candidate nearest its defaults that this device can run.
+            config = _nearest_runnable(space, config, limits, name, rt.info.name)
+            config_source = f"kernel defaults, nearest runnable candidate ({config_source})"
     plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
                     space.family)
     logger.debug("plan built: %s", plan.describe())
     return plan
+
+
+def _nearest_runnable(space: search_space.SearchSpace, config: dict[str, Any],
+                      limits: dict[str, Any], algorithm: str, device: str) -> dict[str, Any]:
+    """The candidate of ``space`` that keeps the most of ``config``'s values among those
+    its constraints and the device's limits allow (the first in file order on ties)."""
+    candidates = space.prune(limits).candidates
+    if not candidates:
+        raise UnimplementedError(
+            f"algorithm {algorithm!r} cannot run on device {device!r}: no configuration "
+            f"of {space.family} fits its limits (work-group size, local memory); choose "
+            f"another algorithm")
+    return min(candidates, key=lambda c: sum(c[k] != config.get(k) for k in c))
 
 
 _lock = threading.Lock()

@@ -20,9 +20,8 @@
 //
 // The filter is the packing of gemm_implicit.cl's pack_filter with TN = NWG (one panel
 // per work-group column, read as one contiguous KWG x NWG block per chunk).  Barriers:
-// a group whose pixel tile lies past its phase's pixels returns as a whole (the test
-// reads only the group's ids) before the first barrier, and every loop around a
-// barrier has the same trip count in all work-items of a group.  IEEE parity with TF's
+// no work-item returns before one, and every loop around a barrier has the same trip
+// count in all work-items of a group (a group with nothing to do runs zero chunks).  IEEE parity with TF's
 // gradient for Inf/NaN filters: gemm_tiled_careful, enqueued after gemm_tiled exactly as
 // gemm_implicit_careful after gemm_implicit (see that file's header).
 //
@@ -71,10 +70,10 @@
     __local ACC a_tile[KWG][MWG + PAD]; \
     __local ACC b_tile[KWG][NWG + PAD]
 
-// The GEMM of one work-group's tile.  `careful` (a constant in each kernel below, so the
-// fast kernel compiles without it) skips the products of activation values that fall
-// outside the source instead of multiplying them by zero; a_in (careful only) marks the
-// staged values that are real.
+// The GEMM of one work-group's tile, if `active`.  `careful` (a constant in each kernel
+// below, so the fast kernel compiles without it) skips the products of activation values
+// that fall outside the source instead of multiplying them by zero; a_in (careful only)
+// marks the staged values that are real.
 static inline void tiled_gemm(
     __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count,
     __global const ACC *packed, __global REAL *y, TENSOR_ARGS(y),
@@ -82,7 +81,7 @@ static inline void tiled_gemm(
     __global const int *phases, __global const int *taps,
     __local int *pix_img, __local int *pix_r, __local int *pix_c,
     __local ACC (*a_tile)[MWG + PAD], __local ACC (*b_tile)[NWG + PAD],
-    __local uchar (*a_in)[MWG + PAD], const bool careful)
+    __local uchar (*a_in)[MWG + PAD], bool active, const bool careful)
 {
     const int lx = (int)get_local_id(0), ly = (int)get_local_id(1);
     const int lid = ly * NDIMC + lx;
@@ -90,15 +89,18 @@ static inline void tiled_gemm(
     __global const int *phase = phases + (int)get_group_id(2) * PHASE_INTS;
     const int rows = phase[0], cols = phase[1];
     const int m_count = batch * rows * cols;
-    if (mb * MWG >= m_count) // the whole group: phases smaller than the NDRange's largest
-        return;
+    // A group past its phase's pixels (phases smaller than the NDRange's largest), or a
+    // careful pass with nothing to redo, runs no chunk and stores nothing.  It does not
+    // return: a return ahead of a barrier, even one the whole group takes, is where
+    // PoCL's work-item loops have had bugs (pocl/pocl#2182, #2239).
+    active = active && mb * MWG < m_count;
     const int tap_begin = phase[6], tap_count = phase[7];
-    const int k_phase = tap_count * ch_count;
+    const int k_phase = active ? tap_count * ch_count : 0;
 
     // Each tile pixel's image, row and column in the phase (img -1: past the end).
     for (int i = lid; i < MWG; i += GROUP) {
         const int m = mb * MWG + i;
-        const bool real = m < m_count;
+        const bool real = active && m < m_count;
         pix_img[i] = real ? m / (rows * cols) : -1;
         pix_r[i] = real ? (m / cols) % rows : 0;
         pix_c[i] = real ? m % cols : 0;
@@ -116,7 +118,8 @@ static inline void tiled_gemm(
     for (int k0 = 0; k0 < k_phase; k0 += KWG) {
         // Activations: element e of the MWG x KWG chunk is k = k0 + e % KWG of pixel
         // e / KWG, so consecutive work-items read consecutive channels of a pixel.
-        #pragma unroll
+        // Not force-unrolled: PoCL 3.0 and 3.1 computed garbage and corrupted the heap
+        // now and then with these loops fully unrolled (MWG 64, KWG 16, 4 x 4 items).
         for (int round = 0; round < MWG * KWG / GROUP; ++round) {
             const int e = round * GROUP + lid;
             const int kl = e % KWG, ml = e / KWG;
@@ -138,7 +141,6 @@ static inline void tiled_gemm(
                 a_in[kl][ml] = inside;
         }
         // Filter: the chunk is one contiguous KWG x NWG block of the panel.
-        #pragma unroll
         for (int round = 0; round < NWG * KWG / GROUP; ++round) {
             const int e = round * GROUP + lid;
             const int nl = e % NWG, kl = e / NWG;
@@ -209,19 +211,17 @@ void gemm_tiled(TILED_ARGS_DECL)
 {
     TILED_LOCALS;
     __local uchar unused[1][MWG + PAD];
-    tiled_gemm(TILED_ARGS_PASS, unused, false);
+    tiled_gemm(TILED_ARGS_PASS, unused, true, false);
 }
 #else
 
-// The gradient's second pass, as gemm_implicit_careful: only when this call's packing
-// found an Inf or NaN (the test reads no work-item id: the whole group returns).
+// The gradient's second pass, as gemm_implicit_careful: it redoes the tiles only when
+// this call's packing found an Inf or NaN.
 __kernel __attribute__((reqd_work_group_size(NDIMC, MDIMC, 1)))
 void gemm_tiled_careful(TILED_ARGS_DECL, __global const int *nonfinite, int stamp)
 {
-    if (*nonfinite != stamp)
-        return;
     TILED_LOCALS;
     __local uchar a_in[KWG][MWG + PAD];
-    tiled_gemm(TILED_ARGS_PASS, a_in, true);
+    tiled_gemm(TILED_ARGS_PASS, a_in, *nonfinite == stamp, true);
 }
 #endif

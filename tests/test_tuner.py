@@ -136,7 +136,9 @@ def test_pruning_by_device_limits_before_building():
         assert set(size.by_limit) <= {"max_work_group_size", "max_work_item_sizes",
                                       "accumulators_in_registers"}
         for candidate in pool.candidates:
-            local = candidate.config["LOCAL_SIZE"]
+            config = candidate.config  # tiled's group is (NDIMC, MDIMC), not LOCAL_SIZE
+            local = config["LOCAL_SIZE"] if "LOCAL_SIZE" in config else \
+                [config["NDIMC"], config["MDIMC"]]
             if local is not None:
                 assert np.prod(local) <= 16 and local[0] <= 4 and local[1] <= 16, candidate
 

@@ -314,3 +314,34 @@ def test_tensor_larger_than_the_device_allows_is_a_clear_error(device, spec):
     w = np.ones((1, 1, 1, 8), np.float32)
     with pytest.raises(clconv.ResourceExhaustedError, match=str(device.max_mem_alloc_size)):
         clconv.conv2d(x, w, 1, "VALID", device=spec)
+
+
+@pytest.mark.parametrize("algorithm", ["tiled"])
+def test_sampled_candidates_of_local_memory_kernels(device, spec, algorithm):
+    """A seeded sample of the search space of each family that stages tiles in __local
+    memory computes the reference values on every real device: group shapes and loop
+    counts a GPU default never uses are where a CPU runtime's barrier handling can go
+    wrong (a fully unrolled load loop gave PoCL garbage, now and then)."""
+    if device.kind == "simulator":
+        pytest.skip("the simulator runs a sample of its own under the race check "
+                    "(test_oclgrind.py)")
+    import random
+
+    from clconv import search_space
+
+    x, w = random_array((2, 9, 9, 5), seed=30), random_array((3, 3, 5, 20), seed=31)
+    dy, wt = random_array((1, 5, 5, 6), seed=32), random_array((3, 3, 5, 6), seed=33)
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    gt = backprop_case((1, 9, 9, 5), wt.shape, dy.shape, 2, "SAME")
+    space = registry.space_for(algorithm, "conv2d")
+    limits = search_space.context(g, device, "conv2d", algorithm)
+    candidates = space.prune(limits).candidates
+    for chosen in random.Random(11).sample(candidates, min(12, len(candidates))):
+        y = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec,
+                        algorithm=algorithm, config=chosen).execute(x, w)
+        assert_close(y, conv2d_reference(x, w, g), np.float32, reduction_length(g))
+        dx = clconv.plan("conv2d_transpose", dy.shape, wt.shape, 2, "SAME",
+                         output_shape=(1, 9, 9, 5), device=spec, algorithm=algorithm,
+                         config=chosen).execute(dy, wt)
+        assert_close(dx, backprop_input_reference(dy, wt, gt), np.float32,
+                     reduction_length(gt, transpose=True))
