@@ -33,7 +33,7 @@ _VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
 CONV2D_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
                _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
 BACKPROP_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
-                 _I, _I, _I, _I, _I, _I, _I]
+                 _I, _I, _I, _I, _I, _I, _I, _I]
 DILATE_ARGS = [None, *_VIEW, _I, _I, _I, None, _I, _I, _I, _I, _I, _I, _I]
 
 
@@ -80,7 +80,7 @@ class BackpropDirect:
         source, name = setup.space.kernel
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, BACKPROP_ARGS)
         self.kernels = (self.kernel,)
-        blocks = -(-g.in_c // int(setup.defines["CI_BLOCK"]))
+        blocks = g.groups * -(-(g.in_c // g.groups) // int(setup.defines["CI_BLOCK"]))
         self.range = ndrange((blocks, g.batch * g.in_h * g.in_w), setup.local,
                              setup.info.kind, axis=1, max_group=setup.info.group_limit(1))
 
@@ -95,7 +95,7 @@ class BackpropDirect:
             dx.buffer, *dx.activation_view(g.data_format), g.in_h, g.in_w, g.in_c,
             w.buffer, *w.filter_view(), g.k_h, g.k_w,
             dy.buffer, *dy.activation_view(g.data_format), g.out_h, g.out_w, g.out_c,
-            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left])
+            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.groups])
         if timeline is not None:
             timeline.append(("backprop direct", event))
         return event
@@ -162,6 +162,9 @@ def _via_forward_kernel_geometry(op: str, g: ConvGeometry) -> ConvGeometry:
 
 def _via_forward_unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo
                              ) -> Optional[str]:
+    if g.groups != 1:
+        # The rotated, in/out-swapped filter of a grouped conv is no strided view.
+        return f"via_forward computes ungrouped convolutions only (got {g.groups} groups)"
     padded = g.batch * (g.in_h + g.k_eff_h - 1) * (g.in_w + g.k_eff_w - 1) * g.out_c
     if padded * dtype.itemsize > info.max_mem_alloc_size:
         return (f"via_forward's dilated, padded dy needs {padded * dtype.itemsize} bytes, more "

@@ -101,7 +101,7 @@ def forget_calls() -> None:
         _calls.clear()
 
 
-def _choose_runtime(operands: Sequence[Any], device: DeviceSpec) -> Runtime:
+def choose_runtime(operands: Sequence[Any], device: DeviceSpec) -> Runtime:
     queue = tensors.find_queue(operands)
     if queue is None:
         return runtime(device)
@@ -120,7 +120,7 @@ def _shape_of(value: Any, name: str) -> tuple[int, ...]:
     return tuple(tensors.as_host_array(value, name).shape)
 
 
-def _check_device_dtype(rt: Runtime, dtype: np.dtype) -> None:
+def check_device_dtype(rt: Runtime, dtype: np.dtype) -> None:
     """float64 needs cl_khr_fp64; float16 is storage only (vload_half, core OpenCL) and
     runs on every device."""
     if dtype == np.float64 and not rt.info.fp64:
@@ -130,7 +130,7 @@ def _check_device_dtype(rt: Runtime, dtype: np.dtype) -> None:
         )
 
 
-def _check_algorithm(algorithm: Optional[str], op: str) -> Optional[str]:
+def check_algorithm(algorithm: Optional[str], op: str) -> Optional[str]:
     allowed = registry.algorithms_for(op)
     if algorithm is not None and algorithm not in allowed:
         raise InvalidArgumentError(
@@ -182,7 +182,7 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
         result = plan.execute(_reshaped(input, x_shape), filters, out=out)
         return result if lead is None else result.reshape(lead + tuple(result.shape[1:]))
     attrs = parse_attrs(strides, padding, data_format, dilations)
-    _check_algorithm(algorithm, "conv2d")
+    check_algorithm(algorithm, "conv2d")
     dtype = tensors.resolve_dtype("Conv2D", [(input, "input"), (filters, "filters")])
     x_shape, w_shape = _shape_of(input, "input"), _shape_of(filters, "filters")
     lead = x_shape[:-3] if len(x_shape) > 4 else None
@@ -190,8 +190,8 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
         x_shape = (int(np.prod(lead)),) + x_shape[-3:]
     g = conv2d_geometry(x_shape, w_shape, attrs)
     tensors.check_computable(dtype)
-    rt = _choose_runtime([input, filters, out], device)
-    _check_device_dtype(rt, dtype)
+    rt = choose_runtime([input, filters, out], device)
+    check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, "conv2d", g, dtype, algorithm)
     result = plan.execute(_reshaped(input, x_shape), filters, out=out, queue=rt.queue)
     _remember(key, (plan, x_shape, lead))
@@ -244,7 +244,7 @@ def conv2d_backprop_input(input_sizes: Shape, filters: Tensor, out_backprop: Ten
     dtype = tensors.resolve_dtype("Conv2DBackpropInput",
                                   [(filters, "filters"), (out_backprop, "out_backprop")])
     return _backprop(key, "conv2d_backprop_input", input_sizes, filters, out_backprop, attrs,
-                     dtype, device, _check_algorithm(algorithm, "conv2d_backprop_input"), out)
+                     dtype, device, check_algorithm(algorithm, "conv2d_backprop_input"), out)
 
 
 def conv2d_transpose(input: Tensor, filters: Tensor, output_shape: Shape, strides: IntOrInts,
@@ -280,7 +280,7 @@ def conv2d_transpose(input: Tensor, filters: Tensor, output_shape: Shape, stride
     # TF passes filters as the op's input #1 and input as #2: T follows the filter.
     dtype = tensors.resolve_dtype("Conv2DBackpropInput", [(filters, "filters"), (input, "input")])
     return _backprop(key, "conv2d_transpose", output_shape, filters, input, attrs, dtype, device,
-                     _check_algorithm(algorithm, "conv2d_transpose"), out)
+                     check_algorithm(algorithm, "conv2d_transpose"), out)
 
 
 def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_value: Any,
@@ -289,8 +289,8 @@ def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_
     dy_shape, w_shape = _shape_of(dy_value, "input"), _shape_of(filters, "filters")
     g = backprop_input_geometry(input_sizes, w_shape, dy_shape, attrs)
     tensors.check_computable(dtype)
-    rt = _choose_runtime([dy_value, filters, out], device)
-    _check_device_dtype(rt, dtype)
+    rt = choose_runtime([dy_value, filters, out], device)
+    check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, op, g, dtype, algorithm)
     result = plan.execute(dy_value, filters, out=out, queue=rt.queue)
     _remember(key, (plan,))
@@ -331,7 +331,7 @@ def plan(op: Literal["conv2d", "conv2d_transpose", "conv2d_backprop_input"],
     if op not in plans.OPS:
         raise InvalidArgumentError(f"op={op!r} is not one of {', '.join(plans.OPS)}")
     attrs = parse_attrs(strides, padding, data_format, dilations)
-    _check_algorithm(algorithm, op)
+    check_algorithm(algorithm, op)
     dtype = np.dtype(dtype)
     tensors.check_computable(dtype)
     shape, w_shape = tuple(int(v) for v in input_shape), tuple(int(v) for v in filter_shape)
@@ -343,5 +343,5 @@ def plan(op: Literal["conv2d", "conv2d_transpose", "conv2d_backprop_input"],
             raise InvalidArgumentError(f"{op} needs output_shape (TF's {tf_name})")
         g = backprop_input_geometry(output_shape, w_shape, shape, attrs)
     rt = runtime(device)
-    _check_device_dtype(rt, dtype)
+    check_device_dtype(rt, dtype)
     return plans.get_plan(rt, op, g, dtype, algorithm, config)

@@ -241,8 +241,10 @@ class ConvPlan:
         else:
             src = tensors.to_device(input, self.dtype, queue, self.device, "input",
                                     borrow=borrow, checked=True)
-            event = self.launch.enqueue(queue, src, self._filters(filters, queue, borrow),
-                                        target)
+            # Both held until the blocking read below: a borrowed tensor of a
+            # non-contiguous array owns the contiguous copy its buffer uses.
+            weights = self._filters(filters, queue, borrow)
+            event = self.launch.enqueue(queue, src, weights, target)
         if out is not None:
             return out
         if resident:

@@ -8,9 +8,13 @@
 // the zeros a stride would insert are never visited.  conv2d_transpose is this
 // op with its input as dy.
 //
-// dx: [batch, in_h, in_w, in_c], w: [k_h, k_w, in_c, out_c], dy: [batch, out_h, out_w, out_c].
-// NDRange: dimension 0 walks blocks of CI_BLOCK input channels, dimension 1 the
-// dx pixels n*in_h*in_w.
+// dx: [batch, in_h, in_w, in_c], w: [k_h, k_w, in_c/groups, out_c], dy: [batch, out_h, out_w,
+// out_c].  With groups > 1 (a grouped or depthwise conv), dx channel ci of group
+// g = ci / (in_c/groups) sums only that group's dy channels g*(out_c/groups) ... and reads
+// filter row ci - g*(in_c/groups).
+// NDRange: dimension 0 walks blocks of CI_BLOCK input channels, groups * cdiv(in_c/groups,
+// CI_BLOCK) of them (a block never straddles two groups), dimension 1 the dx pixels
+// n*in_h*in_w.
 
 #ifndef CI_BLOCK
 #define CI_BLOCK 4 // input channels computed by one work-item
@@ -23,20 +27,27 @@ __kernel void backprop_direct(
     __global REAL *dx, TENSOR_ARGS(dx), int in_h, int in_w, int in_c,
     __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
     __global const REAL *dy, TENSOR_ARGS(dy), int out_h, int out_w, int out_c,
-    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left)
+    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
+    int groups)
 {
-    const int ci0 = (int)get_global_id(0) * CI_BLOCK;
+    const int in_per_group = in_c / groups, out_per_group = out_c / groups;
+    const int blocks_per_group = (in_per_group + CI_BLOCK - 1) / CI_BLOCK;
+    const int block = (int)get_global_id(0);
     const int pixel = (int)get_global_id(1);
-    if (ci0 >= in_c || pixel >= batch * in_h * in_w)
+    if (block >= groups * blocks_per_group || pixel >= batch * in_h * in_w)
         return;
+    const int group = block / blocks_per_group;
+    const int group_ci = group * in_per_group; // the group's first dx channel
+    const int ci0 = group_ci + (block % blocks_per_group) * CI_BLOCK;
+    const int co_begin = group * out_per_group;
     const int iw = pixel % in_w;
     const int ih = (pixel / in_w) % in_h;
     const int n = pixel / (in_w * in_h);
 
-    int ci[CI_BLOCK];
+    int row[CI_BLOCK]; // each channel's row of the filter's in axis
     ACC acc[CI_BLOCK];
     for (int j = 0; j < CI_BLOCK; ++j) {
-        ci[j] = min(ci0 + j, in_c - 1);
+        row[j] = min(ci0 + j, group_ci + in_per_group - 1) - group_ci;
         acc[j] = (ACC)0;
     }
 
@@ -56,16 +67,16 @@ __kernel void backprop_direct(
                 continue;
             const int dy_base = AT(dy, n, oh, ow, 0);
             const int w_base = AT(w, a, b, 0, 0);
-            for (int co = 0; co < out_c; ++co) {
+            for (int co = co_begin; co < co_begin + out_per_group; ++co) {
                 const ACC g = LOAD(dy, dy_base + co * dy_s3);
                 const int w_col = w_base + co * w_s3;
                 for (int j = 0; j < CI_BLOCK; ++j)
-                    acc[j] += g * LOAD(w, w_col + ci[j] * w_s2);
+                    acc[j] += g * LOAD(w, w_col + row[j] * w_s2);
             }
         }
     }
 
     for (int j = 0; j < CI_BLOCK; ++j)
-        if (ci0 + j < in_c)
+        if (ci0 + j < group_ci + in_per_group)
             STORE(acc[j], dx, AT(dx, n, ih, iw, ci0 + j));
 }

@@ -24,7 +24,8 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q ".[test]" "tensorflow-cpu==2.21.0"
+# torch 2.13.0 (CPU) and onnx: the peers of the PyTorch and ONNX front ends' tests.
+.venv/bin/python -m pip install -q ".[test]" "tensorflow-cpu==2.21.0" "torch==2.13.0" "onnx>=1.16"
 # ptxas for the NVIDIA offline compile (x86-64 Linux wheels only; skipped elsewhere).
 if [ "$(uname -sm)" = "Linux x86_64" ]; then
     .venv/bin/python -m pip install -q "nvidia-cuda-nvcc-cu12>=12.0,<13"

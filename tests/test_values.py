@@ -345,3 +345,21 @@ def test_sampled_candidates_of_local_memory_kernels(device, spec, algorithm):
                          config=chosen).execute(dy, wt)
         assert_close(dx, backprop_input_reference(dy, wt, gt), np.float32,
                      reduction_length(gt, transpose=True))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_non_contiguous_numpy_operands(device, spec, algorithm):
+    """Views (a PyTorch-layout weight transposed to TF's) are copied contiguous for the
+    device: the copy must live until the kernels are done (it once was freed at launch,
+    and the direct and tiled kernels read whatever then took its memory)."""
+    if device.kind == "simulator":
+        pytest.skip("the named cases run on the simulator; this one needs some size")
+    torch_layout = random_array((24, 32, 5, 5), seed=40)  # [out, in, kh, kw]
+    w = torch_layout.transpose(2, 3, 1, 0)  # [kh, kw, in, out], a view
+    dy = random_array((2, 24, 8, 8), seed=41).transpose(0, 2, 3, 1)  # NHWC view of NCHW
+    g = backprop_case((2, 16, 16, 32), w.shape, dy.shape, 2, "SAME")
+    expected = backprop_input_reference(dy, w, g)
+    for _ in range(3):  # later calls reuse freed memory if anything still reads it
+        dx = clconv.conv2d_transpose(dy, w, (2, 16, 16, 32), 2, "SAME", device=spec,
+                                     algorithm=algorithm)
+        assert_close(dx, expected, np.float32, reduction_length(g, transpose=True))

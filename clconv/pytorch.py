@@ -1,0 +1,401 @@
+"""The PyTorch front end: ``torch.nn.functional``'s convolutions, on OpenCL.
+
+``conv1d``, ``conv2d``, ``conv_transpose1d`` and ``conv_transpose2d`` take
+``torch.nn.functional``'s arguments (bias, stride, padding with "same" and
+"valid", output_padding, groups, dilation), its NC* layouts and weight layouts
+(conv: ``[C_out, C_in / groups, *kernel]``; transposed: ``[C_in, C_out / groups,
+*kernel]``), batched or unbatched inputs, and raise its error classes with its
+messages.  Operands may be CPU ``torch.Tensor``s, numpy arrays or pyopencl
+arrays; the result is the same kind as the input.  torch itself is never
+imported: a tensor is recognised by its type and read through ``.numpy()``
+(zero-copy on the CPU).  3-D convolutions are not implemented yet.
+
+A 1-D convolution runs as a 2-D one of height 1, as PyTorch's own CPU kernels
+do; the transposed convs run as the input gradient of the forward conv whose
+weight they take (clconv.plans), so no work goes to inserted zeros.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from clconv import plans, tensors
+from clconv.device_select import DeviceSpec
+from clconv.errors import UnimplementedError
+from clconv.ops import check_algorithm, check_device_dtype, choose_runtime
+from clconv.programs import TypedKernel, dtype_defines
+from clconv.shapes import ConvGeometry
+
+IntOrInts = Union[int, Sequence[int]]
+
+# torch's names of the dtypes, as its messages print them.
+_TYPE_NAMES = {"float32": ("Float", "float"), "float64": ("Double", "double"),
+               "float16": ("Half", "c10::Half"), "int64": ("Long", "long int"),
+               "int32": ("Int", "int"), "bool": ("Bool", "bool")}
+
+
+def _type_names(dtype: np.dtype) -> tuple[str, str]:
+    return _TYPE_NAMES.get(np.dtype(dtype).name, (np.dtype(dtype).name,) * 2)
+
+
+# --------------------------------------------------------------------------- operands
+
+def _is_torch(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
+
+
+def _host(value: Any, name: str) -> Any:
+    """A torch tensor as a numpy view (CPU only), a pyopencl array as it is, anything
+    else through np.asarray."""
+    if _is_torch(value):
+        if str(value.device) != "cpu":
+            raise TypeError(f"clconv.pytorch takes CPU tensors; {name} is on {value.device}")
+        try:
+            return value.detach().numpy()
+        except TypeError as exc:  # bfloat16 and other dtypes numpy lacks
+            raise UnimplementedError(f"{name} has dtype {value.dtype}, which clconv does not "
+                                     "compute (float16, float32 and float64 only)") from exc
+    if tensors.is_device_array(value):
+        return value
+    return tensors.as_host_array(value, name)
+
+
+def _returned_as(result: Any, like: Any) -> Any:
+    if _is_torch(like):
+        import torch  # the caller passed a tensor, so torch is installed
+
+        return torch.from_numpy(np.ascontiguousarray(result))
+    return result
+
+
+def _shape(value: Any) -> list[int]:
+    return [int(v) for v in value.shape]
+
+
+def _sizes(values: Sequence[int]) -> str:
+    """torch's "(a x b)" form of per-channel sizes."""
+    return "(" + " x ".join(str(v) for v in values) + ")"
+
+
+# --------------------------------------------------------------------------- arguments
+
+def _expand(value: Any, name: str, spatial: int, op: str) -> list[int]:
+    """torch's expand_param_if_needed: an int, or a list of 1 or ``spatial`` ints."""
+    if isinstance(value, bool) or isinstance(value, (float, str)) and name != "padding":
+        raise TypeError(f"{op}(): argument {name!r} must be tuple of ints, not "
+                        f"{type(value).__name__}")
+    if isinstance(value, (int, np.integer)):
+        return [int(value)] * spatial
+    values = list(value)
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{op}(): argument {name!r} must be tuple of ints, but found element "
+                        f"of type {type(values[0]).__name__}")
+    if len(values) == 1:
+        return [int(values[0])] * spatial
+    if len(values) != spatial:
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of "
+                           f"{spatial} values to match the convolution dimensions, but got "
+                           f"{name}={[int(v) for v in values]}")
+    return [int(v) for v in values]
+
+
+def _check_input_rank(x: Any, spatial: int, op: str) -> bool:
+    """True for a batched input; torch's message for any rank but spatial+1 / +2."""
+    if len(x.shape) not in (spatial + 1, spatial + 2):
+        raise RuntimeError(f"Expected {spatial + 1}D (unbatched) or {spatial + 2}D (batched) "
+                           f"input to {op}, but got input of size: {_shape(x)}")
+    return len(x.shape) == spatial + 2
+
+
+def _check_dtypes(x: Any, w: Any, bias: Any) -> np.dtype:
+    if np.dtype(x.dtype) != np.dtype(w.dtype):
+        raise RuntimeError(f"expected scalar type {_type_names(x.dtype)[0]} but found "
+                           f"{_type_names(w.dtype)[0]}")
+    if bias is not None and np.dtype(bias.dtype) != np.dtype(x.dtype):
+        raise RuntimeError(f"Input type ({_type_names(x.dtype)[1]}) and bias type "
+                           f"({_type_names(bias.dtype)[1]}) should be the same")
+    dtype = np.dtype(x.dtype)
+    if dtype not in tensors.COMPUTED_DTYPES:
+        raise UnimplementedError(f"clconv computes float16, float32 and float64 convolutions, "
+                                 f"not {dtype.name}")
+    return dtype
+
+
+def _check_common(x_shape: list[int], w: Any, bias: Any, stride: list[int],
+                  padding: list[int], dilation: list[int], groups: int, transposed: bool,
+                  output_padding: Optional[list[int]] = None) -> None:
+    """torch's check_shape_forward, in its order (x_shape batched)."""
+    w_shape = _shape(w)
+    if len(w_shape) != len(x_shape):
+        raise RuntimeError(f"Expected {len(w_shape)}-dimensional input for {len(w_shape)}-"
+                           f"dimensional weight {w_shape}, but got {len(x_shape)}-dimensional "
+                           f"input of size {x_shape} instead")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if output_padding is not None and any(p < 0 for p in output_padding):
+        raise RuntimeError("negative output_padding is not supported")
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if w_shape[0] < groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be at least {groups} at "
+                           f"dimension 0, but got weight of size {w_shape} instead")
+    if w_shape[0] % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by "
+                           f"{groups} at dimension 0, but got weight of size [{w_shape}] "
+                           "instead")
+    channels = x_shape[1]
+    if not transposed:
+        if channels != w_shape[1] * groups:
+            raise RuntimeError(f"Given groups={groups}, weight of size {w_shape}, expected "
+                               f"input{x_shape} to have {w_shape[1] * groups} channels, but "
+                               f"got {channels} channels instead")
+        if bias is not None and (len(bias.shape) != 1 or bias.shape[0] != w_shape[0]):
+            raise RuntimeError(f"Given weight of size {w_shape}, expected bias to be "
+                               f"1-dimensional with {w_shape[0]} elements, but got bias of "
+                               f"size {_shape(bias)} instead")
+        padded = [size + 2 * p for size, p in zip(x_shape[2:], padding)]
+        kernel = [(k - 1) * d + 1 for k, d in zip(w_shape[2:], dilation)]
+        if any(k > size for k, size in zip(kernel, padded)):
+            raise RuntimeError(f"Calculated padded input size per channel: {_sizes(padded)}. "
+                               f"Kernel size: {_sizes(kernel)}. Kernel size can't be greater "
+                               "than actual input size")
+    else:
+        if channels != w_shape[0]:
+            raise RuntimeError(f"Given transposed=1, weight of size {w_shape}, expected "
+                               f"input{x_shape} to have {w_shape[0]} channels, but got "
+                               f"{channels} channels instead")
+        out_channels = w_shape[1] * groups
+        if bias is not None and (len(bias.shape) != 1 or bias.shape[0] != out_channels):
+            raise RuntimeError(f"Given transposed=1, weight of size {w_shape}, expected bias "
+                               f"to be 1-dimensional with {out_channels} elements, but got "
+                               f"bias of size {_shape(bias)} instead")
+
+
+def _as_2d(values: list[int], fill: int) -> list[int]:
+    """A 1-D conv's parameters as the 2-D conv of height 1 it runs as (torch's view)."""
+    return [fill] + values if len(values) == 1 else values
+
+
+def _check_dilation(dilation: list[int], transposed: bool) -> None:
+    """After torch's 1-D -> 2-D view, so a 1-D conv prints two values."""
+    if all(d > 0 for d in dilation):
+        return
+    if transposed:
+        raise RuntimeError(f"dilation should be greater than zero, but got dilation_height: "
+                           f"{dilation[0]}, dilation_width: {dilation[1]}")
+    raise RuntimeError(f"dilation should be greater than zero, but got {dilation}")
+
+
+# --------------------------------------------------------------------------- compute
+
+def _run(op: str, x: Any, w_tf: Any, g: ConvGeometry, bias: Any, dtype: np.dtype,
+         device: DeviceSpec, algorithm: Optional[str]) -> Any:
+    """One plan call (clconv.plans) on NCHW operands, plus the bias."""
+    rt = choose_runtime([x, w_tf], device)
+    check_device_dtype(rt, dtype)
+    plan = plans.get_plan(rt, op, g, dtype, algorithm)
+    y = plan.execute(x, w_tf)
+    if bias is None:
+        return y
+    if tensors.is_device_array(y):
+        _add_bias_on_device(rt, y, bias, dtype)
+        return y
+    bias = bias.get() if tensors.is_device_array(bias) else np.asarray(bias)
+    # In float, rounded once: what torch's CPU kernels do for half too.
+    summed = y.astype(np.float32 if dtype == np.float16 else dtype) + bias.reshape(
+        1, -1, 1, 1).astype(np.float32 if dtype == np.float16 else dtype)
+    return summed.astype(dtype)
+
+
+_BIAS_ARGS = [None, np.int32, np.int32, np.int32, None]
+
+
+def _add_bias_on_device(rt: Any, y: Any, bias: Any, dtype: np.dtype) -> None:
+    """kernels/bias.cl on the plan's fresh, contiguous NCHW output."""
+    bias_dev = tensors.to_device(bias, dtype, y.queue, rt.info, "bias")
+    out = tensors.DeviceTensor.of_array(y)
+    kernel = TypedKernel(rt.context, "bias.cl", "add_bias", dtype_defines(dtype), _BIAS_ARGS)
+    if y.size:
+        kernel.enqueue(y.queue, (int(y.size),), None, [
+            out.buffer, out.offset, int(y.shape[1]), int(np.prod(y.shape[2:])),
+            bias_dev.buffer])
+
+
+def _weight_tf(w: Any, spatial: int) -> Any:
+    """A torch weight [A, B, (kh,) kw] as clconv's [kh, kw, B, A] (a view where possible)."""
+    if spatial == 1:
+        w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
+    return w.transpose((2, 3, 1, 0))
+
+
+def _as_4d(x: Any, spatial: int, batched: bool) -> Any:
+    if not batched:
+        x = x.reshape(1, *x.shape)
+    if spatial == 1:
+        x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
+    return x
+
+
+def _from_4d(y: Any, spatial: int, batched: bool) -> Any:
+    if spatial == 1:
+        y = y.reshape(y.shape[0], y.shape[1], y.shape[3])
+    if not batched:
+        y = y.reshape(*y.shape[1:])
+    return y
+
+
+def _same_padding(kernel: list[int], dilation: list[int]) -> list[tuple[int, int]]:
+    """torch's padding="same": total d*(k-1) per dimension, the odd one on the right."""
+    totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+    return [(t // 2, t - t // 2) for t in totals]
+
+
+def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride: IntOrInts,
+          padding: Any, dilation: IntOrInts, groups: int, device: DeviceSpec,
+          algorithm: Optional[str]) -> Any:
+    check_algorithm(algorithm, "conv2d")
+    like = input
+    x, w = _host(input, "input"), _host(weight, "weight")
+    b = None if bias is None else _host(bias, "bias")
+    batched = _check_input_rank(x, spatial, op_name)
+    if len(w.shape) < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    w_spatial = len(w.shape) - 2
+    stride = _expand(stride, "stride", w_spatial, op_name)
+    dilation = _expand(dilation, "dilation", w_spatial, op_name)
+    x_shape = _shape(x) if batched else [1, *_shape(x)]
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise RuntimeError(f"Invalid padding string: {padding!r}")
+        if padding == "same" and any(s != 1 for s in stride):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
+        pads = _same_padding(_shape(w)[2:], dilation) if padding == "same" else \
+            [(0, 0)] * w_spatial
+        symmetric = [0] * w_spatial  # the checks see torch's own zero padding
+    else:
+        symmetric = _expand(padding, "padding", w_spatial, op_name)
+        pads = [(p, p) for p in symmetric]
+    _check_common(x_shape, w, b, stride, symmetric, dilation, groups, transposed=False)
+    _check_dilation(_as_2d(dilation, 1), transposed=False)
+    dtype = _check_dtypes(x, w, b)
+
+    x4 = _as_4d(x, spatial, batched)
+    (ph, pw) = ([(0, 0)] + pads) if spatial == 1 else pads
+    (sh, sw), (dh, dw) = _as_2d(stride, 1), _as_2d(dilation, 1)
+    n, c, h, wd = (int(v) for v in x4.shape)
+    out_c, _, k_h, k_w = (int(v) for v in _as_4d(w, spatial, True).shape) if spatial == 1 \
+        else (int(v) for v in w.shape)
+    out_h = (h + ph[0] + ph[1] - (k_h - 1) * dh - 1) // sh + 1
+    out_w = (wd + pw[0] + pw[1] - (k_w - 1) * dw - 1) // sw + 1
+    g = ConvGeometry("NCHW", n, h, wd, c, k_h, k_w, out_h, out_w, out_c, sh, sw, dh, dw,
+                     ph[0], ph[1], pw[0], pw[1], groups)
+    y = _run("conv2d", x4, _weight_tf(w, spatial), g, b, dtype, device, algorithm)
+    return _returned_as(_from_4d(y, spatial, batched), like)
+
+
+def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: Any,
+                    stride: IntOrInts, padding: IntOrInts, output_padding: IntOrInts,
+                    groups: int, dilation: IntOrInts, device: DeviceSpec,
+                    algorithm: Optional[str]) -> Any:
+    check_algorithm(algorithm, "conv2d_backprop_input")
+    like = input
+    if isinstance(padding, str):
+        raise TypeError(f"{op_name}(): argument 'padding' must be tuple of ints, not str")
+    x, w = _host(input, "input"), _host(weight, "weight")
+    b = None if bias is None else _host(bias, "bias")
+    batched = _check_input_rank(x, spatial, op_name)
+    if len(w.shape) < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    w_spatial = len(w.shape) - 2
+    stride = _expand(stride, "stride", w_spatial, op_name)
+    padding = _expand(padding, "padding", w_spatial, op_name)
+    output_padding = _expand(output_padding, "output_padding", w_spatial, op_name)
+    dilation = _expand(dilation, "dilation", w_spatial, op_name)
+    x_shape = _shape(x) if batched else [1, *_shape(x)]
+    _check_common(x_shape, w, b, stride, padding, dilation, groups, transposed=True,
+                  output_padding=output_padding)
+    dtype = _check_dtypes(x, w, b)
+
+    # The rest as torch checks it, on the 2-D view of a 1-D conv.
+    stride2, pad2 = _as_2d(stride, 1), _as_2d(padding, 0)
+    outpad2, dil2 = _as_2d(output_padding, 0), _as_2d(dilation, 1)
+    _check_dilation(dil2, transposed=True)
+    if any(op >= s and op >= d for op, s, d in zip(outpad2, stride2, dil2)):
+        raise RuntimeError(
+            f"output padding must be smaller than either stride or dilation, but got "
+            f"output_padding_height: {outpad2[0]} output_padding_width: {outpad2[1]} "
+            f"stride_height: {stride2[0]} stride_width: {stride2[1]} dilation_height: "
+            f"{dil2[0]} dilation_width: {dil2[1]}")
+    x4 = _as_4d(x, spatial, batched)
+    w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if spatial == 1 else w
+    n, c, h, wd = (int(v) for v in x4.shape)
+    _, per_group, k_h, k_w = (int(v) for v in w4.shape)
+    sizes = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
+             zip((h, wd), stride2, pad2, dil2, (k_h, k_w), outpad2)]
+    if any(size <= 0 for size in sizes):
+        raise RuntimeError(f"Given input size per channel: {_sizes((h, wd))}. Calculated output "
+                           f"size per channel: {_sizes(sizes)}. Output size is too small")
+    # The forward conv whose input gradient this is: x [N, C_out, *sizes] -> input; the
+    # bottom/right padding (less output_padding) only completes that geometry.
+    g = ConvGeometry("NCHW", n, sizes[0], sizes[1], per_group * groups, k_h, k_w, h, wd, c,
+                     stride2[0], stride2[1], dil2[0], dil2[1], pad2[0], pad2[0] - outpad2[0],
+                     pad2[1], pad2[1] - outpad2[1], groups)
+    y = _run("conv2d_backprop_input", x4, w4.transpose((2, 3, 1, 0)), g, b, dtype, device,
+             algorithm)
+    return _returned_as(_from_4d(y, spatial, batched), like)
+
+
+# --------------------------------------------------------------------------- the API
+
+def conv1d(input: Any, weight: Any, bias: Any = None, stride: IntOrInts = 1,
+           padding: Union[str, IntOrInts] = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+           device: DeviceSpec = None, algorithm: Optional[str] = None) -> Any:
+    """torch.nn.functional.conv1d: input [N, C_in, L] (or [C_in, L]), weight
+    [C_out, C_in / groups, k], bias [C_out]."""
+    return _conv("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, device,
+                 algorithm)
+
+
+def conv2d(input: Any, weight: Any, bias: Any = None, stride: IntOrInts = 1,
+           padding: Union[str, IntOrInts] = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+           device: DeviceSpec = None, algorithm: Optional[str] = None) -> Any:
+    """torch.nn.functional.conv2d: input [N, C_in, H, W] (or [C_in, H, W]), weight
+    [C_out, C_in / groups, kH, kW], bias [C_out]."""
+    return _conv("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, device,
+                 algorithm)
+
+
+def conv_transpose1d(input: Any, weight: Any, bias: Any = None, stride: IntOrInts = 1,
+                     padding: IntOrInts = 0, output_padding: IntOrInts = 0, groups: int = 1,
+                     dilation: IntOrInts = 1, *, device: DeviceSpec = None,
+                     algorithm: Optional[str] = None) -> Any:
+    """torch.nn.functional.conv_transpose1d: input [N, C_in, L] (or [C_in, L]), weight
+    [C_in, C_out / groups, k], bias [C_out]; L_out = (L - 1) * stride - 2 * padding +
+    dilation * (k - 1) + output_padding + 1."""
+    return _conv_transpose("conv_transpose1d", 1, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, device, algorithm)
+
+
+def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: IntOrInts = 1,
+                     padding: IntOrInts = 0, output_padding: IntOrInts = 0, groups: int = 1,
+                     dilation: IntOrInts = 1, *, device: DeviceSpec = None,
+                     algorithm: Optional[str] = None) -> Any:
+    """torch.nn.functional.conv_transpose2d: input [N, C_in, H, W] (or [C_in, H, W]),
+    weight [C_in, C_out / groups, kH, kW], bias [C_out]."""
+    return _conv_transpose("conv_transpose2d", 2, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, device, algorithm)
+
+
+def conv3d(*args: Any, **kwargs: Any) -> Any:
+    """Not implemented yet: clconv's kernels are 1-D and 2-D."""
+    raise UnimplementedError("clconv.pytorch.conv3d is not implemented yet (1-D and 2-D only)")
+
+
+def conv_transpose3d(*args: Any, **kwargs: Any) -> Any:
+    """Not implemented yet: clconv's kernels are 1-D and 2-D."""
+    raise UnimplementedError("clconv.pytorch.conv_transpose3d is not implemented yet "
+                             "(1-D and 2-D only)")
