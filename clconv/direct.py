@@ -165,6 +165,10 @@ def _via_forward_unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: De
     if g.groups != 1:
         # The rotated, in/out-swapped filter of a grouped conv is no strided view.
         return f"via_forward computes ungrouped convolutions only (got {g.groups} groups)"
+    if g.pad_top < 0 or g.pad_left < 0:
+        # An output larger than the full transposed conv (ONNX's output_shape may ask for
+        # one) would place dy past the padded buffer.
+        return "via_forward needs non-negative leading padding"
     padded = g.batch * (g.in_h + g.k_eff_h - 1) * (g.in_w + g.k_eff_w - 1) * g.out_c
     if padded * dtype.itemsize > info.max_mem_alloc_size:
         return (f"via_forward's dilated, padded dy needs {padded * dtype.itemsize} bytes, more "

@@ -21,11 +21,11 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from clconv import plans, tensors
+from clconv import tensors
+from clconv.channels_first import as_4d, from_4d, host_operand, returned_as, run
 from clconv.device_select import DeviceSpec
 from clconv.errors import UnimplementedError
-from clconv.ops import check_algorithm, check_device_dtype, choose_runtime
-from clconv.programs import TypedKernel, dtype_defines
+from clconv.ops import check_algorithm
 from clconv.shapes import ConvGeometry
 
 IntOrInts = Union[int, Sequence[int]]
@@ -41,34 +41,6 @@ def _type_names(dtype: np.dtype) -> tuple[str, str]:
 
 
 # --------------------------------------------------------------------------- operands
-
-def _is_torch(value: Any) -> bool:
-    return type(value).__module__.startswith("torch") and hasattr(value, "detach")
-
-
-def _host(value: Any, name: str) -> Any:
-    """A torch tensor as a numpy view (CPU only), a pyopencl array as it is, anything
-    else through np.asarray."""
-    if _is_torch(value):
-        if str(value.device) != "cpu":
-            raise TypeError(f"clconv.pytorch takes CPU tensors; {name} is on {value.device}")
-        try:
-            return value.detach().numpy()
-        except TypeError as exc:  # bfloat16 and other dtypes numpy lacks
-            raise UnimplementedError(f"{name} has dtype {value.dtype}, which clconv does not "
-                                     "compute (float16, float32 and float64 only)") from exc
-    if tensors.is_device_array(value):
-        return value
-    return tensors.as_host_array(value, name)
-
-
-def _returned_as(result: Any, like: Any) -> Any:
-    if _is_torch(like):
-        import torch  # the caller passed a tensor, so torch is installed
-
-        return torch.from_numpy(np.ascontiguousarray(result))
-    return result
-
 
 def _shape(value: Any) -> list[int]:
     return [int(v) for v in value.shape]
@@ -192,60 +164,11 @@ def _check_dilation(dilation: list[int], transposed: bool) -> None:
 
 # --------------------------------------------------------------------------- compute
 
-def _run(op: str, x: Any, w_tf: Any, g: ConvGeometry, bias: Any, dtype: np.dtype,
-         device: DeviceSpec, algorithm: Optional[str]) -> Any:
-    """One plan call (clconv.plans) on NCHW operands, plus the bias."""
-    rt = choose_runtime([x, w_tf], device)
-    check_device_dtype(rt, dtype)
-    plan = plans.get_plan(rt, op, g, dtype, algorithm)
-    y = plan.execute(x, w_tf)
-    if bias is None:
-        return y
-    if tensors.is_device_array(y):
-        _add_bias_on_device(rt, y, bias, dtype)
-        return y
-    bias = bias.get() if tensors.is_device_array(bias) else np.asarray(bias)
-    # In float, rounded once: what torch's CPU kernels do for half too.
-    summed = y.astype(np.float32 if dtype == np.float16 else dtype) + bias.reshape(
-        1, -1, 1, 1).astype(np.float32 if dtype == np.float16 else dtype)
-    return summed.astype(dtype)
-
-
-_BIAS_ARGS = [None, np.int32, np.int32, np.int32, None]
-
-
-def _add_bias_on_device(rt: Any, y: Any, bias: Any, dtype: np.dtype) -> None:
-    """kernels/bias.cl on the plan's fresh, contiguous NCHW output."""
-    bias_dev = tensors.to_device(bias, dtype, y.queue, rt.info, "bias")
-    out = tensors.DeviceTensor.of_array(y)
-    kernel = TypedKernel(rt.context, "bias.cl", "add_bias", dtype_defines(dtype), _BIAS_ARGS)
-    if y.size:
-        kernel.enqueue(y.queue, (int(y.size),), None, [
-            out.buffer, out.offset, int(y.shape[1]), int(np.prod(y.shape[2:])),
-            bias_dev.buffer])
-
-
 def _weight_tf(w: Any, spatial: int) -> Any:
     """A torch weight [A, B, (kh,) kw] as clconv's [kh, kw, B, A] (a view where possible)."""
     if spatial == 1:
         w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
     return w.transpose((2, 3, 1, 0))
-
-
-def _as_4d(x: Any, spatial: int, batched: bool) -> Any:
-    if not batched:
-        x = x.reshape(1, *x.shape)
-    if spatial == 1:
-        x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
-    return x
-
-
-def _from_4d(y: Any, spatial: int, batched: bool) -> Any:
-    if spatial == 1:
-        y = y.reshape(y.shape[0], y.shape[1], y.shape[3])
-    if not batched:
-        y = y.reshape(*y.shape[1:])
-    return y
 
 
 def _same_padding(kernel: list[int], dilation: list[int]) -> list[tuple[int, int]]:
@@ -259,8 +182,8 @@ def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride
           algorithm: Optional[str]) -> Any:
     check_algorithm(algorithm, "conv2d")
     like = input
-    x, w = _host(input, "input"), _host(weight, "weight")
-    b = None if bias is None else _host(bias, "bias")
+    x, w = host_operand(input, "input"), host_operand(weight, "weight")
+    b = None if bias is None else host_operand(bias, "bias")
     batched = _check_input_rank(x, spatial, op_name)
     if len(w.shape) < 3:
         raise RuntimeError("weight should have at least three dimensions")
@@ -283,18 +206,18 @@ def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride
     _check_dilation(_as_2d(dilation, 1), transposed=False)
     dtype = _check_dtypes(x, w, b)
 
-    x4 = _as_4d(x, spatial, batched)
+    x4 = as_4d(x, spatial, batched)
     (ph, pw) = ([(0, 0)] + pads) if spatial == 1 else pads
     (sh, sw), (dh, dw) = _as_2d(stride, 1), _as_2d(dilation, 1)
     n, c, h, wd = (int(v) for v in x4.shape)
-    out_c, _, k_h, k_w = (int(v) for v in _as_4d(w, spatial, True).shape) if spatial == 1 \
+    out_c, _, k_h, k_w = (int(v) for v in as_4d(w, spatial, True).shape) if spatial == 1 \
         else (int(v) for v in w.shape)
     out_h = (h + ph[0] + ph[1] - (k_h - 1) * dh - 1) // sh + 1
     out_w = (wd + pw[0] + pw[1] - (k_w - 1) * dw - 1) // sw + 1
     g = ConvGeometry("NCHW", n, h, wd, c, k_h, k_w, out_h, out_w, out_c, sh, sw, dh, dw,
                      ph[0], ph[1], pw[0], pw[1], groups)
-    y = _run("conv2d", x4, _weight_tf(w, spatial), g, b, dtype, device, algorithm)
-    return _returned_as(_from_4d(y, spatial, batched), like)
+    y = run("conv2d", x4, _weight_tf(w, spatial), g, b, dtype, device, algorithm)
+    return returned_as(from_4d(y, spatial, batched), like)
 
 
 def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: Any,
@@ -305,8 +228,8 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
     like = input
     if isinstance(padding, str):
         raise TypeError(f"{op_name}(): argument 'padding' must be tuple of ints, not str")
-    x, w = _host(input, "input"), _host(weight, "weight")
-    b = None if bias is None else _host(bias, "bias")
+    x, w = host_operand(input, "input"), host_operand(weight, "weight")
+    b = None if bias is None else host_operand(bias, "bias")
     batched = _check_input_rank(x, spatial, op_name)
     if len(w.shape) < 3:
         raise RuntimeError("weight should have at least three dimensions")
@@ -330,7 +253,7 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
             f"output_padding_height: {outpad2[0]} output_padding_width: {outpad2[1]} "
             f"stride_height: {stride2[0]} stride_width: {stride2[1]} dilation_height: "
             f"{dil2[0]} dilation_width: {dil2[1]}")
-    x4 = _as_4d(x, spatial, batched)
+    x4 = as_4d(x, spatial, batched)
     w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if spatial == 1 else w
     n, c, h, wd = (int(v) for v in x4.shape)
     _, per_group, k_h, k_w = (int(v) for v in w4.shape)
@@ -344,9 +267,9 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
     g = ConvGeometry("NCHW", n, sizes[0], sizes[1], per_group * groups, k_h, k_w, h, wd, c,
                      stride2[0], stride2[1], dil2[0], dil2[1], pad2[0], pad2[0] - outpad2[0],
                      pad2[1], pad2[1] - outpad2[1], groups)
-    y = _run("conv2d_backprop_input", x4, w4.transpose((2, 3, 1, 0)), g, b, dtype, device,
+    y = run("conv2d_backprop_input", x4, w4.transpose((2, 3, 1, 0)), g, b, dtype, device,
              algorithm)
-    return _returned_as(_from_4d(y, spatial, batched), like)
+    return returned_as(from_4d(y, spatial, batched), like)
 
 
 # --------------------------------------------------------------------------- the API

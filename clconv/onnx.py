@@ -1,0 +1,192 @@
+"""The ONNX front end: the Conv and ConvTranspose operators, on OpenCL.
+
+``conv(X, W, B=None, **attributes)`` and ``conv_transpose(X, W, B=None,
+**attributes)`` take the operators' attributes (auto_pad NOTSET / SAME_UPPER /
+SAME_LOWER / VALID, dilations, group, kernel_shape, pads, strides, and for
+ConvTranspose output_padding and output_shape) with the meaning the operator
+specification gives them, 1-D and 2-D (3-D is not implemented yet).  X is
+[N, C, *spatial]; Conv's W is [M, C / group, *kernel], ConvTranspose's
+[C, M / group, *kernel].  Operands may be numpy arrays, pyopencl arrays or CPU
+torch tensors; the result is the same kind as X.  onnx itself is never imported.
+
+ConvTranspose's output size, from the specification: with output_shape given,
+total_padding = stride * (in - 1) + output_padding + (k - 1) * dilation + 1 -
+output_shape, split by auto_pad (SAME_UPPER: the larger half at the end, else at
+the beginning); otherwise output_shape = stride * (in - 1) + output_padding +
+(k - 1) * dilation + 1 - pads_begin - pads_end (SAME_*: in * stride).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from clconv.channels_first import as_4d, from_4d, host_operand, returned_as, run
+from clconv.device_select import DeviceSpec
+from clconv.errors import InvalidArgumentError, UnimplementedError
+from clconv.ops import check_algorithm
+from clconv.shapes import ConvGeometry
+from clconv.tensors import COMPUTED_DTYPES
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _ints(value: Optional[Sequence[int]], name: str, length: int, default: int) -> list[int]:
+    if value is None:
+        return [default] * length
+    values = [int(v) for v in value]
+    if len(values) != length:
+        raise InvalidArgumentError(f"attribute {name}={values} must have {length} values (one "
+                                   f"per spatial axis)")
+    return values
+
+
+def _check(op: str, x: Any, w: Any, b: Any, group: int, kernel_shape: Any,
+           auto_pad: str) -> int:
+    """Ranks, channels, bias, kernel_shape and auto_pad; returns the spatial rank."""
+    if auto_pad not in AUTO_PADS:
+        raise InvalidArgumentError(f"auto_pad={auto_pad!r} is not one of {', '.join(AUTO_PADS)}")
+    spatial = len(x.shape) - 2
+    if spatial == 3:
+        raise UnimplementedError(f"clconv.onnx.{op} is not implemented for 3-D inputs yet "
+                                 "(1-D and 2-D only)")
+    if spatial not in (1, 2) or len(w.shape) != len(x.shape):
+        raise InvalidArgumentError(f"{op}: X of shape {list(x.shape)} and W of shape "
+                                   f"{list(w.shape)} must both be [N, C, *spatial] with 1 or 2 "
+                                   "spatial axes")
+    if group < 1 or x.shape[1] % group:
+        raise InvalidArgumentError(f"{op}: group={group} must be positive and divide X's "
+                                   f"{x.shape[1]} channels")
+    if kernel_shape is not None and [int(k) for k in kernel_shape] != list(w.shape[2:]):
+        raise InvalidArgumentError(f"{op}: kernel_shape={list(kernel_shape)} differs from W's "
+                                   f"spatial shape {list(w.shape[2:])}")
+    if x.dtype != w.dtype or (b is not None and b.dtype != x.dtype):
+        raise InvalidArgumentError(f"{op}: X, W and B must share one type (got {x.dtype}, "
+                                   f"{w.dtype}{'' if b is None else ', ' + str(b.dtype)})")
+    if x.dtype not in COMPUTED_DTYPES:
+        raise UnimplementedError(f"clconv computes float16, float32 and float64, not {x.dtype}")
+    return spatial
+
+
+def _same_split(total: int, auto_pad: str) -> tuple[int, int]:
+    """(begin, end) of a SAME padding: SAME_UPPER puts the odd one at the end."""
+    small = total // 2
+    return (small, total - small) if auto_pad == "SAME_UPPER" else (total - small, small)
+
+
+def conv(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
+         dilations: Optional[Sequence[int]] = None, group: int = 1,
+         kernel_shape: Optional[Sequence[int]] = None, pads: Optional[Sequence[int]] = None,
+         strides: Optional[Sequence[int]] = None, device: DeviceSpec = None,
+         algorithm: Optional[str] = None) -> Any:
+    """ONNX Conv: Y = X (*) W + B, Y [N, M, *out]."""
+    check_algorithm(algorithm, "conv2d")
+    like = X
+    x, w = host_operand(X, "X"), host_operand(W, "W")
+    b = None if B is None else host_operand(B, "B")
+    spatial = _check("conv", x, w, b, group, kernel_shape, auto_pad)
+    if w.shape[1] * group != x.shape[1]:
+        raise InvalidArgumentError(f"conv: W of shape {list(w.shape)} with group={group} needs "
+                                   f"{w.shape[1] * group} input channels, X has {x.shape[1]}")
+    if w.shape[0] % group:
+        raise InvalidArgumentError(f"conv: group={group} must divide W's {w.shape[0]} output "
+                                   "channels")
+    stride = _ints(strides, "strides", spatial, 1)
+    dilation = _ints(dilations, "dilations", spatial, 1)
+    kernel = [int(k) for k in w.shape[2:]]
+    size = [int(s) for s in x.shape[2:]]
+    k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        outs = [-(-n // s) for n, s in zip(size, stride)]
+        pairs = [_same_split(max((o - 1) * s + k - n, 0), auto_pad)
+                 for o, s, k, n in zip(outs, stride, k_eff, size)]
+    elif auto_pad == "VALID":
+        pairs = [(0, 0)] * spatial
+    else:
+        flat = _ints(pads, "pads", 2 * spatial, 0)
+        pairs = list(zip(flat[:spatial], flat[spatial:]))
+    if any(p < 0 for pair in pairs for p in pair):
+        raise InvalidArgumentError(f"conv: pads {pairs} must not be negative")
+    outs = [(n + pb + pe - k) // s + 1 for n, (pb, pe), k, s in zip(size, pairs, k_eff, stride)]
+    if any(o <= 0 for o in outs):
+        raise InvalidArgumentError(f"conv: the output of X {list(x.shape)} with kernel "
+                                   f"{kernel}, pads {pairs}, strides {stride} and dilations "
+                                   f"{dilation} would be empty ({outs})")
+    if spatial == 1:
+        stride, dilation, pairs, kernel, size, outs = ([1] + stride, [1] + dilation,
+                                                       [(0, 0)] + pairs, [1] + kernel,
+                                                       [1] + size, [1] + outs)
+    g = ConvGeometry("NCHW", int(x.shape[0]), size[0], size[1], int(x.shape[1]), kernel[0],
+                     kernel[1], outs[0], outs[1], int(w.shape[0]), stride[0], stride[1],
+                     dilation[0], dilation[1], pairs[0][0], pairs[0][1], pairs[1][0],
+                     pairs[1][1], group)
+    w4 = as_4d(w, spatial, True)
+    y = run("conv2d", as_4d(x, spatial, True), w4.transpose((2, 3, 1, 0)), g, b,
+            x.dtype, device, algorithm)
+    return returned_as(from_4d(y, spatial, True), like)
+
+
+def conv_transpose(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
+                   dilations: Optional[Sequence[int]] = None, group: int = 1,
+                   kernel_shape: Optional[Sequence[int]] = None,
+                   output_padding: Optional[Sequence[int]] = None,
+                   output_shape: Optional[Sequence[int]] = None,
+                   pads: Optional[Sequence[int]] = None,
+                   strides: Optional[Sequence[int]] = None, device: DeviceSpec = None,
+                   algorithm: Optional[str] = None) -> Any:
+    """ONNX ConvTranspose: Y [N, M, *out] with out from output_shape or the pads."""
+    check_algorithm(algorithm, "conv2d_backprop_input")
+    like = X
+    x, w = host_operand(X, "X"), host_operand(W, "W")
+    b = None if B is None else host_operand(B, "B")
+    spatial = _check("conv_transpose", x, w, b, group, kernel_shape, auto_pad)
+    if w.shape[0] != x.shape[1]:
+        raise InvalidArgumentError(f"conv_transpose: W of shape {list(w.shape)} needs "
+                                   f"{w.shape[0]} input channels, X has {x.shape[1]}")
+    stride = _ints(strides, "strides", spatial, 1)
+    dilation = _ints(dilations, "dilations", spatial, 1)
+    extra = _ints(output_padding, "output_padding", spatial, 0)
+    kernel = [int(k) for k in w.shape[2:]]
+    size = [int(s) for s in x.shape[2:]]
+    k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    full = [s * (n - 1) + op + k for s, n, op, k in zip(stride, size, extra, k_eff)]
+    if output_shape is not None:
+        outs = [int(v) for v in output_shape][-spatial:]
+        if len(outs) != spatial:
+            raise InvalidArgumentError(f"conv_transpose: output_shape={list(output_shape)} "
+                                       f"needs {spatial} spatial sizes")
+        if any(o > f for f, o in zip(full, outs)):
+            # A negative total padding: the specification leaves its split to integer
+            # division of a negative number, and onnx's reference implementation refuses.
+            raise InvalidArgumentError(
+                f"conv_transpose: output_shape={outs} exceeds the full transposed conv "
+                f"{full} (stride * (in - 1) + output_padding + dilated kernel)")
+        split = "SAME_UPPER" if auto_pad == "SAME_UPPER" else "SAME_LOWER"
+        pairs = [_same_split(f - o, split) for f, o in zip(full, outs)]
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        outs = [n * s for n, s in zip(size, stride)]
+        pairs = [_same_split(f - o, auto_pad) for f, o in zip(full, outs)]
+    else:
+        flat = [0] * (2 * spatial) if auto_pad == "VALID" else \
+            _ints(pads, "pads", 2 * spatial, 0)
+        pairs = list(zip(flat[:spatial], flat[spatial:]))
+        outs = [f - pb - pe for f, (pb, pe) in zip(full, pairs)]
+    if any(o <= 0 for o in outs):
+        raise InvalidArgumentError(f"conv_transpose: the output size {outs} of X "
+                                   f"{list(x.shape)} with kernel {kernel}, strides {stride}, "
+                                   f"pads {pairs} is not positive")
+    if spatial == 1:
+        stride, dilation, pairs, kernel, size, outs = ([1] + stride, [1] + dilation,
+                                                       [(0, 0)] + pairs, [1] + kernel,
+                                                       [1] + size, [1] + outs)
+    # The forward conv whose input gradient this is: [N, M, *outs] -> X.  Output row o
+    # receives input row i through tap a where o = i * stride - pads_begin + a * dilation;
+    # the end padding only completes that geometry (it may be negative).
+    per_group = int(w.shape[1])
+    g = ConvGeometry("NCHW", int(x.shape[0]), outs[0], outs[1], per_group * group, kernel[0],
+                     kernel[1], size[0], size[1], int(x.shape[1]), stride[0], stride[1],
+                     dilation[0], dilation[1], pairs[0][0], pairs[0][1], pairs[1][0],
+                     pairs[1][1], group)
+    w4 = as_4d(w, spatial, True)
+    y = run("conv2d_backprop_input", as_4d(x, spatial, True), w4.transpose((2, 3, 1, 0)), g,
+            b, x.dtype, device, algorithm)
+    return returned_as(from_4d(y, spatial, True), like)
