@@ -1,4 +1,5 @@
-"""clconv: TensorFlow-compatible 2-D convolutions as OpenCL kernels for any device."""
+"""clconv: convolutions as OpenCL kernels for any device, with TensorFlow's, PyTorch's
+(clconv.pytorch) and ONNX's (clconv.onnx) semantics."""
 
 # Before anything can open an OpenCL runtime: load PoCL/Oclgrind so that their
 # LLVM cannot bind to TensorFlow's (see llvm_guard for why).
@@ -17,6 +18,7 @@ from clconv.errors import (
     UnimplementedError,
 )
 from clconv.ops import conv2d, conv2d_backprop_input, conv2d_transpose, plan
+from clconv.conv1d import conv1d, conv1d_transpose
 from clconv.plans import ConvPlan, PreparedFilters
 from clconv.llvm_guard import OpenCLRuntimeConflictError
 from clconv.search_space import SearchSpaceError
@@ -38,6 +40,8 @@ __all__ = [
     "TuningDatabaseError",
     "TuningDatabaseWarning",
     "UnimplementedError",
+    "conv1d",
+    "conv1d_transpose",
     "conv2d",
     "conv2d_backprop_input",
     "conv2d_transpose",

@@ -1,0 +1,109 @@
+"""TensorFlow's 1-D convolutions: tf.nn.conv1d and tf.nn.conv1d_transpose.
+
+TF computes both as the 2-D ops on a height-1 view (nn_ops.conv1d inserts the
+axis and calls Conv2D; conv1d_transpose calls Conv2DBackpropInput), so clconv
+does the same with its own 2-D ops: the same values, and the same errors, since
+those are the 2-D ops' checks on the same expanded arguments.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from clconv import ops, tensors
+from clconv.device_select import DeviceSpec
+from clconv.errors import InvalidArgumentError
+
+
+def _sequence(value: Any, channel_index: int, name: str) -> list[Any]:
+    """nn_ops._get_sequence for one spatial axis: None, an int, or length 1 or 3."""
+    if value is None:
+        return [1, 1, 1]
+    if isinstance(value, list):
+        seq = value
+    elif isinstance(value, tuple):
+        seq = list(value)
+    elif isinstance(value, int) or not isinstance(value, collections.abc.Sized):
+        seq = [value]
+    else:
+        seq = list(value)
+    if len(seq) == 3:
+        return seq
+    if len(seq) != 1:
+        raise ValueError(f"{name} should be of length 1, 1 or 3. Received: {name}={seq} of "
+                         f"length {len(seq)}")
+    return [1, 1] + seq if channel_index == 1 else [1] + seq + [1]
+
+
+def _format(data_format: Optional[str], accepted: Sequence[str]) -> tuple[str, int]:
+    """(the 2-D data format, the 1-D channel index) of a 1-D data_format."""
+    if data_format is None or data_format in accepted[:2]:
+        return "NHWC", 2
+    if data_format in accepted[2:]:
+        return "NCHW", 1
+    raise ValueError("`data_format` must be 'NWC' or 'NCW'. "
+                     f"Received: data_format={data_format}")
+
+
+def _check_padding(padding: Any) -> None:
+    """TF's 1-D ops hand padding to the 2-D op's ``padding`` attribute, a string (its
+    explicit form takes a separate argument the 1-D ops do not pass)."""
+    if not isinstance(padding, str):
+        raise TypeError(f"Expected string for argument 'padding' not {padding!r}.")
+
+
+def _expand(value: Any, axis: int, name: str) -> Any:
+    """A unit axis inserted at ``axis`` (negative: from the end), as a view."""
+    if not tensors.is_device_array(value):
+        value = tensors.as_host_array(value, name)
+    shape = list(value.shape)
+    at = axis if axis >= 0 else len(shape) + 1 + axis
+    if at < 0 or at > len(shape):  # TF's ExpandDims error, for a tensor of too few axes
+        raise InvalidArgumentError(
+            f"Tried to expand dim index {axis} for tensor with {len(shape)} dimensions.")
+    return value.reshape(shape[:at] + [1] + shape[at:])
+
+
+def _squeeze(value: Any, axis: int) -> Any:
+    shape = list(value.shape)
+    del shape[axis]
+    return value.reshape(shape)
+
+
+def conv1d(input: Any, filters: Any, stride: Any, padding: Any, data_format: str = "NWC",
+           dilations: Any = None, name: Optional[str] = None, *, device: DeviceSpec = None,
+           algorithm: Optional[str] = None) -> Any:
+    """tf.nn.conv1d: input ``[batch..., W, C]`` (NWC) or ``[batch..., C, W]`` (NCW),
+    filters ``[k, C / groups, C_out]``; stride and dilations an int or length 1 or 3;
+    padding "SAME" or "VALID"."""
+    fmt, channel_index = _format(data_format, ("NWC", "NHWC", "NCW", "NCHW"))
+    _check_padding(padding)
+    strides = [1] + _sequence(stride, channel_index, "stride")
+    dilations = [1] + _sequence(dilations, channel_index, "dilations")
+    spatial = -3 if fmt == "NHWC" else -2
+    result = ops.conv2d(_expand(input, spatial, "input"), _expand(filters, 0, "filters"),
+                        strides, padding, fmt, dilations, device=device, algorithm=algorithm)
+    return _squeeze(result, len(result.shape) + spatial)
+
+
+def conv1d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
+                     padding: str = "SAME", data_format: str = "NWC", dilations: Any = None,
+                     name: Optional[str] = None, *, device: DeviceSpec = None,
+                     algorithm: Optional[str] = None) -> Any:
+    """tf.nn.conv1d_transpose: input ``[N, W, C_in]`` (NWC) or ``[N, C_in, W]`` (NCW),
+    filters ``[k, C_out, C_in]``, output_shape of length 3 in data_format order."""
+    fmt, channel_index = _format(data_format, ("NWC", "NWC", "NCW"))
+    _check_padding(padding)
+    strides = [1] + _sequence(strides, channel_index, "stride")
+    dilations = [1] + _sequence(dilations, channel_index, "dilations")
+    spatial = 1 if fmt == "NHWC" else 2
+    shape = list(np.asarray(output_shape).reshape(-1)) if not isinstance(
+        output_shape, (list, tuple)) else list(output_shape)
+    expanded_shape = shape[:spatial] + [1] + shape[spatial:]
+    result = ops.conv2d_backprop_input(expanded_shape, _expand(filters, 0, "filters"),
+                                       _expand(input, spatial, "input"), strides, padding,
+                                       fmt, dilations, device=device, algorithm=algorithm)
+    return _squeeze(result, spatial)

@@ -1,0 +1,132 @@
+"""clconv.conv1d and clconv.conv1d_transpose against tf.nn.conv1d and
+tf.nn.conv1d_transpose (TF 2.21, stock kernels) in the same process: values (and
+the float64 reference), argument forms, NWC and NCW (NCW against TF's NWC result
+transposed: TF's CPU kernels refuse NCHW), and errors, class and message."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+import clconv
+from helpers import assert_close, backprop_case, backprop_input_reference, conv2d_case
+from helpers import conv2d_reference
+
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+tf = pytest.importorskip("tensorflow")
+
+
+def _random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _ncw(array):
+    return np.ascontiguousarray(np.swapaxes(array, 1, 2))
+
+
+CONV1D = {  # name -> (x NWC shape, filter shape, kwargs)
+    "same": ((2, 20, 4), (5, 4, 6), dict(stride=1, padding="SAME")),
+    "valid_stride3": ((2, 20, 4), (5, 4, 6), dict(stride=3, padding="VALID")),
+    "stride_list_dilated": ((1, 17, 3), (3, 3, 2), dict(stride=[2], padding="SAME",
+                                                        dilations=2)),
+    "stride_length3": ((1, 9, 2), (2, 2, 3), dict(stride=[1, 2, 1], padding="VALID")),
+    "grouped": ((1, 12, 4), (3, 2, 6), dict(stride=1, padding="SAME")),
+    "extra_batch_axes": ((2, 3, 10, 2), (3, 2, 4), dict(stride=2, padding="SAME")),
+}
+
+TRANSPOSE = {  # name -> (dy NWC shape, filter shape, output_shape NWC, kwargs)
+    "same_x2": ((2, 10, 6), (5, 4, 6), [2, 20, 4], dict(strides=2, padding="SAME")),
+    "valid_x2_odd": ((2, 10, 6), (5, 4, 6), [2, 23, 4], dict(strides=2, padding="VALID")),
+    "vocoder_x8": ((1, 6, 8), (16, 4, 8), [1, 48, 4], dict(strides=8, padding="SAME")),
+    "stride1": ((1, 7, 3), (3, 2, 3), [1, 7, 2], dict(strides=[1], padding="SAME")),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV1D), ids=list(CONV1D))
+def test_conv1d_matches_tensorflow(device, spec, case):
+    x_shape, f_shape, kwargs = CONV1D[case]
+    x, f = _random(x_shape, 1), _random(f_shape, 2)
+    want = tf.nn.conv1d(x, f, **kwargs).numpy()
+    got = clconv.conv1d(x, f, **kwargs, device=spec)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    x4 = x.reshape(-1, 1, *x.shape[-2:])
+    stride, dilation = kwargs["stride"], kwargs.get("dilations", 1)
+    stride = stride[len(stride) // 2] if isinstance(stride, list) else stride
+    padding = kwargs["padding"]
+    g = conv2d_case(x4.shape, (1, *f.shape), [1, stride], padding, "NHWC", [1, dilation])
+    exact = conv2d_reference(x4, f.reshape(1, *f.shape), g).reshape(want.shape)
+    assert_close(got, exact, np.float32, f.shape[0] * f.shape[1])
+    assert_close(got, want, np.float32, f.shape[0] * f.shape[1])
+    if not isinstance(kwargs["stride"], list) and x.ndim == 3:  # the same conv in NCW
+        got_ncw = clconv.conv1d(_ncw(x), f, **kwargs, data_format="NCW", device=spec)
+        assert_close(_ncw(got_ncw), want, np.float32, f.shape[0] * f.shape[1])
+
+
+@pytest.mark.parametrize("case", list(TRANSPOSE), ids=list(TRANSPOSE))
+def test_conv1d_transpose_matches_tensorflow(device, spec, case):
+    dy_shape, f_shape, output_shape, kwargs = TRANSPOSE[case]
+    dy, f = _random(dy_shape, 3), _random(f_shape, 4)
+    want = tf.nn.conv1d_transpose(dy, f, output_shape, **kwargs).numpy()
+    got = clconv.conv1d_transpose(dy, f, output_shape, **kwargs, device=spec)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    stride = kwargs["strides"]
+    stride = stride[0] if isinstance(stride, list) else stride
+    g = backprop_case([output_shape[0], 1, *output_shape[1:]], (1, *f.shape),
+                      (dy_shape[0], 1, *dy_shape[1:]), [1, stride], kwargs["padding"])
+    exact = backprop_input_reference(dy.reshape(dy_shape[0], 1, *dy_shape[1:]),
+                                     f.reshape(1, *f.shape), g).reshape(want.shape)
+    assert_close(got, exact, np.float32, f.shape[0] * f.shape[2])
+    got_ncw = clconv.conv1d_transpose(_ncw(dy), f, [output_shape[0], output_shape[2],
+                                                    output_shape[1]], **kwargs,
+                                      data_format="NCW", device=spec)
+    assert_close(_ncw(got_ncw), want, np.float32, f.shape[0] * f.shape[2])
+
+
+def _message(exc: BaseException) -> str:
+    """The first line of an error, without TF's "{{function_node ...}}" prefix and
+    " [Op:...]" suffix."""
+    text = str(exc).splitlines()[0]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
+
+
+_x, _f = _random((2, 20, 4), 5), _random((5, 4, 6), 6)
+_dy, _ft = _random((2, 10, 6), 7), _random((5, 4, 6), 8)
+ERRORS = {  # name -> call(module); module is tf.nn or clconv
+    "data_format": lambda m: m.conv1d(_x, _f, 1, "SAME", data_format="NHWC2"),
+    "stride_length": lambda m: m.conv1d(_x, _f, [1, 1], "SAME"),
+    "dilations_length": lambda m: m.conv1d(_x, _f, 1, "SAME", dilations=[1, 2]),
+    "input_rank1": lambda m: m.conv1d(_x[0, 0], _f, 1, "SAME"),
+    "input_rank2": lambda m: m.conv1d(_x[0], _f, 1, "SAME"),
+    "filter_depth": lambda m: m.conv1d(_x, _random((5, 3, 6), 9), 1, "SAME"),
+    "stride_zero": lambda m: m.conv1d(_x, _f, 0, "SAME"),
+    "bad_padding": lambda m: m.conv1d(_x, _f, 1, "FULL"),
+    "explicit_padding": lambda m: m.conv1d(_x, _f, 1, [[0, 0], [0, 0], [2, 1], [0, 0]]),
+    "transpose_data_format": lambda m: m.conv1d_transpose(_dy, _ft, [2, 20, 4], 2, "SAME",
+                                                          data_format="NHWC"),
+    "transpose_output_shape": lambda m: m.conv1d_transpose(_dy, _ft, [2, 21, 4], 2, "SAME"),
+    "transpose_channels": lambda m: m.conv1d_transpose(_dy, _random((5, 4, 5), 10),
+                                                       [2, 20, 4], 2, "SAME"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS), ids=list(ERRORS))
+def test_errors_match_tensorflow(case, spec):
+    call = ERRORS[case]
+    with pytest.raises(Exception) as theirs:
+        call(tf.nn)
+    with pytest.raises(Exception) as ours:
+        call(clconv)
+    kinds = {"InvalidArgumentError": clconv.InvalidArgumentError,
+             "UnimplementedError": clconv.UnimplementedError}
+    expected = kinds.get(type(theirs.value).__name__, type(theirs.value))
+    assert isinstance(ours.value, expected), (ours.value, theirs.value)
+    # clconv's message is TF's, sometimes followed by the offending value; TF 2.21's CPU
+    # gradient kernel names itself Conv2DCustomBackpropInput in some messages only.
+    def normal(exc):
+        return _message(exc).replace("Conv2DCustomBackpropInput", "Conv2DBackpropInput")
+
+    assert normal(ours.value).startswith(normal(theirs.value)), (ours.value, theirs.value)
