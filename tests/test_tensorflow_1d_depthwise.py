@@ -1,7 +1,8 @@
-"""clconv.conv1d and clconv.conv1d_transpose against tf.nn.conv1d and
-tf.nn.conv1d_transpose (TF 2.21, stock kernels) in the same process: values (and
-the float64 reference), argument forms, NWC and NCW (NCW against TF's NWC result
-transposed: TF's CPU kernels refuse NCHW), and errors, class and message."""
+"""clconv's 1-D and depthwise ops against TensorFlow's (TF 2.21, stock kernels) in
+the same process: conv1d, conv1d_transpose, depthwise_conv2d and
+depthwise_conv2d_backprop_input.  Values (and the float64 reference), argument
+forms, NWC/NCW and NCHW (against TF's channels-last result transposed: TF's CPU
+kernels refuse channels-first), and errors, class and message."""
 
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ def _message(exc: BaseException) -> str:
 
 _x, _f = _random((2, 20, 4), 5), _random((5, 4, 6), 6)
 _dy, _ft = _random((2, 10, 6), 7), _random((5, 4, 6), 8)
+_xd, _fd = _random((1, 8, 8, 3), 12), _random((3, 3, 3, 2), 13)
 ERRORS = {  # name -> call(module); module is tf.nn or clconv
     "data_format": lambda m: m.conv1d(_x, _f, 1, "SAME", data_format="NHWC2"),
     "stride_length": lambda m: m.conv1d(_x, _f, [1, 1], "SAME"),
@@ -110,6 +112,17 @@ ERRORS = {  # name -> call(module); module is tf.nn or clconv
     "transpose_output_shape": lambda m: m.conv1d_transpose(_dy, _ft, [2, 21, 4], 2, "SAME"),
     "transpose_channels": lambda m: m.conv1d_transpose(_dy, _random((5, 4, 5), 10),
                                                        [2, 20, 4], 2, "SAME"),
+    "depthwise_stride_int": lambda m: m.depthwise_conv2d(_xd, _fd, 2, "VALID"),
+    "depthwise_stride_length": lambda m: m.depthwise_conv2d(_xd, _fd, [2, 2], "VALID"),
+    "depthwise_uneven_strides": lambda m: m.depthwise_conv2d(_xd, _fd, [1, 2, 1, 1], "VALID"),
+    "depthwise_batch_stride": lambda m: m.depthwise_conv2d(_xd, _fd, [2, 1, 1, 1], "VALID"),
+    "depthwise_depth": lambda m: m.depthwise_conv2d(_xd, _random((3, 3, 4, 2), 11),
+                                                    [1, 1, 1, 1], "SAME"),
+    "depthwise_input_rank": lambda m: m.depthwise_conv2d(_xd[0], _fd, [1, 1, 1, 1], "SAME"),
+    "depthwise_filter_rank": lambda m: m.depthwise_conv2d(_xd, _fd[0], [1, 1, 1, 1], "SAME"),
+    "depthwise_padding": lambda m: m.depthwise_conv2d(_xd, _fd, [1, 1, 1, 1], "FULL"),
+    "depthwise_dilations_length": lambda m: m.depthwise_conv2d(_xd, _fd, [1, 1, 1, 1], "SAME",
+                                                               dilations=[1, 2, 2, 1]),
 }
 
 
@@ -130,3 +143,48 @@ def test_errors_match_tensorflow(case, spec):
         return _message(exc).replace("Conv2DCustomBackpropInput", "Conv2DBackpropInput")
 
     assert normal(ours.value).startswith(normal(theirs.value)), (ours.value, theirs.value)
+
+
+DEPTHWISE = {  # name -> (x NHWC shape, filter shape, kwargs)
+    "same": ((2, 9, 9, 3), (3, 3, 3, 2), dict(strides=[1, 1, 1, 1], padding="SAME")),
+    "valid_stride2": ((2, 9, 9, 3), (3, 3, 3, 2), dict(strides=[1, 2, 2, 1], padding="VALID")),
+    "dilated": ((1, 9, 8, 4), (3, 2, 4, 1), dict(strides=[1, 1, 1, 1], padding="SAME",
+                                                 dilations=[2, 2])),
+    "explicit": ((1, 7, 7, 2), (3, 3, 2, 3), dict(strides=[1, 1, 1, 1],
+                                                  padding=[[0, 0], [1, 1], [2, 0], [0, 0]])),
+    "multiplier1_mobilenet": ((1, 14, 14, 32), (3, 3, 32, 1),
+                              dict(strides=[1, 2, 2, 1], padding="SAME")),
+}
+
+
+@pytest.mark.parametrize("case", list(DEPTHWISE), ids=list(DEPTHWISE))
+def test_depthwise_conv2d_matches_tensorflow(device, spec, case):
+    x_shape, f_shape, kwargs = DEPTHWISE[case]
+    x, f = _random(x_shape, 14), _random(f_shape, 15)
+    want = tf.nn.depthwise_conv2d(x, f, **kwargs).numpy()
+    got = clconv.depthwise_conv2d(x, f, **kwargs, device=spec)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    # The float64 reference as the grouped conv it is (C groups of `multiplier` outputs).
+    rate = kwargs.get("dilations", [1, 1])
+    grouped = f.reshape(*f_shape[:2], 1, f_shape[2] * f_shape[3])
+    g = conv2d_case(x.shape, grouped.shape, kwargs["strides"], kwargs["padding"], "NHWC",
+                    [1, *rate, 1])
+    assert_close(got, conv2d_reference(x, grouped, g), np.float32, f_shape[0] * f_shape[1])
+    padding = kwargs["padding"]
+    nchw_padding = padding if isinstance(padding, str) else [padding[i] for i in (0, 3, 1, 2)]
+    got_nchw = clconv.depthwise_conv2d(x.transpose(0, 3, 1, 2).copy(), f,
+                                       [kwargs["strides"][i] for i in (0, 3, 1, 2)],
+                                       nchw_padding, "NCHW", kwargs.get("dilations"),
+                                       device=spec)
+    assert_close(got_nchw.transpose(0, 2, 3, 1), want, np.float32, f_shape[0] * f_shape[1])
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_depthwise_backprop_input_matches_tensorflow(device, spec, padding):
+    x_shape = [2, 9, 9, 3] if padding == "SAME" else [2, 11, 11, 3]
+    f, dy = _random((3, 3, 3, 2), 16), _random((2, 5, 5, 6), 17)
+    want = tf.nn.depthwise_conv2d_backprop_input(x_shape, f, dy, [1, 2, 2, 1], padding).numpy()
+    got = clconv.depthwise_conv2d_backprop_input(x_shape, f, dy, [1, 2, 2, 1], padding,
+                                                 device=spec)
+    assert got.shape == want.shape
+    assert_close(got, want, np.float32, 3 * 3 * 2)
