@@ -40,6 +40,10 @@ def host_operand(value: Any, name: str) -> Any:
 
 
 def returned_as(result: Any, like: Any) -> Any:
+    if tensors.is_device_array(like) and not tensors.is_device_array(result):
+        import pyopencl.array as cl_array
+
+        return cl_array.to_device(like.queue, np.ascontiguousarray(result))
     if is_torch(like):
         import torch  # the caller passed a tensor, so torch is installed
 

@@ -8,7 +8,8 @@
 messages.  Operands may be CPU ``torch.Tensor``s, numpy arrays or pyopencl
 arrays; the result is the same kind as the input.  torch itself is never
 imported: a tensor is recognised by its type and read through ``.numpy()``
-(zero-copy on the CPU).  3-D convolutions are not implemented yet.
+(zero-copy on the CPU).  ``conv3d`` and ``conv_transpose3d`` run as 2-D convs
+summed over the depth taps (clconv.depth).
 
 A 1-D convolution runs as a 2-D one of height 1, as PyTorch's own CPU kernels
 do; the transposed convs run as the input gradient of the forward conv whose
@@ -21,7 +22,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from clconv import tensors
+from clconv import depth, tensors
 from clconv.channels_first import as_4d, from_4d, host_operand, returned_as, run
 from clconv.device_select import DeviceSpec
 from clconv.errors import UnimplementedError
@@ -152,14 +153,30 @@ def _as_2d(values: list[int], fill: int) -> list[int]:
     return [fill] + values if len(values) == 1 else values
 
 
+def _axes(count: int) -> list[str]:
+    return ["depth", "height", "width"][-count:]
+
+
 def _check_dilation(dilation: list[int], transposed: bool) -> None:
     """After torch's 1-D -> 2-D view, so a 1-D conv prints two values."""
     if all(d > 0 for d in dilation):
         return
     if transposed:
-        raise RuntimeError(f"dilation should be greater than zero, but got dilation_height: "
-                           f"{dilation[0]}, dilation_width: {dilation[1]}")
+        named = ", ".join(f"dilation_{axis}: {d}" for axis, d in
+                          zip(_axes(len(dilation)), dilation))
+        raise RuntimeError(f"dilation should be greater than zero, but got {named}")
     raise RuntimeError(f"dilation should be greater than zero, but got {dilation}")
+
+
+def _check_output_padding(outpad: list[int], stride: list[int], dilation: list[int]) -> None:
+    if not any(op >= s and op >= d for op, s, d in zip(outpad, stride, dilation)):
+        return
+    axes = _axes(len(outpad))
+    parts = [f"{what}_{axis}: {value}" for what, values in
+             (("output_padding", outpad), ("stride", stride), ("dilation", dilation))
+             for axis, value in zip(axes, values)]
+    raise RuntimeError("output padding must be smaller than either stride or dilation, but "
+                       "got " + " ".join(parts))
 
 
 # --------------------------------------------------------------------------- compute
@@ -205,6 +222,9 @@ def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride
     _check_common(x_shape, w, b, stride, symmetric, dilation, groups, transposed=False)
     _check_dilation(_as_2d(dilation, 1), transposed=False)
     dtype = _check_dtypes(x, w, b)
+    if spatial == 3:
+        return returned_as(_conv_3d(x, w, b, batched, stride, pads, dilation, groups, dtype,
+                                    device, algorithm), like)
 
     x4 = as_4d(x, spatial, batched)
     (ph, pw) = ([(0, 0)] + pads) if spatial == 1 else pads
@@ -247,12 +267,10 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
     stride2, pad2 = _as_2d(stride, 1), _as_2d(padding, 0)
     outpad2, dil2 = _as_2d(output_padding, 0), _as_2d(dilation, 1)
     _check_dilation(dil2, transposed=True)
-    if any(op >= s and op >= d for op, s, d in zip(outpad2, stride2, dil2)):
-        raise RuntimeError(
-            f"output padding must be smaller than either stride or dilation, but got "
-            f"output_padding_height: {outpad2[0]} output_padding_width: {outpad2[1]} "
-            f"stride_height: {stride2[0]} stride_width: {stride2[1]} dilation_height: "
-            f"{dil2[0]} dilation_width: {dil2[1]}")
+    _check_output_padding(outpad2, stride2, dil2)
+    if spatial == 3:
+        return returned_as(_transpose_3d(x, w, b, batched, stride, padding, output_padding,
+                                         dilation, groups, dtype, device, algorithm), like)
     x4 = as_4d(x, spatial, batched)
     w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if spatial == 1 else w
     n, c, h, wd = (int(v) for v in x4.shape)
@@ -270,6 +288,60 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
     y = run("conv2d_backprop_input", x4, w4.transpose((2, 3, 1, 0)), g, b, dtype, device,
              algorithm)
     return returned_as(from_4d(y, spatial, batched), like)
+
+
+# --------------------------------------------------------------------------- 3-D
+
+def _channels_last(x: Any, batched: bool) -> np.ndarray:
+    x = depth.host(x)
+    x = x if batched else x[None]
+    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+def _channels_first(y: np.ndarray, bias: Any, batched: bool) -> np.ndarray:
+    y = np.moveaxis(y, -1, 1)
+    if bias is not None:
+        wide = np.float32 if y.dtype == np.float16 else y.dtype
+        y = (y.astype(wide) + depth.host(bias).astype(wide).reshape(1, -1, 1, 1, 1)
+             ).astype(y.dtype)
+    y = np.ascontiguousarray(y)
+    return y if batched else y[0]
+
+
+def _conv_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
+             pads: list[tuple[int, int]], dilation: list[int], groups: int, dtype: np.dtype,
+             device: DeviceSpec, algorithm: Optional[str]) -> np.ndarray:
+    """conv3d through clconv.depth: NCDHW in and out, weight [C_out, C_in/g, kd, kh, kw]."""
+    x5 = _channels_last(x, batched)
+    w5 = np.ascontiguousarray(depth.host(w).transpose(2, 3, 4, 1, 0))
+    size, kernel = x5.shape[1:4], w5.shape[:3]
+    outs = [depth.output_size(n, k, s, d, p)
+            for n, k, s, d, p in zip(size, kernel, stride, dilation, pads)]
+    g = depth.Geometry3d(x5.shape[0], tuple(size), x5.shape[4], tuple(kernel), tuple(outs),
+                         w5.shape[4], tuple(stride), tuple(dilation), tuple(pads), groups)
+    return _channels_first(depth.forward(x5, w5, g, device, algorithm), b, batched)
+
+
+def _transpose_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
+                  padding: list[int], output_padding: list[int], dilation: list[int],
+                  groups: int, dtype: np.dtype, device: DeviceSpec,
+                  algorithm: Optional[str]) -> np.ndarray:
+    """conv_transpose3d: the input gradient of the conv whose weight
+    [C_in, C_out/g, kd, kh, kw] it takes."""
+    dy5 = _channels_last(x, batched)
+    w5 = np.ascontiguousarray(depth.host(w).transpose(2, 3, 4, 1, 0))
+    size, kernel = dy5.shape[1:4], w5.shape[:3]
+    outs = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in
+            zip(size, stride, padding, dilation, kernel, output_padding)]
+    # torch 2.13 refuses an empty output here only for ungrouped convs (its grouped 3-D
+    # path returns the empty tensor), and a negative size always.
+    if any(o < 0 for o in outs) or (groups == 1 and any(o == 0 for o in outs)):
+        raise RuntimeError(f"Given input size per channel: {_sizes(size)}. Calculated output "
+                           f"size per channel: {_sizes(outs)}. Output size is too small")
+    g = depth.Geometry3d(dy5.shape[0], tuple(outs), w5.shape[3] * groups, tuple(kernel),
+                         tuple(size), dy5.shape[4], tuple(stride), tuple(dilation),
+                         tuple((p, p - op) for p, op in zip(padding, output_padding)), groups)
+    return _channels_first(depth.backprop_input(dy5, w5, g, device, algorithm), b, batched)
 
 
 # --------------------------------------------------------------------------- the API
@@ -313,12 +385,21 @@ def conv_transpose2d(input: Any, weight: Any, bias: Any = None, stride: IntOrInt
                            output_padding, groups, dilation, device, algorithm)
 
 
-def conv3d(*args: Any, **kwargs: Any) -> Any:
-    """Not implemented yet: clconv's kernels are 1-D and 2-D."""
-    raise UnimplementedError("clconv.pytorch.conv3d is not implemented yet (1-D and 2-D only)")
+def conv3d(input: Any, weight: Any, bias: Any = None, stride: IntOrInts = 1,
+           padding: Union[str, IntOrInts] = 0, dilation: IntOrInts = 1, groups: int = 1, *,
+           device: DeviceSpec = None, algorithm: Optional[str] = None) -> Any:
+    """torch.nn.functional.conv3d: input [N, C_in, D, H, W] (or unbatched), weight
+    [C_out, C_in / groups, kD, kH, kW], bias [C_out].  Computed as 2-D convs summed over
+    the depth taps (clconv.depth); pyopencl operands pass through the host."""
+    return _conv("conv3d", 3, input, weight, bias, stride, padding, dilation, groups, device,
+                 algorithm)
 
 
-def conv_transpose3d(*args: Any, **kwargs: Any) -> Any:
-    """Not implemented yet: clconv's kernels are 1-D and 2-D."""
-    raise UnimplementedError("clconv.pytorch.conv_transpose3d is not implemented yet "
-                             "(1-D and 2-D only)")
+def conv_transpose3d(input: Any, weight: Any, bias: Any = None, stride: IntOrInts = 1,
+                     padding: IntOrInts = 0, output_padding: IntOrInts = 0, groups: int = 1,
+                     dilation: IntOrInts = 1, *, device: DeviceSpec = None,
+                     algorithm: Optional[str] = None) -> Any:
+    """torch.nn.functional.conv_transpose3d: input [N, C_in, D, H, W] (or unbatched),
+    weight [C_in, C_out / groups, kD, kH, kW], bias [C_out]."""
+    return _conv_transpose("conv_transpose3d", 3, input, weight, bias, stride, padding,
+                           output_padding, groups, dilation, device, algorithm)

@@ -1,0 +1,110 @@
+"""3-D convolutions as sums of 2-D ones over the depth taps (the front ends' 3-D path).
+
+For depth tap ``a`` of the filter, the output depths ``od`` whose input depth
+``od * stride - pad + a * dilation`` is real form one batch of 2-D convolutions
+(batch N x those depths) with the filter's plane ``w[a]``; the 3-D result is the
+sum over taps.  The input gradient is the same decomposition read backwards: each
+tap's 2-D input gradient lands on the input depths that tap reads.  Each tap is
+one 2-D plan (clconv.plans), so every 2-D algorithm, the stride-phase
+decomposition of the planes and the tuning carry over; depths that only padding
+reaches cost nothing.  Operands are NDHWC host arrays; filters are
+``[kd, kh, kw, C_in / groups, C_out]``.  The partial sums are added in the
+operands' dtype (float for half).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from clconv import plans
+from clconv.device_select import DeviceSpec, runtime
+from clconv.ops import check_device_dtype
+from clconv.shapes import ConvGeometry
+
+
+@dataclass(frozen=True)
+class Geometry3d:
+    """The forward 3-D conv x[N, D, H, W, C_in] (*) w[kd, kh, kw, C_in/g, C_out]."""
+
+    batch: int
+    in_size: tuple[int, int, int]
+    in_c: int
+    kernel: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    out_c: int
+    strides: tuple[int, int, int]
+    dilations: tuple[int, int, int]
+    pads: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (before, after) per axis
+    groups: int = 1
+
+    def plane(self, batch: int) -> ConvGeometry:
+        """The 2-D conv of one depth tap over ``batch`` images."""
+        (_, h, w), (_, kh, kw), (_, ho, wo) = self.in_size, self.kernel, self.out_size
+        (_, sh, sw), (_, dh, dw), (_, ph, pw) = self.strides, self.dilations, self.pads
+        return ConvGeometry("NHWC", batch, h, w, self.in_c, kh, kw, ho, wo, self.out_c, sh, sw,
+                            dh, dw, ph[0], ph[1], pw[0], pw[1], self.groups)
+
+    def tap_depths(self, tap: int) -> tuple[np.ndarray, np.ndarray]:
+        """(output depths, input depths) that depth tap ``tap`` connects."""
+        out = np.arange(self.out_size[0])
+        read = out * self.strides[0] - self.pads[0][0] + tap * self.dilations[0]
+        real = (read >= 0) & (read < self.in_size[0])
+        return out[real], read[real]
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int, pads: Sequence[int]) -> int:
+    return (size + pads[0] + pads[1] - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def _accumulator(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float32) if dtype == np.float16 else dtype
+
+
+def forward(x: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
+            algorithm: Optional[str]) -> np.ndarray:
+    """y[N, Do, Ho, Wo, C_out] = conv3d(x, w)."""
+    dtype = x.dtype
+    rt = runtime(device)
+    check_device_dtype(rt, dtype)
+    y = np.zeros((g.batch, *g.out_size, g.out_c), _accumulator(dtype))
+    for tap in range(g.kernel[0]):
+        out_depths, in_depths = g.tap_depths(tap)
+        if not len(out_depths) or not y.size:
+            continue
+        count = g.batch * len(out_depths)
+        plane = plans.get_plan(rt, "conv2d", g.plane(count), dtype, algorithm)
+        slab = np.ascontiguousarray(x[:, in_depths]).reshape(count, *g.in_size[1:], g.in_c)
+        part = plane.execute(slab, np.ascontiguousarray(w[tap]))
+        y[:, out_depths] += part.reshape(g.batch, len(out_depths), *g.out_size[1:], g.out_c)
+    return y.astype(dtype, copy=False)
+
+
+def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
+                   algorithm: Optional[str]) -> np.ndarray:
+    """dx[N, D, H, W, C_in] of the conv ``g`` from dy[N, Do, Ho, Wo, C_out]."""
+    dtype = dy.dtype
+    rt = runtime(device)
+    check_device_dtype(rt, dtype)
+    dx = np.zeros((g.batch, *g.in_size, g.in_c), _accumulator(dtype))
+    for tap in range(g.kernel[0]):
+        out_depths, in_depths = g.tap_depths(tap)
+        if not len(out_depths) or not dx.size:
+            continue
+        count = g.batch * len(out_depths)
+        plane = plans.get_plan(rt, "conv2d_backprop_input", g.plane(count), dtype, algorithm)
+        slab = np.ascontiguousarray(dy[:, out_depths]).reshape(count, *g.out_size[1:], g.out_c)
+        part = plane.execute(slab, np.ascontiguousarray(w[tap]))
+        # One tap reads each input depth at most once (distinct od, stride >= 1).
+        dx[:, in_depths] += part.reshape(g.batch, len(in_depths), *g.in_size[1:], g.in_c)
+    return dx.astype(dtype, copy=False)
+
+
+def host(value: Any) -> np.ndarray:
+    """Any operand as a host array (a pyopencl array is read back: the 3-D path runs
+    its depth bookkeeping on the host)."""
+    if hasattr(value, "get") and hasattr(value, "queue"):
+        return value.get()
+    return np.asarray(value)
