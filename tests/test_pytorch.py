@@ -162,7 +162,8 @@ def test_seeded_random_cases_match_torch(device, spec):
         except RuntimeError as theirs:  # a case torch refuses: clconv must refuse alike
             with pytest.raises(RuntimeError) as ours:
                 getattr(cp, name)(*args, **kwargs, device=spec)
-            assert str(ours.value) == str(theirs).splitlines()[0]
+            if "memory descriptor" not in str(theirs):  # not oneDNN failing past the checks
+                assert str(ours.value) == str(theirs).splitlines()[0]
             continue
         try:
             _check(name, args, kwargs, spec)
