@@ -102,6 +102,49 @@ def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceS
     return dx.astype(dtype, copy=False)
 
 
+def _channels_last(x: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(host(x), 1, -1))
+
+
+def _channels_first(y: np.ndarray, bias: Any) -> np.ndarray:
+    y = np.moveaxis(y, -1, 1)
+    if bias is not None:
+        wide = _accumulator(y.dtype)
+        y = (y.astype(wide) + host(bias).astype(wide).reshape(1, -1, 1, 1, 1)).astype(y.dtype)
+    return np.ascontiguousarray(y)
+
+
+def conv_ncdhw(x: Any, w: Any, bias: Any, strides: Sequence[int],
+               pads: Sequence[tuple[int, int]], dilations: Sequence[int], groups: int,
+               device: DeviceSpec, algorithm: Optional[str]) -> np.ndarray:
+    """A channels-first conv3d (PyTorch's and ONNX's): x [N, C, D, H, W], w
+    [C_out, C / groups, kd, kh, kw], bias [C_out] or None; pads (before, after) per
+    axis."""
+    x5 = _channels_last(x)
+    w5 = np.ascontiguousarray(host(w).transpose(2, 3, 4, 1, 0))
+    size, kernel = x5.shape[1:4], w5.shape[:3]
+    outs = [output_size(n, k, s, d, p)
+            for n, k, s, d, p in zip(size, kernel, strides, dilations, pads)]
+    g = Geometry3d(x5.shape[0], tuple(size), x5.shape[4], tuple(kernel), tuple(outs),
+                   w5.shape[4], tuple(strides), tuple(dilations), tuple(pads), groups)
+    return _channels_first(forward(x5, w5, g, device, algorithm), bias)
+
+
+def conv_transpose_ncdhw(x: Any, w: Any, bias: Any, strides: Sequence[int],
+                         pads: Sequence[tuple[int, int]], outs: Sequence[int],
+                         dilations: Sequence[int], groups: int, device: DeviceSpec,
+                         algorithm: Optional[str]) -> np.ndarray:
+    """A channels-first transposed conv3d: x [N, C_in, D, H, W], w [C_in, C_out / groups,
+    kd, kh, kw]; output [N, C_out, *outs], output o receiving input i through tap a where
+    o = i * stride - pads_before + a * dilation."""
+    dy5 = _channels_last(x)
+    w5 = np.ascontiguousarray(host(w).transpose(2, 3, 4, 1, 0))
+    g = Geometry3d(dy5.shape[0], tuple(outs), w5.shape[3] * groups, tuple(w5.shape[:3]),
+                   tuple(dy5.shape[1:4]), dy5.shape[4], tuple(strides), tuple(dilations),
+                   tuple(pads), groups)
+    return _channels_first(backprop_input(dy5, w5, g, device, algorithm), bias)
+
+
 def host(value: Any) -> np.ndarray:
     """Any operand as a host array (a pyopencl array is read back: the 3-D path runs
     its depth bookkeeping on the host)."""

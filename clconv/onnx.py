@@ -4,7 +4,8 @@
 **attributes)`` take the operators' attributes (auto_pad NOTSET / SAME_UPPER /
 SAME_LOWER / VALID, dilations, group, kernel_shape, pads, strides, and for
 ConvTranspose output_padding and output_shape) with the meaning the operator
-specification gives them, 1-D and 2-D (3-D is not implemented yet).  X is
+specification gives them, in 1-D, 2-D and 3-D (3-D as 2-D convs summed over the
+depth taps, clconv.depth).  X is
 [N, C, *spatial]; Conv's W is [M, C / group, *kernel], ConvTranspose's
 [C, M / group, *kernel].  Operands may be numpy arrays, pyopencl arrays or CPU
 torch tensors; the result is the same kind as X.  onnx itself is never imported.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+from clconv import depth
 from clconv.channels_first import as_4d, from_4d, host_operand, returned_as, run
 from clconv.device_select import DeviceSpec
 from clconv.errors import InvalidArgumentError, UnimplementedError
@@ -46,13 +48,10 @@ def _check(op: str, x: Any, w: Any, b: Any, group: int, kernel_shape: Any,
     if auto_pad not in AUTO_PADS:
         raise InvalidArgumentError(f"auto_pad={auto_pad!r} is not one of {', '.join(AUTO_PADS)}")
     spatial = len(x.shape) - 2
-    if spatial == 3:
-        raise UnimplementedError(f"clconv.onnx.{op} is not implemented for 3-D inputs yet "
-                                 "(1-D and 2-D only)")
-    if spatial not in (1, 2) or len(w.shape) != len(x.shape):
+    if spatial not in (1, 2, 3) or len(w.shape) != len(x.shape):
         raise InvalidArgumentError(f"{op}: X of shape {list(x.shape)} and W of shape "
-                                   f"{list(w.shape)} must both be [N, C, *spatial] with 1 or 2 "
-                                   "spatial axes")
+                                   f"{list(w.shape)} must both be [N, C, *spatial] with 1, 2 "
+                                   "or 3 spatial axes")
     if group < 1 or x.shape[1] % group:
         raise InvalidArgumentError(f"{op}: group={group} must be positive and divide X's "
                                    f"{x.shape[1]} channels")
@@ -111,6 +110,9 @@ def conv(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
         raise InvalidArgumentError(f"conv: the output of X {list(x.shape)} with kernel "
                                    f"{kernel}, pads {pairs}, strides {stride} and dilations "
                                    f"{dilation} would be empty ({outs})")
+    if spatial == 3:
+        return returned_as(depth.conv_ncdhw(x, w, b, stride, pairs, dilation, group, device,
+                                            algorithm), like)
     if spatial == 1:
         stride, dilation, pairs, kernel, size, outs = ([1] + stride, [1] + dilation,
                                                        [(0, 0)] + pairs, [1] + kernel,
@@ -174,6 +176,9 @@ def conv_transpose(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
         raise InvalidArgumentError(f"conv_transpose: the output size {outs} of X "
                                    f"{list(x.shape)} with kernel {kernel}, strides {stride}, "
                                    f"pads {pairs} is not positive")
+    if spatial == 3:
+        return returned_as(depth.conv_transpose_ncdhw(x, w, b, stride, pairs, outs, dilation,
+                                                      group, device, algorithm), like)
     if spatial == 1:
         stride, dilation, pairs, kernel, size, outs = ([1] + stride, [1] + dilation,
                                                        [(0, 0)] + pairs, [1] + kernel,

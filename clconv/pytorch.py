@@ -292,45 +292,19 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
 
 # --------------------------------------------------------------------------- 3-D
 
-def _channels_last(x: Any, batched: bool) -> np.ndarray:
-    x = depth.host(x)
-    x = x if batched else x[None]
-    return np.ascontiguousarray(np.moveaxis(x, 1, -1))
-
-
-def _channels_first(y: np.ndarray, bias: Any, batched: bool) -> np.ndarray:
-    y = np.moveaxis(y, -1, 1)
-    if bias is not None:
-        wide = np.float32 if y.dtype == np.float16 else y.dtype
-        y = (y.astype(wide) + depth.host(bias).astype(wide).reshape(1, -1, 1, 1, 1)
-             ).astype(y.dtype)
-    y = np.ascontiguousarray(y)
-    return y if batched else y[0]
-
-
 def _conv_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
              pads: list[tuple[int, int]], dilation: list[int], groups: int, dtype: np.dtype,
              device: DeviceSpec, algorithm: Optional[str]) -> np.ndarray:
-    """conv3d through clconv.depth: NCDHW in and out, weight [C_out, C_in/g, kd, kh, kw]."""
-    x5 = _channels_last(x, batched)
-    w5 = np.ascontiguousarray(depth.host(w).transpose(2, 3, 4, 1, 0))
-    size, kernel = x5.shape[1:4], w5.shape[:3]
-    outs = [depth.output_size(n, k, s, d, p)
-            for n, k, s, d, p in zip(size, kernel, stride, dilation, pads)]
-    g = depth.Geometry3d(x5.shape[0], tuple(size), x5.shape[4], tuple(kernel), tuple(outs),
-                         w5.shape[4], tuple(stride), tuple(dilation), tuple(pads), groups)
-    return _channels_first(depth.forward(x5, w5, g, device, algorithm), b, batched)
+    x = x if batched else x.reshape(1, *x.shape)
+    y = depth.conv_ncdhw(x, w, b, stride, pads, dilation, groups, device, algorithm)
+    return y if batched else y[0]
 
 
 def _transpose_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
                   padding: list[int], output_padding: list[int], dilation: list[int],
                   groups: int, dtype: np.dtype, device: DeviceSpec,
                   algorithm: Optional[str]) -> np.ndarray:
-    """conv_transpose3d: the input gradient of the conv whose weight
-    [C_in, C_out/g, kd, kh, kw] it takes."""
-    dy5 = _channels_last(x, batched)
-    w5 = np.ascontiguousarray(depth.host(w).transpose(2, 3, 4, 1, 0))
-    size, kernel = dy5.shape[1:4], w5.shape[:3]
+    size, kernel = [int(v) for v in x.shape[-3:]], [int(v) for v in w.shape[2:]]
     outs = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in
             zip(size, stride, padding, dilation, kernel, output_padding)]
     # torch 2.13 refuses an empty output here only for ungrouped convs (its grouped 3-D
@@ -338,10 +312,11 @@ def _transpose_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
     if any(o < 0 for o in outs) or (groups == 1 and any(o == 0 for o in outs)):
         raise RuntimeError(f"Given input size per channel: {_sizes(size)}. Calculated output "
                            f"size per channel: {_sizes(outs)}. Output size is too small")
-    g = depth.Geometry3d(dy5.shape[0], tuple(outs), w5.shape[3] * groups, tuple(kernel),
-                         tuple(size), dy5.shape[4], tuple(stride), tuple(dilation),
-                         tuple((p, p - op) for p, op in zip(padding, output_padding)), groups)
-    return _channels_first(depth.backprop_input(dy5, w5, g, device, algorithm), b, batched)
+    pads = [(p, p - op) for p, op in zip(padding, output_padding)]
+    x = x if batched else x.reshape(1, *x.shape)
+    y = depth.conv_transpose_ncdhw(x, w, b, stride, pads, outs, dilation, groups, device,
+                                   algorithm)
+    return y if batched else y[0]
 
 
 # --------------------------------------------------------------------------- the API

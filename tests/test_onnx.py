@@ -1,7 +1,7 @@
 """clconv.onnx against onnx's reference evaluator (onnx.reference.ReferenceEvaluator)
 in the same process, and against the float64 result of that evaluator: every
 auto_pad mode, asymmetric pads, groups, dilations, output_padding and output_shape,
-1-D and 2-D; the errors.  Skipped where onnx is not installed."""
+1-D, 2-D and 3-D; the errors.  Skipped where onnx is not installed."""
 
 from __future__ import annotations
 
@@ -87,6 +87,15 @@ CASES = {  # name -> (op, X shape, W shape, bias?, attributes)
                                     dict(strides=[2, 2], group=4, dilations=[2, 2])),
     "transpose_grouped_1d_x8": ("ConvTranspose", (1, 8, 6), (8, 2, 16), True,
                                 dict(strides=[8], pads=[4, 4], group=2)),
+    "conv_3d_asymmetric": ("Conv", (1, 3, 5, 6, 4), (4, 3, 3, 2, 3), True,
+                           dict(pads=[1, 0, 1, 0, 1, 2], strides=[2, 1, 1])),
+    "conv_3d_same_lower_grouped": ("Conv", (2, 4, 5, 5, 5), (4, 2, 3, 3, 3), False,
+                                   dict(auto_pad="SAME_LOWER", strides=[2, 2, 1], group=2)),
+    "transpose_3d_unet_x2": ("ConvTranspose", (1, 4, 3, 4, 2), (4, 2, 2, 2, 2), True,
+                             dict(strides=[2, 2, 2])),
+    "transpose_3d_output_shape": ("ConvTranspose", (1, 2, 3, 3, 3), (2, 3, 3, 3, 3), False,
+                                  dict(strides=[2, 2, 2], output_shape=[6, 5, 6],
+                                       dilations=[1, 1, 1])),
 }
 
 
@@ -119,13 +128,12 @@ ERRORS = {  # name -> (function, X shape, W shape, attributes, message pattern)
                            "input channels"),
     "transpose_output_too_large": (co.conv_transpose, (1, 3, 4, 4), (3, 2, 3, 3),
                                    dict(strides=[2, 2], output_shape=[12, 12]), "exceeds"),
-    "three_d": (co.conv, (1, 1, 3, 3, 3), (1, 1, 2, 2, 2), {}, "1-D and 2-D"),
+    "four_d": (co.conv, (1, 1, 3, 3, 3, 3), (1, 1, 2, 2, 2, 2), {}, "1, 2 or 3 spatial"),
 }
 
 
 @pytest.mark.parametrize("case", list(ERRORS), ids=list(ERRORS))
 def test_errors_name_the_value(case, spec):
     run, x_shape, w_shape, attributes, pattern = ERRORS[case]
-    error = clconv.UnimplementedError if case == "three_d" else clconv.InvalidArgumentError
-    with pytest.raises(error, match=pattern):
+    with pytest.raises(clconv.InvalidArgumentError, match=pattern):
         run(_random(x_shape, 4), _random(w_shape, 5), **attributes, device=spec)
