@@ -1,0 +1,194 @@
+"""TensorFlow's 3-D convolutions: tf.nn.conv3d and tf.nn.conv3d_transpose (the
+Conv3DBackpropInputV2 op), with their argument checks and messages, computed
+through clconv.depth (2-D convs summed over the depth taps).  NCDHW and dilations
+> 1, which TF's CPU kernels refuse, are computed (TF's GPU kernels accept them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from clconv import depth, tensors
+from clconv.device_select import DeviceSpec
+from clconv.errors import InvalidArgumentError
+
+FORMATS = ("NDHWC", "NCDHW")
+
+
+def _attr_list(value: Any, name: str, op: str) -> list[int]:
+    """An op attribute TF takes only as a list of 5 ints (tf.nn.conv3d passes strides
+    and dilations through as they are)."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"Expected list for '{name}' argument to '{op}' Op, not {value!r}.")
+    if len(value) < 5:
+        raise InvalidArgumentError(f"Length for attr '{name}' of {len(value)} must be at "
+                                   "least minimum 5")
+    return [int(v) for v in value]
+
+
+def _padding(padding: Any) -> str:
+    if not isinstance(padding, str):
+        raise TypeError(f"Expected string for argument 'padding' not {padding!r}.")
+    if padding not in ("SAME", "VALID"):
+        raise InvalidArgumentError(f"Value for attr 'padding' of \"{padding}\" is not in the "
+                                   'list of allowed values: "SAME", "VALID"')
+    return padding
+
+
+def _format(data_format: Any) -> str:
+    if data_format not in FORMATS:
+        raise InvalidArgumentError(f"Value for attr 'data_format' of \"{data_format}\" is not "
+                                   'in the list of allowed values: "NDHWC", "NCDHW"')
+    return data_format
+
+
+def _window_checks(strides: list[int], dilations: list[int], data_format: str) -> None:
+    if len(strides) != 5:
+        raise InvalidArgumentError("Sliding window strides field must specify 5 dimensions")
+    if len(dilations) != 5:
+        raise InvalidArgumentError("Dilation rates field must specify 5 dimensions")
+    channel = 4 if data_format == "NDHWC" else 1
+    if strides[0] != 1 or strides[channel] != 1:
+        raise InvalidArgumentError("Current implementation does not yet support strides in "
+                                   "the batch and depth dimensions.")
+    if dilations[0] != 1 or dilations[channel] != 1:
+        raise InvalidArgumentError("Current implementation does not yet support dilations "
+                                   "rates in the batch and depth dimensions.")
+    if any(s <= 0 for s in _spatial(strides, data_format)):
+        raise InvalidArgumentError("Spatial strides should be larger than 0.")
+    if any(d <= 0 for d in _spatial(dilations, data_format)):
+        raise InvalidArgumentError("Dilated rates should be larger than 0.")
+
+
+def _spatial(values: Sequence[Any], data_format: str) -> list[Any]:
+    return list(values[1:4]) if data_format == "NDHWC" else list(values[2:5])
+
+
+def _channels_last(x: np.ndarray, data_format: str) -> np.ndarray:
+    return x if data_format == "NDHWC" else np.ascontiguousarray(np.moveaxis(x, 1, -1))
+
+
+def _window(size: int, kernel: int, stride: int, dilation: int, padding: str
+            ) -> tuple[int, tuple[int, int]]:
+    """TF's GetWindowedOutputSize: the output size and (before, after) padding."""
+    k_eff = (kernel - 1) * dilation + 1
+    if padding == "VALID":
+        return max(-(-(size - k_eff + 1) // stride), 0), (0, 0)
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k_eff - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def _returned(y: np.ndarray, data_format: str, like: Any) -> Any:
+    y = y if data_format == "NDHWC" else np.ascontiguousarray(np.moveaxis(y, -1, 1))
+    if tensors.is_device_array(like):
+        import pyopencl.array as cl_array
+
+        return cl_array.to_device(like.queue, y)
+    return y
+
+
+def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
+           data_format: str = "NDHWC", dilations: Optional[Sequence[int]] = None,
+           name: Optional[str] = None, *, device: DeviceSpec = None,
+           algorithm: Optional[str] = None) -> Any:
+    """tf.nn.conv3d: input ``[N, D, H, W, C]`` (NDHWC) or NCDHW, filters
+    ``[kd, kh, kw, C / groups, C_out]``, strides and dilations lists of 5."""
+    strides = _attr_list(strides, "strides", "conv3d")
+    dilations = [1] * 5 if dilations is None else _attr_list(dilations, "dilations", "conv3d")
+    padding, data_format = _padding(padding), _format(data_format)
+    x, w = depth.host(input), depth.host(filters)
+    dtype = tensors.resolve_dtype("Conv3D", [(x, "input"), (w, "filter")])
+    _window_checks(strides, dilations, data_format)
+    if x.ndim != 5:
+        raise InvalidArgumentError("input must be 5-dimensional")
+    if w.ndim != 5:
+        raise InvalidArgumentError("filter must be 5-dimensional")
+    x5 = _channels_last(x.astype(dtype, copy=False), data_format)
+    channels, f_in = x5.shape[4], w.shape[3]
+    if f_in <= 0 or channels % f_in:
+        raise InvalidArgumentError(f"Input depth must be evenly divisible by filter depth: "
+                                   f"{channels} vs {f_in}")
+    tensors.check_computable(dtype)
+    size, kernel = x5.shape[1:4], w.shape[:3]
+    stride3, dilation3 = _spatial(strides, data_format), _spatial(dilations, data_format)
+    windows = [_window(n, k, s, d, padding)
+               for n, k, s, d in zip(size, kernel, stride3, dilation3)]
+    g = depth.Geometry3d(x5.shape[0], tuple(size), channels, tuple(kernel),
+                         tuple(o for o, _ in windows), w.shape[4], tuple(stride3),
+                         tuple(dilation3), tuple(p for _, p in windows), channels // f_in)
+    y = depth.forward(x5, np.ascontiguousarray(w.astype(dtype, copy=False)), g, device,
+                      algorithm)
+    return _returned(y, data_format, input)
+
+
+def conv3d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
+                     padding: str = "SAME", data_format: str = "NDHWC", dilations: Any = None,
+                     name: Optional[str] = None, *, device: DeviceSpec = None,
+                     algorithm: Optional[str] = None) -> Any:
+    """tf.nn.conv3d_transpose: input ``[N, D, H, W, C_in]`` (NDHWC) or NCDHW, filters
+    ``[kd, kh, kw, C_out, C_in]``, output_shape of 5 ints in data_format order;
+    strides and dilations an int or 1, 3 or 5 ints."""
+    data_format = _format(data_format)
+    channel_index = 4 if data_format == "NDHWC" else 1
+    strides = _sequence3(strides, channel_index, "strides")
+    dilations = _sequence3(dilations, channel_index, "dilations")
+    padding = _padding(padding)
+    dy, w = depth.host(input), depth.host(filters)
+    dtype = tensors.resolve_dtype("Conv3DBackpropInputV2", [(w, "filter"), (dy, "out_backprop")])
+    _window_checks(strides, dilations, data_format)
+    sizes = [int(v) for v in np.asarray(output_shape).reshape(-1)]
+    if dy.ndim != 5:
+        raise InvalidArgumentError("out_backprop must be 5-dimensional")
+    if w.ndim != 5:
+        raise InvalidArgumentError("filter must be 5-dimensional")
+    if len(sizes) != 5:
+        raise InvalidArgumentError(f"input_sizes must have 5 elements, got {len(sizes)}")
+    dy5 = _channels_last(dy.astype(dtype, copy=False), data_format)
+    dx_shape = sizes if data_format == "NDHWC" else [sizes[0], *sizes[2:], sizes[1]]
+    if dy5.shape[4] != w.shape[4]:
+        raise InvalidArgumentError(f"out_backprop and filter_sizes must have the same number "
+                                   f"of channels. Got {dy5.shape[4]} for out_backprop and "
+                                   f"{w.shape[4]} for filter_sizes")
+    if dx_shape[4] != w.shape[3]:
+        raise InvalidArgumentError(f"input_sizes and filter_sizes must have the same number of "
+                                   f"channels. Got {dx_shape[4]} for input_sizes and "
+                                   f"{w.shape[3]} for filter_sizes")
+    if dy5.shape[0] != dx_shape[0]:
+        raise InvalidArgumentError(f"out_backprop and input_sizes must have the same batch "
+                                   f"size. Got {dy5.shape[0]} and {dx_shape[0]}")
+    tensors.check_computable(dtype)
+    stride3, dilation3 = _spatial(strides, data_format), _spatial(dilations, data_format)
+    windows = []
+    for axis, (n, k, s, d) in enumerate(zip(dx_shape[1:4], w.shape[:3], stride3, dilation3)):
+        out, pads = _window(n, k, s, d, padding)
+        if out != dy5.shape[1 + axis]:
+            raise InvalidArgumentError(
+                f"Conv3DBackpropInputOp: Size of out_backprop doesn't match computed: actual = "
+                f"{dy5.shape[1 + axis]}, computed = {out} spatial_dim: {axis + 1} input: {n} "
+                f"filter: {k} output: {dy5.shape[1 + axis]} stride: {s} dilation: {d}")
+        windows.append(pads)
+    g = depth.Geometry3d(dx_shape[0], tuple(dx_shape[1:4]), dx_shape[4], tuple(w.shape[:3]),
+                         tuple(dy5.shape[1:4]), dy5.shape[4], tuple(stride3),
+                         tuple(dilation3), tuple(windows), 1)
+    dx = depth.backprop_input(dy5, np.ascontiguousarray(w.astype(dtype, copy=False)), g,
+                              device, algorithm)
+    return _returned(dx, data_format, input)
+
+
+def _sequence3(value: Any, channel_index: int, name: str) -> list[int]:
+    """nn_ops._get_sequence for three spatial axes: None, an int, or 1, 3 or 5 ints."""
+    if value is None:
+        return [1] * 5
+    seq = list(value) if isinstance(value, (list, tuple)) else [value]
+    if len(seq) == 5:
+        return [int(v) for v in seq]
+    if len(seq) == 1:
+        seq = seq * 3
+    elif len(seq) != 3:
+        raise ValueError(f"{name} should be of length 1, 3 or 5. Received: {name}={seq} of "
+                         f"length {len(seq)}")
+    seq = [int(v) for v in seq]
+    return [1, 1, *seq] if channel_index == 1 else [1, *seq, 1]

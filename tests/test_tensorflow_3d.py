@@ -1,0 +1,146 @@
+"""clconv.conv3d and clconv.conv3d_transpose against tf.nn.conv3d and
+tf.nn.conv3d_transpose (TF 2.21, stock kernels) in the same process, and a float64
+NumPy 3-D reference for what TF's CPU kernels refuse (grouped convs, NCDHW,
+dilations): values, argument forms, errors (class and message)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+import clconv
+from helpers import assert_close
+
+os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+tf = pytest.importorskip("tensorflow")
+
+
+def _random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _reference(x, w, strides, pads, dilations, groups):
+    """float64 conv3d, NDHWC, w [kd, kh, kw, C/groups, C_out]: a sum over taps of strided
+    slices of the explicitly zero-padded input (independent of clconv.depth)."""
+    x = np.pad(x.astype(np.float64), [(0, 0), *pads, (0, 0)])
+    w = w.astype(np.float64)
+    n, c = x.shape[0], x.shape[4]
+    kernel, c_out = w.shape[:3], w.shape[4]
+    outs = [(x.shape[1 + i] - (kernel[i] - 1) * dilations[i] - 1) // strides[i] + 1
+            for i in range(3)]
+    y = np.zeros((n, *outs, c_out))
+    per_in, per_out = c // groups, c_out // groups
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            for e in range(kernel[2]):
+                start = [a * dilations[0], b * dilations[1], e * dilations[2]]
+                window = x[:, start[0]:start[0] + (outs[0] - 1) * strides[0] + 1:strides[0],
+                           start[1]:start[1] + (outs[1] - 1) * strides[1] + 1:strides[1],
+                           start[2]:start[2] + (outs[2] - 1) * strides[2] + 1:strides[2]]
+                for g in range(groups):
+                    y[..., g * per_out:(g + 1) * per_out] += np.einsum(
+                        "ndhwc,co->ndhwo", window[..., g * per_in:(g + 1) * per_in],
+                        w[a, b, e, :, g * per_out:(g + 1) * per_out])
+    return y
+
+
+CONV3D = {  # name -> (x shape, filter shape, strides, padding)
+    "same": ((2, 6, 7, 5, 4), (3, 2, 3, 4, 5), [1, 1, 1, 1, 1], "SAME"),
+    "valid_strided": ((2, 6, 7, 5, 4), (3, 2, 3, 4, 5), [1, 2, 1, 2, 1], "VALID"),
+    "unet_like": ((1, 8, 8, 8, 8), (3, 3, 3, 8, 8), [1, 1, 1, 1, 1], "SAME"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV3D), ids=list(CONV3D))
+def test_conv3d_matches_tensorflow(device, spec, case):
+    if device.kind == "simulator" and case == "unet_like":
+        pytest.skip("too large for the simulator")
+    x_shape, f_shape, strides, padding = CONV3D[case]
+    x, f = _random(x_shape, 1), _random(f_shape, 2)
+    want = tf.nn.conv3d(x, f, strides, padding).numpy()
+    got = clconv.conv3d(x, f, strides, padding, device=spec)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    reduction = int(np.prod(f_shape[:4]))
+    assert_close(got, want, np.float32, reduction)
+    ncdhw = clconv.conv3d(np.moveaxis(x, -1, 1).copy(), f, [strides[i] for i in (0, 4, 1, 2, 3)],
+                          padding, "NCDHW", device=spec)
+    assert_close(np.moveaxis(ncdhw, 1, -1), want, np.float32, reduction)
+
+
+def test_grouped_and_dilated_conv3d_match_the_reference(device, spec):
+    """What TF's CPU kernels refuse (its GPU kernels compute it)."""
+    x, f = _random((1, 7, 6, 5, 4), 3), _random((3, 2, 3, 2, 6), 4)
+    got = clconv.conv3d(x, f, [1, 1, 2, 1, 1], "VALID", dilations=[1, 2, 1, 2, 1], device=spec)
+    want = _reference(x, f, [1, 2, 1], [(0, 0)] * 3, [2, 1, 2], groups=2)
+    assert_close(got, want, np.float32, 3 * 2 * 3 * 2)
+
+
+TRANSPOSE = {  # name -> (dy shape, filter shape, output_shape, strides, padding)
+    "same_x2": ((1, 3, 4, 3, 5), (3, 3, 2, 4, 5), [1, 6, 8, 6, 4], [1, 2, 2, 2, 1], "SAME"),
+    "valid_int_stride": ((1, 3, 4, 3, 5), (3, 3, 2, 4, 5), [1, 7, 9, 7, 4], 2, "VALID"),
+    "stride1": ((2, 3, 4, 3, 5), (3, 3, 2, 4, 5), [2, 3, 4, 3, 4], 1, "SAME"),
+    "unet_up": ((1, 4, 4, 4, 8), (2, 2, 2, 4, 8), [1, 8, 8, 8, 4], [2, 2, 2], "SAME"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSPOSE), ids=list(TRANSPOSE))
+def test_conv3d_transpose_matches_tensorflow(device, spec, case):
+    dy_shape, f_shape, output_shape, strides, padding = TRANSPOSE[case]
+    dy, f = _random(dy_shape, 5), _random(f_shape, 6)
+    want = tf.nn.conv3d_transpose(dy, f, output_shape, strides, padding).numpy()
+    got = clconv.conv3d_transpose(dy, f, output_shape, strides, padding, device=spec)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert_close(got, want, np.float32, int(np.prod(f_shape[:3])) * f_shape[4])
+
+
+def test_conv3d_transpose_is_the_adjoint_of_conv3d(device, spec):
+    x, f = _random((1, 5, 6, 4, 3), 7), _random((3, 3, 2, 3, 4), 8)
+    y = clconv.conv3d(x, f, [1, 2, 2, 1, 1], "SAME", device=spec)
+    v = _random(y.shape, 9)
+    back = clconv.conv3d_transpose(v, f, x.shape, [1, 2, 2, 1, 1], "SAME", device=spec)
+    left = float(np.sum(y.astype(np.float64) * v))
+    right = float(np.sum(x.astype(np.float64) * back))
+    assert abs(left - right) <= 1e-4 * max(1.0, abs(left))
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
+
+
+_x, _f = _random((1, 6, 6, 6, 3), 10), _random((3, 3, 3, 3, 4), 11)
+_dy = _random((1, 3, 3, 3, 4), 12)
+ERRORS = {
+    "strides_int": lambda m: m.conv3d(_x, _f, 2, "VALID"),
+    "strides_length": lambda m: m.conv3d(_x, _f, [2, 2, 2], "VALID"),
+    "strides_batch": lambda m: m.conv3d(_x, _f, [2, 1, 1, 1, 1], "VALID"),
+    "strides_zero": lambda m: m.conv3d(_x, _f, [1, 0, 1, 1, 1], "VALID"),
+    "explicit_padding": lambda m: m.conv3d(_x, _f, [1] * 5, [[0, 0], [1, 1], [1, 1], [1, 1],
+                                                             [0, 0]]),
+    "unknown_padding": lambda m: m.conv3d(_x, _f, [1] * 5, "FULL"),
+    "depth_not_divisible": lambda m: m.conv3d(_random((1, 6, 6, 6, 5), 13),
+                                              _random((3, 3, 3, 2, 4), 14), [1] * 5, "SAME"),
+    "input_rank": lambda m: m.conv3d(_x[0], _f, [1] * 5, "SAME"),
+    "filter_rank": lambda m: m.conv3d(_x, _f[0], [1] * 5, "SAME"),
+    "transpose_size": lambda m: m.conv3d_transpose(_dy, _f, [1, 7, 6, 6, 3], 2, "SAME"),
+    "transpose_channels": lambda m: m.conv3d_transpose(_random((1, 3, 3, 3, 5), 15), _f,
+                                                       [1, 6, 6, 6, 3], 2, "SAME"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS), ids=list(ERRORS))
+def test_errors_match_tensorflow(case, spec):
+    call = ERRORS[case]
+    with pytest.raises(Exception) as theirs:
+        call(tf.nn)
+    with pytest.raises(Exception) as ours:
+        call(clconv)
+    kinds = {"InvalidArgumentError": clconv.InvalidArgumentError,
+             "UnimplementedError": clconv.UnimplementedError}
+    expected = kinds.get(type(theirs.value).__name__, type(theirs.value))
+    assert isinstance(ours.value, expected), (ours.value, theirs.value)
+    assert _message(ours.value).startswith(_message(theirs.value)), (ours.value, theirs.value)
