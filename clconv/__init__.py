@@ -19,7 +19,7 @@ from clconv.errors import (
 )
 from clconv.ops import conv2d, conv2d_backprop_input, conv2d_transpose, plan
 from clconv.conv1d import conv1d, conv1d_transpose
-from clconv.conv3d import conv3d, conv3d_transpose
+from clconv.conv3d import conv3d, conv3d_backprop_input, conv3d_transpose
 from clconv.depthwise import depthwise_conv2d, depthwise_conv2d_backprop_input
 from clconv.plans import ConvPlan, PreparedFilters
 from clconv.llvm_guard import OpenCLRuntimeConflictError
@@ -48,6 +48,7 @@ __all__ = [
     "conv2d_backprop_input",
     "conv2d_transpose",
     "conv3d",
+    "conv3d_backprop_input",
     "conv3d_transpose",
     "depthwise_conv2d",
     "depthwise_conv2d_backprop_input",

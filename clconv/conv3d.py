@@ -124,6 +124,21 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
     return _returned(y, data_format, input)
 
 
+def conv3d_backprop_input(input_sizes: Any, filters: Any, out_backprop: Any,
+                          strides: Sequence[int], padding: str, data_format: str = "NDHWC",
+                          dilations: Optional[Sequence[int]] = None,
+                          name: Optional[str] = None, *, device: DeviceSpec = None,
+                          algorithm: Optional[str] = None) -> Any:
+    """Conv3DBackpropInputV2 (tf.compat.v1.nn.conv3d_backprop_input_v2): the gradient of
+    conv3d with respect to its input of shape ``input_sizes``; strides and dilations
+    lists of 5, as the raw op takes them."""
+    strides = _attr_list(strides, "strides", "Conv3DBackpropInputV2")
+    dilations = [1] * 5 if dilations is None else _attr_list(dilations, "dilations",
+                                                             "Conv3DBackpropInputV2")
+    return _transpose(out_backprop, filters, input_sizes, strides, padding,
+                      _format(data_format), dilations, device, algorithm)
+
+
 def conv3d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
                      padding: str = "SAME", data_format: str = "NDHWC", dilations: Any = None,
                      name: Optional[str] = None, *, device: DeviceSpec = None,
@@ -135,6 +150,14 @@ def conv3d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     channel_index = 4 if data_format == "NDHWC" else 1
     strides = _sequence3(strides, channel_index, "strides")
     dilations = _sequence3(dilations, channel_index, "dilations")
+    return _transpose(input, filters, output_shape, strides, padding, data_format, dilations,
+                      device, algorithm)
+
+
+def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], padding: Any,
+               data_format: str, dilations: list[int], device: DeviceSpec,
+               algorithm: Optional[str]) -> Any:
+    """Conv3DBackpropInputV2's checks, in its order, and the computation."""
     padding = _padding(padding)
     dy, w = depth.host(input), depth.host(filters)
     dtype = tensors.resolve_dtype("Conv3DBackpropInputV2", [(w, "filter"), (dy, "out_backprop")])

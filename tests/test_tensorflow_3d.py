@@ -96,6 +96,17 @@ def test_conv3d_transpose_matches_tensorflow(device, spec, case):
     assert_close(got, want, np.float32, int(np.prod(f_shape[:3])) * f_shape[4])
 
 
+def test_conv3d_backprop_input_is_the_v2_op(device, spec):
+    dy, f = _random((1, 3, 4, 3, 5), 16), _random((3, 3, 2, 4, 5), 17)
+    sizes = [1, 6, 8, 6, 4]
+    want = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=sizes, filter=f, out_backprop=dy,
+                                            strides=[1, 2, 2, 2, 1], padding="SAME").numpy()
+    got = clconv.conv3d_backprop_input(sizes, f, dy, [1, 2, 2, 2, 1], "SAME", device=spec)
+    assert_close(got, want, np.float32, 3 * 3 * 2 * 5)
+    with pytest.raises(TypeError, match="Expected list for 'strides'"):
+        clconv.conv3d_backprop_input(sizes, f, dy, 2, "SAME", device=spec)
+
+
 def test_conv3d_transpose_is_the_adjoint_of_conv3d(device, spec):
     x, f = _random((1, 5, 6, 4, 3), 7), _random((3, 3, 2, 3, 4), 8)
     y = clconv.conv3d(x, f, [1, 2, 2, 1, 1], "SAME", device=spec)
