@@ -1,19 +1,20 @@
-"""3-D convolutions as sums of 2-D ones over the depth taps (the front ends' 3-D path).
+"""3-D convolutions through the 2-D ones (the front ends' 3-D path).
 
-For depth tap ``a`` of the filter, the output depths ``od`` whose input depth
-``od * stride - pad + a * dilation`` is real form one batch of 2-D convolutions
-(batch N x those depths) with the filter's plane ``w[a]``; the 3-D result is the
-sum over taps.  The input gradient is the same decomposition read backwards: each
-tap's 2-D input gradient lands on the input depths that tap reads.  Each tap is
-one 2-D plan (clconv.plans), so every 2-D algorithm, the stride-phase
-decomposition of the planes and the tuning carry over; depths that only padding
-reaches cost nothing.  Operands are NDHWC host arrays; filters are
-``[kd, kh, kw, C_in / groups, C_out]``.  The partial sums are added in the
-operands' dtype (float for half).
+The forward conv is one 2-D conv over a batch of N x D_out planes whose channels
+are the input depths each depth tap reads, stacked (see ``forward``).  The input
+gradient is a sum over depth taps: for tap ``a``, the output depths ``od`` whose
+input depth ``od * stride - pad + a * dilation`` is real form one batch of 2-D input
+gradients with the filter's plane ``w[a]``, which lands on the input depths that
+tap reads, so depths that only padding reaches and the zeros a depth stride
+inserts cost nothing.  Each is a 2-D plan (clconv.plans), so every 2-D algorithm,
+the stride-phase decomposition of the planes and the tuning carry over.  Operands
+are NDHWC host arrays; filters are ``[kd, kh, kw, C_in / groups, C_out]``.  The
+gradient's partial sums are added in the operands' dtype (float for half).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -65,21 +66,33 @@ def _accumulator(dtype: np.dtype) -> np.dtype:
 
 def forward(x: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
             algorithm: Optional[str]) -> np.ndarray:
-    """y[N, Do, Ho, Wo, C_out] = conv3d(x, w)."""
+    """y[N, Do, Ho, Wo, C_out] = conv3d(x, w), as ONE 2-D conv: the input depths each
+    depth tap reads are stacked along the channels (zeros where a tap reads padding),
+    so the depth taps become part of the 2-D conv's reduction and the device does the
+    whole sum (one GEMM of K = kd * kh * kw * C_in / groups).  Channels stay grouped:
+    group g's stacked channels are contiguous, [g][tap][its channels]."""
     dtype = x.dtype
     rt = runtime(device)
     check_device_dtype(rt, dtype)
-    y = np.zeros((g.batch, *g.out_size, g.out_c), _accumulator(dtype))
-    for tap in range(g.kernel[0]):
+    n, (d_out, h_out, w_out) = g.batch, g.out_size
+    if not n * d_out * h_out * w_out * g.out_c:
+        return np.zeros((n, *g.out_size, g.out_c), dtype)
+    taps, groups = g.kernel[0], g.groups
+    per_group = g.in_c // groups
+    stacked = np.zeros((n, d_out, *g.in_size[1:], groups, taps, per_group), dtype)
+    grouped = x.reshape(n, *g.in_size, groups, per_group)
+    for tap in range(taps):
         out_depths, in_depths = g.tap_depths(tap)
-        if not len(out_depths) or not y.size:
-            continue
-        count = g.batch * len(out_depths)
-        plane = plans.get_plan(rt, "conv2d", g.plane(count), dtype, algorithm)
-        slab = np.ascontiguousarray(x[:, in_depths]).reshape(count, *g.in_size[1:], g.in_c)
-        part = plane.execute(slab, np.ascontiguousarray(w[tap]))
-        y[:, out_depths] += part.reshape(g.batch, len(out_depths), *g.out_size[1:], g.out_c)
-    return y.astype(dtype, copy=False)
+        tap_view = stacked[:, :, :, :, :, tap]  # a view: then one advanced index only
+        tap_view[:, out_depths] = grouped[:, in_depths]
+    # The filter [kd, kh, kw, C_in/g, C_out] as [kh, kw, kd * C_in/g, C_out], in the
+    # stacked order (tap-major within a group's input channels).
+    w2 = np.ascontiguousarray(w.transpose(1, 2, 0, 3, 4)).reshape(
+        g.kernel[1], g.kernel[2], taps * per_group, g.out_c)
+    plane = dataclasses.replace(g.plane(n * d_out), in_c=g.in_c * taps)
+    plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
+    y = plan.execute(stacked.reshape(n * d_out, *g.in_size[1:], g.in_c * taps), w2)
+    return y.reshape(n, *g.out_size, g.out_c)
 
 
 def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
