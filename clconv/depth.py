@@ -2,14 +2,13 @@
 
 The forward conv is one 2-D conv over a batch of N x D_out planes whose channels
 are the input depths each depth tap reads, stacked (see ``forward``).  The input
-gradient is a sum over depth taps: for tap ``a``, the output depths ``od`` whose
-input depth ``od * stride - pad + a * dilation`` is real form one batch of 2-D input
-gradients with the filter's plane ``w[a]``, which lands on the input depths that
-tap reads, so depths that only padding reaches and the zeros a depth stride
-inserts cost nothing.  Each is a 2-D plan (clconv.plans), so every 2-D algorithm,
-the stride-phase decomposition of the planes and the tuning carry over.  Operands
-are NDHWC host arrays; filters are ``[kd, kh, kw, C_in / groups, C_out]``.  The
-gradient's partial sums are added in the operands' dtype (float for half).
+gradient is one 2-D input gradient per depth phase (input depths of one residue
+modulo the depth stride), its taps' dy depths stacked the same way (see
+``backprop_input``), so the zeros a depth stride would insert cost nothing.  Each
+is a 2-D plan (clconv.plans), so every 2-D algorithm, the stride-phase
+decomposition of the planes and the tuning carry over; the stacking is host-side
+numpy.  Operands are NDHWC host arrays; filters are ``[kd, kh, kw, C_in / groups,
+C_out]``.
 """
 
 from __future__ import annotations
@@ -97,22 +96,46 @@ def forward(x: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
 
 def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
                    algorithm: Optional[str]) -> np.ndarray:
-    """dx[N, D, H, W, C_in] of the conv ``g`` from dy[N, Do, Ho, Wo, C_out]."""
+    """dx[N, D, H, W, C_in] of the conv ``g`` from dy[N, Do, Ho, Wo, C_out], one 2-D
+    input gradient per depth phase: the input depths id = r (mod stride) receive
+    exactly the depth taps a with (r + pad - a * dilation) divisible by the stride,
+    from dy depth (id + pad - a * dilation) / stride; those dy depths are stacked along
+    the channels (zeros past dy's ends), so the device sums all of a phase's taps and
+    no work goes to the zeros a depth stride would insert."""
     dtype = dy.dtype
     rt = runtime(device)
     check_device_dtype(rt, dtype)
-    dx = np.zeros((g.batch, *g.in_size, g.in_c), _accumulator(dtype))
-    for tap in range(g.kernel[0]):
-        out_depths, in_depths = g.tap_depths(tap)
-        if not len(out_depths) or not dx.size:
-            continue
-        count = g.batch * len(out_depths)
-        plane = plans.get_plan(rt, "conv2d_backprop_input", g.plane(count), dtype, algorithm)
-        slab = np.ascontiguousarray(dy[:, out_depths]).reshape(count, *g.out_size[1:], g.out_c)
-        part = plane.execute(slab, np.ascontiguousarray(w[tap]))
-        # One tap reads each input depth at most once (distinct od, stride >= 1).
-        dx[:, in_depths] += part.reshape(g.batch, len(in_depths), *g.in_size[1:], g.in_c)
-    return dx.astype(dtype, copy=False)
+    n, depth, d_out = g.batch, g.in_size[0], g.out_size[0]
+    stride, pad, dilation = g.strides[0], g.pads[0][0], g.dilations[0]
+    groups = g.groups
+    per_out = g.out_c // groups
+    dx = np.zeros((n, *g.in_size, g.in_c), dtype)
+    if not dx.size:
+        return dx
+    dy_grouped = dy.reshape(n, *g.out_size, groups, per_out)
+    for residue in range(min(stride, depth)):
+        in_depths = np.arange(residue, depth, stride)
+        taps = [a for a in range(g.kernel[0]) if (residue + pad - a * dilation) % stride == 0]
+        if not taps or not d_out:
+            continue  # no tap reaches these depths: they stay 0
+        stacked = np.zeros((n, len(in_depths), *g.out_size[1:], groups, len(taps), per_out),
+                           dtype)
+        for t, tap in enumerate(taps):
+            read = (in_depths + pad - tap * dilation) // stride
+            real = (read >= 0) & (read < d_out)
+            tap_view = stacked[:, :, :, :, :, t]  # a view: then one advanced index only
+            tap_view[:, np.flatnonzero(real)] = dy_grouped[:, read[real]]
+        # The taps' filter planes [T, kh, kw, C_in/g, C_out] as [kh, kw, C_in/g, T * C_out]
+        # in the stacked order: [group][tap][its output channels].
+        planes = w[taps].reshape(len(taps), *g.kernel[1:], g.in_c // groups, groups, per_out)
+        w2 = np.ascontiguousarray(planes.transpose(1, 2, 3, 4, 0, 5)).reshape(
+            *g.kernel[1:], g.in_c // groups, len(taps) * g.out_c)
+        plane = dataclasses.replace(g.plane(n * len(in_depths)), out_c=len(taps) * g.out_c)
+        plan = plans.get_plan(rt, "conv2d_backprop_input", plane, dtype, algorithm)
+        part = plan.execute(stacked.reshape(n * len(in_depths), *g.out_size[1:],
+                                            len(taps) * g.out_c), w2)
+        dx[:, in_depths] = part.reshape(n, len(in_depths), *g.in_size[1:], g.in_c)
+    return dx
 
 
 def _channels_last(x: Any) -> np.ndarray:
