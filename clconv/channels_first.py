@@ -1,17 +1,19 @@
 """The common path of the channels-first front ends (clconv.pytorch, clconv.onnx).
 
 Their operands are NC* tensors of any kind (CPU torch tensors, numpy, pyopencl
-arrays); a 1-D conv runs as the 2-D conv of height 1; a call is one plan
-(clconv.plans) on a ConvGeometry the front end built, plus the bias.
+arrays); ``conv_nc`` and ``conv_transpose_nc`` take batched operands of any rank and
+per-axis parameters: a 1-D conv runs as the 2-D conv of height 1, a 2-D one as one
+plan (clconv.plans) plus the bias, a 3-D one through clconv.depth.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from clconv import plans, tensors
+from clconv import depth, plans, tensors
 from clconv.device_select import DeviceSpec
 from clconv.errors import UnimplementedError
 from clconv.ops import check_device_dtype, choose_runtime
@@ -73,28 +75,86 @@ def run(op: str, x: Any, w_tf: Any, g: ConvGeometry, bias: Any, dtype: np.dtype,
 _BIAS_ARGS = [None, np.int32, np.int32, np.int32, None]
 
 
+@functools.lru_cache(maxsize=32)
+def _bias_kernel(context: Any, dtype_str: str) -> TypedKernel:
+    """One typed add_bias kernel per context and dtype, built once."""
+    return TypedKernel(context, "bias.cl", "add_bias", dtype_defines(np.dtype(dtype_str)),
+                       _BIAS_ARGS)
+
+
 def _add_bias_on_device(rt: Any, y: Any, bias: Any, dtype: np.dtype) -> None:
     """kernels/bias.cl on the plan's fresh, contiguous NCHW output."""
     bias_dev = tensors.to_device(bias, dtype, y.queue, rt.info, "bias")
     out = tensors.DeviceTensor.of_array(y)
-    kernel = TypedKernel(rt.context, "bias.cl", "add_bias", dtype_defines(dtype), _BIAS_ARGS)
+    kernel = _bias_kernel(rt.context, np.dtype(dtype).str)
     if y.size:
         kernel.enqueue(y.queue, (int(y.size),), None, [
             out.buffer, out.offset, int(y.shape[1]), int(np.prod(y.shape[2:])),
             bias_dev.buffer])
 
 
-def as_4d(x: Any, spatial: int, batched: bool) -> Any:
-    if not batched:
-        x = x.reshape(1, *x.shape)
-    if spatial == 1:
-        x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
-    return x
+def batch_of_one(x: Any) -> Any:
+    """An unbatched operand as a batch of one."""
+    return x.reshape(1, *x.shape)
 
 
-def from_4d(y: Any, spatial: int, batched: bool) -> Any:
-    if spatial == 1:
-        y = y.reshape(y.shape[0], y.shape[1], y.shape[3])
-    if not batched:
-        y = y.reshape(*y.shape[1:])
-    return y
+def unbatched(y: Any) -> Any:
+    return y.reshape(*y.shape[1:])
+
+
+def _as_4d(x: Any) -> Any:
+    """A batched 1-D operand (or a 1-D weight) as 2-D of height 1."""
+    return x.reshape(x.shape[0], x.shape[1], 1, x.shape[2]) if len(x.shape) == 3 else x
+
+
+def _plane(batch: int, in_size: Sequence[int], in_c: int, kernel: Sequence[int],
+           out_size: Sequence[int], out_c: int, strides: Sequence[int],
+           dilations: Sequence[int], pads: Sequence[tuple[int, int]], groups: int
+           ) -> ConvGeometry:
+    """The 2-D forward conv of 1-D or 2-D per-axis parameters (1-D: height 1)."""
+    if len(in_size) == 1:
+        in_size, kernel, out_size = [1, *in_size], [1, *kernel], [1, *out_size]
+        strides, dilations, pads = [1, *strides], [1, *dilations], [(0, 0), *pads]
+    return ConvGeometry("NCHW", batch, in_size[0], in_size[1], in_c, kernel[0], kernel[1],
+                        out_size[0], out_size[1], out_c, strides[0], strides[1],
+                        dilations[0], dilations[1], pads[0][0], pads[0][1], pads[1][0],
+                        pads[1][1], groups)
+
+
+def conv_nc(x: Any, w: Any, bias: Any, strides: Sequence[int],
+            pads: Sequence[tuple[int, int]], dilations: Sequence[int], groups: int,
+            device: DeviceSpec, algorithm: Optional[str]) -> Any:
+    """A batched channels-first conv of any rank: x [N, C, *size], w [C_out, C/groups,
+    *kernel], bias [C_out] or None, pads (before, after) per axis.  1-D and 2-D run one
+    2-D plan; 3-D runs clconv.depth."""
+    if len(x.shape) == 5:
+        return depth.conv_ncdhw(x, w, bias, strides, pads, dilations, groups, device,
+                                algorithm)
+    size, kernel = [int(n) for n in x.shape[2:]], [int(k) for k in w.shape[2:]]
+    outs = [depth.output_size(n, k, s, d, p)
+            for n, k, s, d, p in zip(size, kernel, strides, dilations, pads)]
+    g = _plane(int(x.shape[0]), size, int(x.shape[1]), kernel, outs, int(w.shape[0]),
+               strides, dilations, pads, groups)
+    y = run("conv2d", _as_4d(x), _as_4d(w).transpose((2, 3, 1, 0)), g, bias, x.dtype,
+            device, algorithm)
+    return y.reshape(*y.shape[:2], *outs)
+
+
+def conv_transpose_nc(x: Any, w: Any, bias: Any, strides: Sequence[int],
+                      pads: Sequence[tuple[int, int]], outs: Sequence[int],
+                      dilations: Sequence[int], groups: int, device: DeviceSpec,
+                      algorithm: Optional[str]) -> Any:
+    """A batched channels-first transposed conv of any rank: x [N, C_in, *size], w
+    [C_in, C_out/groups, *kernel], output [N, C_out, *outs], output o receiving input i
+    through tap a where o = i * stride - pads_before + a * dilation.  It is the input
+    gradient of the forward conv [N, C_out, *outs] -> x, whose after-padding only
+    completes that geometry (it may be negative)."""
+    if len(x.shape) == 5:
+        return depth.conv_transpose_ncdhw(x, w, bias, strides, pads, outs, dilations, groups,
+                                          device, algorithm)
+    size, kernel = [int(n) for n in x.shape[2:]], [int(k) for k in w.shape[2:]]
+    g = _plane(int(x.shape[0]), list(outs), int(w.shape[1]) * groups, kernel, size,
+               int(x.shape[1]), strides, dilations, pads, groups)
+    y = run("conv2d_backprop_input", _as_4d(x), _as_4d(w).transpose((2, 3, 1, 0)), g, bias,
+            x.dtype, device, algorithm)
+    return y.reshape(*y.shape[:2], *outs)

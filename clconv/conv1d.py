@@ -8,7 +8,6 @@ those are the 2-D ops' checks on the same expanded arguments.
 
 from __future__ import annotations
 
-import collections.abc
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -16,26 +15,7 @@ import numpy as np
 from clconv import ops, tensors
 from clconv.device_select import DeviceSpec
 from clconv.errors import InvalidArgumentError
-
-
-def _sequence(value: Any, channel_index: int, name: str) -> list[Any]:
-    """nn_ops._get_sequence for one spatial axis: None, an int, or length 1 or 3."""
-    if value is None:
-        return [1, 1, 1]
-    if isinstance(value, list):
-        seq = value
-    elif isinstance(value, tuple):
-        seq = list(value)
-    elif isinstance(value, int) or not isinstance(value, collections.abc.Sized):
-        seq = [value]
-    else:
-        seq = list(value)
-    if len(seq) == 3:
-        return seq
-    if len(seq) != 1:
-        raise ValueError(f"{name} should be of length 1, 1 or 3. Received: {name}={seq} of "
-                         f"length {len(seq)}")
-    return [1, 1] + seq if channel_index == 1 else [1] + seq + [1]
+from clconv.shapes import window_sequence
 
 
 def _format(data_format: Optional[str], accepted: Sequence[str]) -> tuple[str, int]:
@@ -81,8 +61,8 @@ def conv1d(input: Any, filters: Any, stride: Any, padding: Any, data_format: str
     padding "SAME" or "VALID"."""
     fmt, channel_index = _format(data_format, ("NWC", "NHWC", "NCW", "NCHW"))
     _check_padding(padding)
-    strides = [1] + _sequence(stride, channel_index, "stride")
-    dilations = [1] + _sequence(dilations, channel_index, "dilations")
+    strides = [1] + window_sequence(stride, 1, channel_index == 1, "stride")
+    dilations = [1] + window_sequence(dilations, 1, channel_index == 1, "dilations")
     spatial = -3 if fmt == "NHWC" else -2
     result = ops.conv2d(_expand(input, spatial, "input"), _expand(filters, 0, "filters"),
                         strides, padding, fmt, dilations, device=device, algorithm=algorithm)
@@ -97,8 +77,8 @@ def conv1d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     filters ``[k, C_out, C_in]``, output_shape of length 3 in data_format order."""
     fmt, channel_index = _format(data_format, ("NWC", "NWC", "NCW"))
     _check_padding(padding)
-    strides = [1] + _sequence(strides, channel_index, "stride")
-    dilations = [1] + _sequence(dilations, channel_index, "dilations")
+    strides = [1] + window_sequence(strides, 1, channel_index == 1, "stride")
+    dilations = [1] + window_sequence(dilations, 1, channel_index == 1, "dilations")
     spatial = 1 if fmt == "NHWC" else 2
     shape = list(np.asarray(output_shape).reshape(-1)) if not isinstance(
         output_shape, (list, tuple)) else list(output_shape)

@@ -13,6 +13,7 @@ import numpy as np
 from clconv import depth, tensors
 from clconv.device_select import DeviceSpec
 from clconv.errors import InvalidArgumentError
+from clconv.shapes import window_sequence
 
 FORMATS = ("NDHWC", "NCDHW")
 
@@ -148,8 +149,9 @@ def conv3d_transpose(input: Any, filters: Any, output_shape: Any, strides: Any,
     strides and dilations an int or 1, 3 or 5 ints."""
     data_format = _format(data_format)
     channel_index = 4 if data_format == "NDHWC" else 1
-    strides = _sequence3(strides, channel_index, "strides")
-    dilations = _sequence3(dilations, channel_index, "dilations")
+    strides = [int(v) for v in window_sequence(strides, 3, channel_index == 1, "strides")]
+    dilations = [int(v) for v in window_sequence(dilations, 3, channel_index == 1,
+                                                  "dilations")]
     return _transpose(input, filters, output_shape, strides, padding, data_format, dilations,
                       device, algorithm)
 
@@ -199,19 +201,3 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
     dx = depth.backprop_input(dy5, np.ascontiguousarray(w.astype(dtype, copy=False)), g,
                               device, algorithm)
     return _returned(dx, data_format, input)
-
-
-def _sequence3(value: Any, channel_index: int, name: str) -> list[int]:
-    """nn_ops._get_sequence for three spatial axes: None, an int, or 1, 3 or 5 ints."""
-    if value is None:
-        return [1] * 5
-    seq = list(value) if isinstance(value, (list, tuple)) else [value]
-    if len(seq) == 5:
-        return [int(v) for v in seq]
-    if len(seq) == 1:
-        seq = seq * 3
-    elif len(seq) != 3:
-        raise ValueError(f"{name} should be of length 1, 3 or 5. Received: {name}={seq} of "
-                         f"length {len(seq)}")
-    seq = [int(v) for v in seq]
-    return [1, 1, *seq] if channel_index == 1 else [1, *seq, 1]

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-from clconv import depth
-from clconv.channels_first import as_4d, from_4d, host_operand, returned_as, run
+from clconv.channels_first import conv_nc, conv_transpose_nc, host_operand, returned_as
 from clconv.device_select import DeviceSpec
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.ops import check_algorithm
-from clconv.shapes import ConvGeometry
 from clconv.tensors import COMPUTED_DTYPES
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -40,6 +38,14 @@ def _ints(value: Optional[Sequence[int]], name: str, length: int, default: int) 
         raise InvalidArgumentError(f"attribute {name}={values} must have {length} values (one "
                                    f"per spatial axis)")
     return values
+
+
+def _operands(op: str, X: Any, W: Any, B: Any, group: int, kernel_shape: Any,
+              auto_pad: str) -> tuple[Any, Any, Any, int]:
+    """(x, w, b, the spatial rank), checked by ``_check``."""
+    x, w = host_operand(X, "X"), host_operand(W, "W")
+    b = None if B is None else host_operand(B, "B")
+    return x, w, b, _check(op, x, w, b, group, kernel_shape, auto_pad)
 
 
 def _check(op: str, x: Any, w: Any, b: Any, group: int, kernel_shape: Any,
@@ -80,9 +86,7 @@ def conv(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
     """ONNX Conv: Y = X (*) W + B, Y [N, M, *out]."""
     check_algorithm(algorithm, "conv2d")
     like = X
-    x, w = host_operand(X, "X"), host_operand(W, "W")
-    b = None if B is None else host_operand(B, "B")
-    spatial = _check("conv", x, w, b, group, kernel_shape, auto_pad)
+    x, w, b, spatial = _operands("conv", X, W, B, group, kernel_shape, auto_pad)
     if w.shape[1] * group != x.shape[1]:
         raise InvalidArgumentError(f"conv: W of shape {list(w.shape)} with group={group} needs "
                                    f"{w.shape[1] * group} input channels, X has {x.shape[1]}")
@@ -110,21 +114,8 @@ def conv(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
         raise InvalidArgumentError(f"conv: the output of X {list(x.shape)} with kernel "
                                    f"{kernel}, pads {pairs}, strides {stride} and dilations "
                                    f"{dilation} would be empty ({outs})")
-    if spatial == 3:
-        return returned_as(depth.conv_ncdhw(x, w, b, stride, pairs, dilation, group, device,
-                                            algorithm), like)
-    if spatial == 1:
-        stride, dilation, pairs, kernel, size, outs = ([1] + stride, [1] + dilation,
-                                                       [(0, 0)] + pairs, [1] + kernel,
-                                                       [1] + size, [1] + outs)
-    g = ConvGeometry("NCHW", int(x.shape[0]), size[0], size[1], int(x.shape[1]), kernel[0],
-                     kernel[1], outs[0], outs[1], int(w.shape[0]), stride[0], stride[1],
-                     dilation[0], dilation[1], pairs[0][0], pairs[0][1], pairs[1][0],
-                     pairs[1][1], group)
-    w4 = as_4d(w, spatial, True)
-    y = run("conv2d", as_4d(x, spatial, True), w4.transpose((2, 3, 1, 0)), g, b,
-            x.dtype, device, algorithm)
-    return returned_as(from_4d(y, spatial, True), like)
+    return returned_as(conv_nc(x, w, b, stride, pairs, dilation, group, device, algorithm),
+                       like)
 
 
 def conv_transpose(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
@@ -138,9 +129,7 @@ def conv_transpose(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
     """ONNX ConvTranspose: Y [N, M, *out] with out from output_shape or the pads."""
     check_algorithm(algorithm, "conv2d_backprop_input")
     like = X
-    x, w = host_operand(X, "X"), host_operand(W, "W")
-    b = None if B is None else host_operand(B, "B")
-    spatial = _check("conv_transpose", x, w, b, group, kernel_shape, auto_pad)
+    x, w, b, spatial = _operands("conv_transpose", X, W, B, group, kernel_shape, auto_pad)
     if w.shape[0] != x.shape[1]:
         raise InvalidArgumentError(f"conv_transpose: W of shape {list(w.shape)} needs "
                                    f"{w.shape[0]} input channels, X has {x.shape[1]}")
@@ -173,22 +162,5 @@ def conv_transpose(X: Any, W: Any, B: Any = None, *, auto_pad: str = "NOTSET",
         raise InvalidArgumentError(f"conv_transpose: the output size {outs} of X "
                                    f"{list(x.shape)} with kernel {kernel}, strides {stride}, "
                                    f"pads {pairs} is not positive")
-    if spatial == 3:
-        return returned_as(depth.conv_transpose_ncdhw(x, w, b, stride, pairs, outs, dilation,
-                                                      group, device, algorithm), like)
-    if spatial == 1:
-        stride, dilation, pairs, kernel, size, outs = ([1] + stride, [1] + dilation,
-                                                       [(0, 0)] + pairs, [1] + kernel,
-                                                       [1] + size, [1] + outs)
-    # The forward conv whose input gradient this is: [N, M, *outs] -> X.  Output row o
-    # receives input row i through tap a where o = i * stride - pads_begin + a * dilation;
-    # the end padding only completes that geometry (it may be negative).
-    per_group = int(w.shape[1])
-    g = ConvGeometry("NCHW", int(x.shape[0]), outs[0], outs[1], per_group * group, kernel[0],
-                     kernel[1], size[0], size[1], int(x.shape[1]), stride[0], stride[1],
-                     dilation[0], dilation[1], pairs[0][0], pairs[0][1], pairs[1][0],
-                     pairs[1][1], group)
-    w4 = as_4d(w, spatial, True)
-    y = run("conv2d_backprop_input", as_4d(x, spatial, True), w4.transpose((2, 3, 1, 0)), g,
-            b, x.dtype, device, algorithm)
-    return returned_as(from_4d(y, spatial, True), like)
+    return returned_as(conv_transpose_nc(x, w, b, stride, pairs, outs, dilation, group,
+                                         device, algorithm), like)

@@ -22,12 +22,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from clconv import depth, tensors
-from clconv.channels_first import as_4d, from_4d, host_operand, returned_as, run
+from clconv import tensors
+from clconv.channels_first import (batch_of_one, conv_nc, conv_transpose_nc, host_operand,
+                                   returned_as, unbatched)
 from clconv.device_select import DeviceSpec
 from clconv.errors import UnimplementedError
 from clconv.ops import check_algorithm
-from clconv.shapes import ConvGeometry
 
 IntOrInts = Union[int, Sequence[int]]
 
@@ -181,17 +181,22 @@ def _check_output_padding(outpad: list[int], stride: list[int], dilation: list[i
 
 # --------------------------------------------------------------------------- compute
 
-def _weight_tf(w: Any, spatial: int) -> Any:
-    """A torch weight [A, B, (kh,) kw] as clconv's [kh, kw, B, A] (a view where possible)."""
-    if spatial == 1:
-        w = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2])
-    return w.transpose((2, 3, 1, 0))
-
-
 def _same_padding(kernel: list[int], dilation: list[int]) -> list[tuple[int, int]]:
     """torch's padding="same": total d*(k-1) per dimension, the odd one on the right."""
     totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
     return [(t // 2, t - t // 2) for t in totals]
+
+
+def _operands(op_name: str, spatial: int, input: Any, weight: Any, bias: Any
+              ) -> tuple[Any, Any, Any, bool, int, list[int]]:
+    """(x, w, b, batched, the weight's spatial rank, x's batched shape), after torch's
+    rank checks."""
+    x, w = host_operand(input, "input"), host_operand(weight, "weight")
+    b = None if bias is None else host_operand(bias, "bias")
+    batched = _check_input_rank(x, spatial, op_name)
+    if len(w.shape) < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    return x, w, b, batched, len(w.shape) - 2, _shape(x) if batched else [1, *_shape(x)]
 
 
 def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride: IntOrInts,
@@ -199,15 +204,9 @@ def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride
           algorithm: Optional[str]) -> Any:
     check_algorithm(algorithm, "conv2d")
     like = input
-    x, w = host_operand(input, "input"), host_operand(weight, "weight")
-    b = None if bias is None else host_operand(bias, "bias")
-    batched = _check_input_rank(x, spatial, op_name)
-    if len(w.shape) < 3:
-        raise RuntimeError("weight should have at least three dimensions")
-    w_spatial = len(w.shape) - 2
+    x, w, b, batched, w_spatial, x_shape = _operands(op_name, spatial, input, weight, bias)
     stride = _expand(stride, "stride", w_spatial, op_name)
     dilation = _expand(dilation, "dilation", w_spatial, op_name)
-    x_shape = _shape(x) if batched else [1, *_shape(x)]
     if isinstance(padding, str):
         if padding not in ("same", "valid"):
             raise RuntimeError(f"Invalid padding string: {padding!r}")
@@ -221,23 +220,10 @@ def _conv(op_name: str, spatial: int, input: Any, weight: Any, bias: Any, stride
         pads = [(p, p) for p in symmetric]
     _check_common(x_shape, w, b, stride, symmetric, dilation, groups, transposed=False)
     _check_dilation(_as_2d(dilation, 1), transposed=False)
-    dtype = _check_dtypes(x, w, b)
-    if spatial == 3:
-        return returned_as(_conv_3d(x, w, b, batched, stride, pads, dilation, groups, dtype,
-                                    device, algorithm), like)
-
-    x4 = as_4d(x, spatial, batched)
-    (ph, pw) = ([(0, 0)] + pads) if spatial == 1 else pads
-    (sh, sw), (dh, dw) = _as_2d(stride, 1), _as_2d(dilation, 1)
-    n, c, h, wd = (int(v) for v in x4.shape)
-    out_c, _, k_h, k_w = (int(v) for v in as_4d(w, spatial, True).shape) if spatial == 1 \
-        else (int(v) for v in w.shape)
-    out_h = (h + ph[0] + ph[1] - (k_h - 1) * dh - 1) // sh + 1
-    out_w = (wd + pw[0] + pw[1] - (k_w - 1) * dw - 1) // sw + 1
-    g = ConvGeometry("NCHW", n, h, wd, c, k_h, k_w, out_h, out_w, out_c, sh, sw, dh, dw,
-                     ph[0], ph[1], pw[0], pw[1], groups)
-    y = run("conv2d", x4, _weight_tf(w, spatial), g, b, dtype, device, algorithm)
-    return returned_as(from_4d(y, spatial, batched), like)
+    _check_dtypes(x, w, b)
+    y = conv_nc(x if batched else batch_of_one(x), w, b, stride, pads, dilation, groups, device,
+                algorithm)
+    return returned_as(y if batched else unbatched(y), like)
 
 
 def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: Any,
@@ -248,75 +234,35 @@ def _conv_transpose(op_name: str, spatial: int, input: Any, weight: Any, bias: A
     like = input
     if isinstance(padding, str):
         raise TypeError(f"{op_name}(): argument 'padding' must be tuple of ints, not str")
-    x, w = host_operand(input, "input"), host_operand(weight, "weight")
-    b = None if bias is None else host_operand(bias, "bias")
-    batched = _check_input_rank(x, spatial, op_name)
-    if len(w.shape) < 3:
-        raise RuntimeError("weight should have at least three dimensions")
-    w_spatial = len(w.shape) - 2
+    x, w, b, batched, w_spatial, x_shape = _operands(op_name, spatial, input, weight, bias)
     stride = _expand(stride, "stride", w_spatial, op_name)
     padding = _expand(padding, "padding", w_spatial, op_name)
     output_padding = _expand(output_padding, "output_padding", w_spatial, op_name)
     dilation = _expand(dilation, "dilation", w_spatial, op_name)
-    x_shape = _shape(x) if batched else [1, *_shape(x)]
     _check_common(x_shape, w, b, stride, padding, dilation, groups, transposed=True,
                   output_padding=output_padding)
-    dtype = _check_dtypes(x, w, b)
+    _check_dtypes(x, w, b)
 
     # The rest as torch checks it, on the 2-D view of a 1-D conv.
-    stride2, pad2 = _as_2d(stride, 1), _as_2d(padding, 0)
+    stride2 = _as_2d(stride, 1)
     outpad2, dil2 = _as_2d(output_padding, 0), _as_2d(dilation, 1)
     _check_dilation(dil2, transposed=True)
     _check_output_padding(outpad2, stride2, dil2)
-    if spatial == 3:
-        return returned_as(_transpose_3d(x, w, b, batched, stride, padding, output_padding,
-                                         dilation, groups, dtype, device, algorithm), like)
-    x4 = as_4d(x, spatial, batched)
-    w4 = w.reshape(w.shape[0], w.shape[1], 1, w.shape[2]) if spatial == 1 else w
-    n, c, h, wd = (int(v) for v in x4.shape)
-    _, per_group, k_h, k_w = (int(v) for v in w4.shape)
-    sizes = [(size - 1) * s - 2 * p + d * (k - 1) + op + 1 for size, s, p, d, k, op in
-             zip((h, wd), stride2, pad2, dil2, (k_h, k_w), outpad2)]
-    if any(size <= 0 for size in sizes):
-        raise RuntimeError(f"Given input size per channel: {_sizes((h, wd))}. Calculated output "
-                           f"size per channel: {_sizes(sizes)}. Output size is too small")
-    # The forward conv whose input gradient this is: x [N, C_out, *sizes] -> input; the
-    # bottom/right padding (less output_padding) only completes that geometry.
-    g = ConvGeometry("NCHW", n, sizes[0], sizes[1], per_group * groups, k_h, k_w, h, wd, c,
-                     stride2[0], stride2[1], dil2[0], dil2[1], pad2[0], pad2[0] - outpad2[0],
-                     pad2[1], pad2[1] - outpad2[1], groups)
-    y = run("conv2d_backprop_input", x4, w4.transpose((2, 3, 1, 0)), g, b, dtype, device,
-             algorithm)
-    return returned_as(from_4d(y, spatial, batched), like)
-
-
-# --------------------------------------------------------------------------- 3-D
-
-def _conv_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
-             pads: list[tuple[int, int]], dilation: list[int], groups: int, dtype: np.dtype,
-             device: DeviceSpec, algorithm: Optional[str]) -> np.ndarray:
-    x = x if batched else x.reshape(1, *x.shape)
-    y = depth.conv_ncdhw(x, w, b, stride, pads, dilation, groups, device, algorithm)
-    return y if batched else y[0]
-
-
-def _transpose_3d(x: Any, w: Any, b: Any, batched: bool, stride: list[int],
-                  padding: list[int], output_padding: list[int], dilation: list[int],
-                  groups: int, dtype: np.dtype, device: DeviceSpec,
-                  algorithm: Optional[str]) -> np.ndarray:
-    size, kernel = [int(v) for v in x.shape[-3:]], [int(v) for v in w.shape[2:]]
+    size = [int(n) for n in x.shape[-spatial:]]
     outs = [(n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in
-            zip(size, stride, padding, dilation, kernel, output_padding)]
-    # torch 2.13 refuses an empty output here only for ungrouped convs (its grouped 3-D
-    # path returns the empty tensor), and a negative size always.
-    if any(o < 0 for o in outs) or (groups == 1 and any(o == 0 for o in outs)):
-        raise RuntimeError(f"Given input size per channel: {_sizes(size)}. Calculated output "
-                           f"size per channel: {_sizes(outs)}. Output size is too small")
-    pads = [(p, p - op) for p, op in zip(padding, output_padding)]
-    x = x if batched else x.reshape(1, *x.shape)
-    y = depth.conv_transpose_ncdhw(x, w, b, stride, pads, outs, dilation, groups, device,
-                                   algorithm)
-    return y if batched else y[0]
+            zip(size, stride, padding, dilation, _shape(w)[2:], output_padding)]
+    # torch 2.13 refuses an empty output, except in its grouped 3-D path (which returns
+    # the empty tensor), and a negative size always; a 1-D conv prints its 2-D view.
+    empty_ok = spatial == 3 and groups > 1
+    if any(o < 0 or (o == 0 and not empty_ok) for o in outs):
+        height = [1] if spatial == 1 else []  # the 2-D view's height: 1 in, 1 out
+        raise RuntimeError(f"Given input size per channel: {_sizes(height + size)}. "
+                           f"Calculated output size per channel: {_sizes(height + outs)}. "
+                           "Output size is too small")
+    y = conv_transpose_nc(x if batched else batch_of_one(x), w, b, stride,
+                          [(p, p - op) for p, op in zip(padding, output_padding)], outs,
+                          dilation, groups, device, algorithm)
+    return returned_as(y if batched else unbatched(y), like)
 
 
 # --------------------------------------------------------------------------- the API

@@ -108,14 +108,15 @@ def _as_int(value: Any, name: str) -> int:
     raise TypeError(f"Expected int for argument {name!r} not {value!r}.")
 
 
-def expand_window_attr(value: Any, name: str, data_format: str) -> list[Any]:
-    """TF's _get_sequence: None, an int, or length 1/2/4 -> the four-element attribute.
+def window_sequence(value: Any, spatial: int, channels_first: bool, name: str) -> list[Any]:
+    """TF's nn_ops._get_sequence: None, an int, or ``spatial``, 1 or ``spatial + 2``
+    values -> the full attribute, batch and channel entries 1.
 
     The elements are not converted yet: TF checks the length in Python and converts
     the elements to ints later, with the other attributes (see parse_attrs).
     """
     if value is None:
-        return [1, 1, 1, 1]
+        return [1] * (spatial + 2)
     if isinstance(value, list):
         seq = value
     elif isinstance(value, tuple):
@@ -124,15 +125,19 @@ def expand_window_attr(value: Any, name: str, data_format: str) -> list[Any]:
         seq = [value]
     else:
         seq = list(value)  # a scalar tensor raises TypeError here, as in TF
-    if len(seq) == 1:
-        seq = seq * 2
-    if len(seq) == 2:
-        return [1, seq[0], seq[1], 1] if data_format == "NHWC" else [1, 1, seq[0], seq[1]]
-    if len(seq) == 4:
+    if len(seq) == spatial + 2:
         return seq
-    raise ValueError(
-        f"{name} should be of length 1, 2 or 4. Received: {name}={seq} of length {len(seq)}"
-    )
+    if len(seq) == 1:
+        seq = seq * spatial
+    elif len(seq) != spatial:
+        raise ValueError(f"{name} should be of length 1, {spatial} or {spatial + 2}. "
+                         f"Received: {name}={seq} of length {len(seq)}")
+    return [1, 1, *seq] if channels_first else [1, *seq, 1]
+
+
+def expand_window_attr(value: Any, name: str, data_format: str) -> list[Any]:
+    """The four-element strides/dilations of a 2-D op (window_sequence)."""
+    return window_sequence(value, 2, data_format != "NHWC", name)
 
 
 @dataclass(frozen=True)

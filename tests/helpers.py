@@ -64,3 +64,34 @@ def reduction_length(g: ConvGeometry, transpose: bool = False) -> int:
     if transpose:
         return g.k_h * g.k_w * g.out_c
     return g.k_h * g.k_w * (g.in_c // g.groups)
+
+
+def tf_message(exc: BaseException) -> str:
+    """The first line of an error, without TF's "{{function_node ...}}" prefix and
+    " [Op:...]" suffix; TF 2.21's CPU gradient kernel calls itself
+    Conv2DCustomBackpropInput in some messages only, clconv always names the op."""
+    import re
+
+    text = str(exc).splitlines()[0]
+    text = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", text)
+    text = re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
+    return text.replace("Conv2DCustomBackpropInput", "Conv2DBackpropInput")
+
+
+def assert_raises_like_tensorflow(call, tf_module, clconv_module) -> None:
+    """``call(module)`` raises with TF and with clconv: corresponding classes (TF's
+    InvalidArgumentError / UnimplementedError are clconv's), and clconv's message is
+    TF's, sometimes followed by the offending value."""
+    import pytest
+
+    with pytest.raises(Exception) as theirs:
+        call(tf_module)
+    with pytest.raises(Exception) as ours:
+        call(clconv_module)
+    kinds = {"InvalidArgumentError": clconv_module.InvalidArgumentError,
+             "UnimplementedError": clconv_module.UnimplementedError}
+    expected = kinds.get(type(theirs.value).__name__, type(theirs.value))
+    assert isinstance(ours.value, expected), (ours.value, theirs.value)
+    assert tf_message(ours.value).startswith(tf_message(theirs.value)), (ours.value,
+                                                                        theirs.value)
+
