@@ -30,17 +30,23 @@ from clconv.errors import InvalidArgumentError
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
 
 SUITE_FILE = "bench_suite.yaml"
-OPS = ("conv2d", "conv2d_transpose", "conv2d_backprop_input")
+# Each op with its number of spatial axes.  The 1-D and 3-D ops are TensorFlow's
+# (tf.nn.conv1d, conv1d_transpose, conv3d, conv3d_transpose), NWC and NDHWC.
+RANK = {"conv1d": 1, "conv1d_transpose": 1, "conv2d": 2, "conv2d_transpose": 2,
+        "conv2d_backprop_input": 2, "conv3d": 3, "conv3d_transpose": 3}
+OPS = tuple(RANK)
+FORWARD_OPS = ("conv1d", "conv2d", "conv3d")  # the others compute an input gradient
+# The 2-D op a 1-D or 3-D op runs as (see BenchCase.planes).
+PLANE_OP = {"conv1d": "conv2d", "conv3d": "conv2d", "conv1d_transpose": "conv2d_backprop_input",
+            "conv3d_transpose": "conv2d_backprop_input"}
 PEERS = ("tensorflow", "torch")
 
 # Keys of a suite case, per op: the tensor shapes each op needs.  ``input`` is
-# conv2d's input, conv2d_transpose's input (the small tensor) and, for
+# the forward ops' input, the transposes' input (the small tensor) and, for
 # conv2d_backprop_input, an alias of ``out_backprop``.
-SHAPE_KEYS = {
-    "conv2d": ("input", "filter"),
-    "conv2d_transpose": ("input", "filter", "output"),
-    "conv2d_backprop_input": ("input_sizes", "filter", "out_backprop"),
-}
+SHAPE_KEYS = {op: ("input", "filter") if op in FORWARD_OPS else ("input", "filter", "output")
+              for op in OPS}
+SHAPE_KEYS["conv2d_backprop_input"] = ("input_sizes", "filter", "out_backprop")
 ATTR_KEYS = ("strides", "padding", "dilations")
 
 # Largest |peer - clconv| relative to the largest |clconv| that still counts as
@@ -56,13 +62,28 @@ class SuiteError(ValueError):
 
 
 @dataclass(frozen=True)
-class BenchCase:
-    """One benchmark case, shapes in TensorFlow's NHWC order.
+class Axis:
+    """One spatial axis of a case's forward conv: input size, output size, window."""
 
-    ``x_shape`` is the tensor that goes in (conv2d's input; conv2d_transpose's
-    input; conv2d_backprop_input's out_backprop), ``w_shape`` the filter as the
-    op takes it and ``out_shape`` conv2d_transpose's output_shape or
-    conv2d_backprop_input's input_sizes (None for conv2d).
+    size: int
+    out: int
+    kernel: int
+    stride: int
+    dilation: int
+    before: int  # padding
+    after: int
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One benchmark case, shapes in TensorFlow's channels-last order (NWC, NHWC, NDHWC).
+
+    ``x_shape`` is the tensor that goes in (the forward ops' input; the transposes'
+    input; conv2d_backprop_input's out_backprop), ``w_shape`` the filter as the op
+    takes it and ``out_shape`` the transposes' output_shape or
+    conv2d_backprop_input's input_sizes (None for the forward ops).  For the 1-D and
+    3-D ops, strides and dilations are an int or one int per spatial axis and
+    padding is SAME or VALID.
     """
 
     name: str
@@ -74,53 +95,153 @@ class BenchCase:
     padding: Any = "SAME"
     dilations: Any = None
 
+    @property
+    def rank(self) -> int:
+        return RANK[self.op]
+
+    def stride_values(self) -> tuple[int, ...]:
+        """The strides of a 1-D or 3-D case, one int per spatial axis."""
+        return _spatial_ints(self.strides, self.rank, "strides")
+
+    def dilation_values(self) -> tuple[int, ...]:
+        """The dilations of a 1-D or 3-D case, one int per spatial axis."""
+        return _spatial_ints(self.dilations, self.rank, "dilations")
+
     def geometry(self) -> ConvGeometry:
-        """The forward conv of the case (validated with TensorFlow's rules)."""
-        attrs = parse_attrs(self.strides, self.padding, "NHWC", self.dilations)
-        if self.op == "conv2d":
-            return conv2d_geometry(self.x_shape, self.w_shape, attrs)
-        return backprop_input_geometry(list(self.out_shape), self.w_shape, self.x_shape, attrs)
+        """The 2-D forward conv of a 1-D or 2-D case (a 1-D case as a height-1 image, as
+        clconv and TF run it), validated with TensorFlow's rules."""
+        if self.rank == 2:
+            attrs = parse_attrs(self.strides, self.padding, "NHWC", self.dilations)
+            x4, w4, out4 = self.x_shape, self.w_shape, self.out_shape
+        elif self.rank == 1:
+            (stride,), (dilation,) = self.stride_values(), self.dilation_values()
+            attrs = parse_attrs([1, 1, stride, 1], _one_of_two_paddings(self.padding), "NHWC",
+                                [1, 1, dilation, 1])
+            x4, w4 = _height_one(self.x_shape), (1, *self.w_shape)
+            out4 = self.out_shape and _height_one(self.out_shape)
+        else:
+            raise ValueError(f"{self.op} has no 2-D geometry; see geometry3d()")
+        if self.op in FORWARD_OPS:
+            return conv2d_geometry(x4, w4, attrs)
+        return backprop_input_geometry(list(out4), w4, x4, attrs)
+
+    def geometry3d(self):
+        """The forward conv of a 3-D case (clconv.depth.Geometry3d)."""
+        from clconv.conv3d import forward_geometry, transpose_geometry
+
+        strides, dilations = self.stride_values(), self.dilation_values()
+        padding = _one_of_two_paddings(self.padding)
+        if self.op == "conv3d":
+            if self.w_shape[3] <= 0 or self.x_shape[4] % self.w_shape[3]:
+                raise SuiteError(f"input channels {self.x_shape[4]} are not a multiple of the "
+                                 f"filter's {self.w_shape[3]}")
+            return forward_geometry(self.x_shape, self.w_shape, strides, dilations,
+                                           padding)
+        if self.w_shape[3] != self.out_shape[4] or self.w_shape[4] != self.x_shape[4]:
+            raise SuiteError(f"filter {list(self.w_shape)} must be [kd, kh, kw, "
+                             f"{self.out_shape[4]} (output channels), {self.x_shape[4]} "
+                             "(input channels)]")
+        return transpose_geometry(self.x_shape, self.w_shape, self.out_shape, strides,
+                                  dilations, padding)
+
+    def axes(self) -> list[Axis]:
+        """The forward conv's spatial axes, outermost first."""
+        if self.rank == 3:
+            g3 = self.geometry3d()
+            return [Axis(*values) for values in zip(g3.in_size, g3.out_size, g3.kernel,
+                                                    g3.strides, g3.dilations,
+                                                    *zip(*g3.pads))]
+        g = self.geometry()
+        width = Axis(g.in_w, g.out_w, g.k_w, g.stride_w, g.dil_w, g.pad_left, g.pad_right)
+        if self.rank == 1:
+            return [width]
+        return [Axis(g.in_h, g.out_h, g.k_h, g.stride_h, g.dil_h, g.pad_top, g.pad_bottom),
+                width]
+
+    def channels(self) -> tuple[int, int, int, int]:
+        """(batch, input channels, output channels, groups) of the forward conv."""
+        if self.rank == 3:
+            g3 = self.geometry3d()
+            return g3.batch, g3.in_c, g3.out_c, g3.groups
+        g = self.geometry()
+        return g.batch, g.in_c, g.out_c, g.groups
+
+    def planes(self) -> list[tuple[str, ConvGeometry]]:
+        """The 2-D plans (op, geometry) clconv runs for the case: one for 1-D and 2-D
+        cases and a 3-D conv3d; one per depth phase for a 3-D transpose."""
+        if self.rank == 3:
+            from clconv import depth
+
+            g3 = self.geometry3d()
+            if self.op == "conv3d":
+                return [("conv2d", depth.forward_plane(g3))]
+            return [("conv2d_backprop_input", plane)
+                    for _, _, plane in depth.backprop_phases(g3)]
+        return [(PLANE_OP.get(self.op, self.op), self.geometry())]
 
     def shapes(self) -> dict[str, list[int]]:
         """The shapes under the names the suite file uses for this op."""
-        if self.op == "conv2d":
-            g = self.geometry()
+        if self.op in FORWARD_OPS:
+            batch, _, out_c, _ = self.channels()
             return {"input": list(self.x_shape), "filter": list(self.w_shape),
-                    "output": [g.batch, g.out_h, g.out_w, g.out_c]}
-        if self.op == "conv2d_transpose":
-            return {"input": list(self.x_shape), "filter": list(self.w_shape),
-                    "output": list(self.out_shape)}
-        return {"input_sizes": list(self.out_shape), "filter": list(self.w_shape),
-                "out_backprop": list(self.x_shape)}
+                    "output": [batch, *(a.out for a in self.axes()), out_c]}
+        if self.op == "conv2d_backprop_input":
+            return {"input_sizes": list(self.out_shape), "filter": list(self.w_shape),
+                    "out_backprop": list(self.x_shape)}
+        return {"input": list(self.x_shape), "filter": list(self.w_shape),
+                "output": list(self.out_shape)}
+
+
+def _height_one(shape: Sequence[int]) -> tuple[int, ...]:
+    return (shape[0], 1, *shape[1:])
+
+
+def _one_of_two_paddings(padding: Any) -> str:
+    if padding not in ("SAME", "VALID"):
+        raise SuiteError(f"padding of a 1-D or 3-D case must be SAME or VALID, got {padding!r}")
+    return padding
+
+
+def _spatial_ints(value: Any, rank: int, what: str) -> tuple[int, ...]:
+    if value is None:
+        return (1,) * rank
+    values = [value] * rank if isinstance(value, int) else value
+    if (not isinstance(values, (list, tuple)) or len(values) != rank
+            or not all(isinstance(v, int) and v > 0 for v in values)):
+        raise SuiteError(f"{what} must be a positive int or {rank} of them, got {value!r}")
+    return tuple(values)
 
 
 def useful_flops(case: BenchCase) -> int:
     """2 * the multiply-adds of the matching forward conv, as the suite file defines it.
 
-    conv2d: 2*N*Ho*Wo*KH*KW*Cin*Cout; conv2d_transpose and conv2d_backprop_input:
-    2*N*Hi*Wi*KH*KW*Cin*Cout with Hi, Wi those of the small tensor (the transpose's
-    input, out_backprop), i.e. the forward conv's output.  Multiplies by the zeros
-    a stride inserts do not count; taps on SAME padding do, as in the formula.
+    Forward ops: 2*N*prod(output size)*prod(kernel)*Cin/groups*Cout; the transposes
+    and conv2d_backprop_input: the same with the sizes of the small tensor (the
+    transpose's input, out_backprop), i.e. the forward conv's output.  Multiplies
+    by the zeros a stride inserts do not count; taps on SAME padding do, as in the
+    formula.
     """
-    g = case.geometry()
-    return 2 * g.batch * g.out_h * g.out_w * g.k_h * g.k_w * (g.in_c // g.groups) * g.out_c
+    batch, in_c, out_c, groups = case.channels()
+    return 2 * batch * math.prod(a.out * a.kernel for a in case.axes()) * (in_c // groups) * out_c
 
 
-def _shape(value: Any, what: str) -> tuple[int, ...]:
+def _shape(value: Any, what: str, rank: int) -> tuple[int, ...]:
+    dims_wanted = rank + 2
+    example = ", ".join(["1"] + ["8"] * rank + ["16"])
+    expected = f"a list of {dims_wanted} integers such as [{example}]"
     if isinstance(value, str):
         text = value.strip().strip("[]()")
         value = [part for part in text.replace("x", ",").split(",") if part.strip()]
     if not isinstance(value, (list, tuple)):
-        raise SuiteError(f"{what} must be a list of 4 integers such as [1, 8, 8, 16], "
-                         f"got {value!r}")
+        raise SuiteError(f"{what} must be {expected}, got {value!r}")
     try:
         dims = tuple(int(str(v).strip()) for v in value)
     except ValueError:
-        raise SuiteError(f"{what} must be a list of 4 integers such as [1, 8, 8, 16], "
-                         f"got {value!r}") from None
-    if len(dims) != 4 or any(d < 0 for d in dims):
-        raise SuiteError(f"{what} must be 4 non-negative integers (NHWC, or [kh, kw, ...] for "
-                         f"a filter), got {list(dims)}")
+        raise SuiteError(f"{what} must be {expected}, got {value!r}") from None
+    if len(dims) != dims_wanted or any(d < 0 for d in dims):
+        layout = {1: "NWC", 2: "NHWC", 3: "NDHWC"}[rank]
+        raise SuiteError(f"{what} must be {dims_wanted} non-negative integers ({layout}, or "
+                         f"the kernel's sizes first for a filter), got {list(dims)}")
     return dims
 
 
@@ -151,20 +272,18 @@ def make_case(entry: dict[str, Any], where: str) -> BenchCase:
     if missing:
         raise SuiteError(f"{where}: missing {', '.join(map(repr, missing))} (an {op} case "
                          f"needs {', '.join(SHAPE_KEYS[op])})")
-    shapes = {k: _shape(entry[k], f"{where}: {k}") for k in SHAPE_KEYS[op]}
-    if op == "conv2d":
-        x, out = shapes["input"], None
-    elif op == "conv2d_transpose":
-        x, out = shapes["input"], shapes["output"]
-    else:
+    shapes = {k: _shape(entry[k], f"{where}: {k}", RANK[op]) for k in SHAPE_KEYS[op]}
+    if op == "conv2d_backprop_input":
         x, out = shapes["out_backprop"], shapes["input_sizes"]
+    else:
+        x, out = shapes["input"], shapes.get("output")
     case = BenchCase(name=name, op=op, x_shape=x, w_shape=shapes["filter"], out_shape=out,
                      strides=entry.get("strides", 1), padding=entry.get("padding", "SAME"),
                      dilations=entry.get("dilations"))
     try:
-        case.geometry()
+        case.planes()
     except (InvalidArgumentError, ValueError, TypeError) as exc:
-        raise SuiteError(f"{where}: {exc}") from None
+        raise SuiteError(f"{where}: {str(exc).splitlines()[0]}") from None
     return case
 
 
@@ -253,7 +372,7 @@ def op_algorithms(op: str) -> tuple[str, ...]:
     """The algorithms ``op`` accepts as ``algorithm=``."""
     from clconv import registry
 
-    return registry.algorithms_for(op)
+    return registry.algorithms_for(PLANE_OP.get(op, op))
 
 
 def all_algorithms() -> tuple[str, ...]:
@@ -264,16 +383,26 @@ def _clconv_call(case: BenchCase, x: Any, w: Any, device: Optional[str],
                  algorithm: Optional[str]) -> Any:
     import clconv
 
+    run = dict(device=device, algorithm=algorithm)
+    out = case.out_shape and list(case.out_shape)
     if case.op == "conv2d":
-        return clconv.conv2d(x, w, case.strides, case.padding, dilations=case.dilations,
-                             device=device, algorithm=algorithm)
+        return clconv.conv2d(x, w, case.strides, case.padding, dilations=case.dilations, **run)
     if case.op == "conv2d_transpose":
-        return clconv.conv2d_transpose(x, w, list(case.out_shape), case.strides, case.padding,
-                                       dilations=case.dilations, device=device,
-                                       algorithm=algorithm)
-    return clconv.conv2d_backprop_input(list(case.out_shape), w, x, case.strides, case.padding,
-                                        dilations=case.dilations, device=device,
-                                        algorithm=algorithm)
+        return clconv.conv2d_transpose(x, w, out, case.strides, case.padding,
+                                       dilations=case.dilations, **run)
+    if case.op == "conv2d_backprop_input":
+        return clconv.conv2d_backprop_input(out, w, x, case.strides, case.padding,
+                                            dilations=case.dilations, **run)
+    strides, dilations = list(case.stride_values()), list(case.dilation_values())
+    if case.op == "conv1d":
+        return clconv.conv1d(x, w, strides, case.padding, dilations=dilations, **run)
+    if case.op == "conv1d_transpose":
+        return clconv.conv1d_transpose(x, w, out, strides, case.padding, dilations=dilations,
+                                       **run)
+    if case.op == "conv3d":
+        return clconv.conv3d(x, w, [1, *strides, 1], case.padding,
+                             dilations=[1, *dilations, 1], **run)
+    return clconv.conv3d_transpose(x, w, out, strides, case.padding, dilations=dilations, **run)
 
 
 # --------------------------------------------------------------------------- peers
@@ -334,18 +463,16 @@ def _tensorflow_peer() -> Optional[Peer]:
 
     def prepare(case: BenchCase, x: np.ndarray, w: np.ndarray):
         tx, tw = tf.constant(x), tf.constant(w)
-        g = case.geometry()
+        shape = case.out_shape and tf.constant(list(case.out_shape), dtype=tf.int32)
         if case.op == "conv2d":
             def call():
                 return tf.nn.conv2d(tx, tw, case.strides, case.padding, dilations=case.dilations)
         elif case.op == "conv2d_transpose":
-            shape = tf.constant(list(case.out_shape), dtype=tf.int32)
-
             def call():
                 return tf.nn.conv2d_transpose(tx, tw, shape, case.strides, case.padding,
                                               dilations=case.dilations)
-        else:
-            sizes = tf.constant(list(case.out_shape), dtype=tf.int32)
+        elif case.op == "conv2d_backprop_input":
+            g = case.geometry()
             strides = [1, g.stride_h, g.stride_w, 1]
             dilations = [1, g.dil_h, g.dil_w, 1]
             if isinstance(case.padding, str):
@@ -356,8 +483,25 @@ def _tensorflow_peer() -> Optional[Peer]:
 
             def call():
                 return tf.raw_ops.Conv2DBackpropInput(
-                    input_sizes=sizes, filter=tw, out_backprop=tx, strides=strides,
+                    input_sizes=shape, filter=tw, out_backprop=tx, strides=strides,
                     padding=padding, explicit_paddings=explicit, dilations=dilations)
+        else:
+            strides, dilations = list(case.stride_values()), list(case.dilation_values())
+            if case.op == "conv1d":
+                def call():
+                    return tf.nn.conv1d(tx, tw, strides, case.padding, dilations=dilations)
+            elif case.op == "conv1d_transpose":
+                def call():
+                    return tf.nn.conv1d_transpose(tx, tw, shape, strides, case.padding,
+                                                  dilations=dilations)
+            elif case.op == "conv3d":
+                def call():
+                    return tf.nn.conv3d(tx, tw, [1, *strides, 1], case.padding,
+                                        dilations=[1, *dilations, 1])
+            else:
+                def call():
+                    return tf.nn.conv3d_transpose(tx, tw, shape, strides, case.padding,
+                                                  dilations=dilations)
         return call, lambda result: result.numpy()
 
     return Peer("tensorflow", "TF", tf.__version__, config, prepare)
@@ -374,50 +518,53 @@ def _torch_peer() -> Optional[Peer]:
               "(layout converted outside the timed region)")
 
     def prepare(case: BenchCase, x: np.ndarray, w: np.ndarray):
-        g = case.geometry()
-        # Every op's filter as torch wants it: conv2d [out, in, kh, kw] from TF's
-        # [kh, kw, in, out]; conv_transpose2d [in, out, kh, kw] from TF's
-        # [kh, kw, out, in] -- the same axis permutation.
-        tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
-        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-        stride, dilation = (g.stride_h, g.stride_w), (g.dil_h, g.dil_w)
-        if case.op == "conv2d":
-            if g.pad_top == g.pad_bottom and g.pad_left == g.pad_right:
-                padding, pad = (g.pad_top, g.pad_left), None
+        rank, axes = case.rank, case.axes()
+        _, _, _, groups = case.channels()
+        # Every op's filter as torch wants it: conv [out, in, k...] from TF's
+        # [k..., in, out]; conv_transpose [in, out, k...] from TF's [k..., out, in]
+        # -- the same axis permutation.  Activations channels-last -> channels-first.
+        tw = torch.from_numpy(np.ascontiguousarray(w.transpose(rank + 1, rank,
+                                                               *range(rank))))
+        tx = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+        stride = tuple(a.stride for a in axes)
+        dilation = tuple(a.dilation for a in axes)
+        if case.op in FORWARD_OPS:
+            conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
+            if all(a.before == a.after for a in axes):
+                padding, pad = tuple(a.before for a in axes), None
             else:  # asymmetric SAME: what a torch user writes, so it is timed
-                padding, pad = (0, 0), (g.pad_left, g.pad_right, g.pad_top, g.pad_bottom)
+                padding = (0,) * rank
+                pad = tuple(p for a in reversed(axes) for p in (a.before, a.after))
 
             def run():
                 inp = F.pad(tx, pad) if pad else tx
-                return F.conv2d(inp, tw, None, stride, padding, dilation, g.groups)
+                return conv(inp, tw, None, stride, padding, dilation, groups)
         else:
-            # conv_transpose2d crops `padding` from both ends of the full
-            # (Hi-1)*s + k_eff output and appends `output_padding` rows; TF's
-            # output starts pad_top into the full one.  A longer torch result is
-            # cropped (a view); a shorter one is extended with output_padding.
-            padding = (g.pad_top, g.pad_left)
-            extra, crop = [], []
-            for size, start, n, s, k_eff in ((g.in_h, g.pad_top, g.out_h, g.stride_h, g.k_eff_h),
-                                             (g.in_w, g.pad_left, g.out_w, g.stride_w,
-                                              g.k_eff_w)):
-                natural = (n - 1) * s + k_eff - 2 * start
-                extra.append(max(0, size - natural))
-                crop.append(size)
-            if any(e >= max(s, d) for e, s, d in zip(extra, stride, dilation)):
+            # conv_transpose crops `padding` from both ends of the full
+            # (n-1)*s + k_eff output and appends `output_padding`; TF's output
+            # starts `before` into the full one.  A longer torch result is cropped
+            # (a view); a shorter one is extended with output_padding.
+            conv_transpose = (F.conv_transpose1d, F.conv_transpose2d,
+                              F.conv_transpose3d)[rank - 1]
+            padding = tuple(a.before for a in axes)
+            extra = [max(0, a.size - ((a.out - 1) * a.stride
+                                      + (a.kernel - 1) * a.dilation + 1 - 2 * a.before))
+                     for a in axes]
+            if any(e >= max(a.stride, a.dilation) for e, a in zip(extra, axes)):
                 raise PeerUnsupported("this padding needs output_padding >= stride, which "
-                                      "conv_transpose2d refuses")
-            output_padding = tuple(extra)
+                                      f"conv_transpose{rank}d refuses")
+            crop = (slice(None), slice(None), *(slice(0, a.size) for a in axes))
 
             def run():
-                y = F.conv_transpose2d(tx, tw, None, stride, padding, output_padding, 1,
-                                       dilation)
-                return y[:, :, :crop[0], :crop[1]]
+                y = conv_transpose(tx, tw, None, stride, padding, tuple(extra), groups,
+                                   dilation)
+                return y[crop]
 
         def call():
             with torch.inference_mode():
                 return run()
 
-        return call, lambda result: result.permute(0, 2, 3, 1).numpy()
+        return call, lambda result: np.moveaxis(result.numpy(), 1, -1)
 
     return Peer("torch", "torch", torch.__version__, config, prepare)
 
@@ -503,7 +650,8 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     x, w = case_data(case)
     if algorithm not in op_algorithms(case.op):
         algorithm = None  # e.g. via_forward forced on a suite that has conv2d cases
-    used = plans.get_plan(rt, case.op, case.geometry(), np.float32, algorithm).algorithm
+    op2d, plane = case.planes()[0]
+    used = plans.get_plan(rt, op2d, plane, np.float32, algorithm).algorithm
 
     x_dev, w_dev = cl_array.to_device(rt.queue, x), cl_array.to_device(rt.queue, w)
     rt.queue.finish()
@@ -547,28 +695,38 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
 def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float,
                     algorithm: Optional[str] = None) -> dict[str, float]:
     """Where a call's time goes: each kernel's median time from profiling events
-    (for gemm: packing the filter, the GEMM itself) and what remains of the
-    device-resident time: the host side (argument checks, buffers) and launches."""
+    (for gemm: packing the filter, the GEMM itself), summed over the case's 2-D plans,
+    and what remains of the device-resident time: the host side (argument checks,
+    buffers, a 3-D case's depth stacking) and launches."""
     from clconv import plans, tensors
     from clconv.device_select import runtime
 
     rt = runtime(spec)
-    g = case.geometry()
-    x, w = case_data(case)
     dtype = np.dtype(np.float32)
-    plan = plans.get_plan(rt, case.op, g, dtype, algorithm)
-    src = tensors.to_device(x, dtype, rt.queue, rt.info, "input")
-    filt = tensors.to_device(w, dtype, rt.queue, rt.info, "filters")
-    out = tensors.empty_output(plan.output_shape, dtype, rt.queue, rt.info, zero=False)
+    rng = np.random.default_rng(zlib.crc32(case.name.encode()))
+    launches = []
+    for op2d, g in case.planes():
+        plan = plans.get_plan(rt, op2d, g, dtype, algorithm)
+        src_shape = g.x_shape() if op2d == "conv2d" else g.y_shape()
+        w_shape = (g.k_h, g.k_w, g.in_c // g.groups, g.out_c)
+        src, filt = (tensors.to_device(rng.uniform(-1, 1, shape).astype(dtype), dtype,
+                                       rt.queue, rt.info, name)
+                     for shape, name in ((src_shape, "input"), (w_shape, "filters")))
+        out = tensors.empty_output(plan.output_shape, dtype, rt.queue, rt.info, zero=False)
+        launches.append((plan, src, filt, out))
     kernel_ms: dict[str, list[float]] = {}
     for run in range(repeat + 1):
-        timeline: list = []
-        plan.enqueue(rt.queue, src, filt, out, timeline)
-        rt.queue.finish()
-        if run:  # the first run is the warm-up
+        totals: dict[str, float] = {}
+        for plan, src, filt, out in launches:
+            timeline: list = []
+            plan.enqueue(rt.queue, src, filt, out, timeline)
+            rt.queue.finish()
             for name, event in timeline:
-                kernel_ms.setdefault(name, []).append(
-                    (event.profile.end - event.profile.start) * 1e-6)
+                totals[name] = (totals.get(name, 0.0)
+                                + (event.profile.end - event.profile.start) * 1e-6)
+        if run:  # the first run is the warm-up
+            for name, ms in totals.items():
+                kernel_ms.setdefault(name, []).append(ms)
     phases = {name: float(statistics.median(times)) for name, times in kernel_ms.items()}
     phases["host + launches"] = max(0.0, resident_ms - sum(phases.values()))
     return phases

@@ -113,13 +113,8 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
         raise InvalidArgumentError(f"Input depth must be evenly divisible by filter depth: "
                                    f"{channels} vs {f_in}")
     tensors.check_computable(dtype)
-    size, kernel = x5.shape[1:4], w.shape[:3]
-    stride3, dilation3 = _spatial(strides, data_format), _spatial(dilations, data_format)
-    windows = [_window(n, k, s, d, padding)
-               for n, k, s, d in zip(size, kernel, stride3, dilation3)]
-    g = depth.Geometry3d(x5.shape[0], tuple(size), channels, tuple(kernel),
-                         tuple(o for o, _ in windows), w.shape[4], tuple(stride3),
-                         tuple(dilation3), tuple(p for _, p in windows), channels // f_in)
+    g = forward_geometry(x5.shape, w.shape, _spatial(strides, data_format),
+                         _spatial(dilations, data_format), padding)
     y = depth.forward(x5, np.ascontiguousarray(w.astype(dtype, copy=False)), g, device,
                       algorithm)
     return _returned(y, data_format, input)
@@ -185,19 +180,41 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
         raise InvalidArgumentError(f"out_backprop and input_sizes must have the same batch "
                                    f"size. Got {dy5.shape[0]} and {dx_shape[0]}")
     tensors.check_computable(dtype)
-    stride3, dilation3 = _spatial(strides, data_format), _spatial(dilations, data_format)
-    windows = []
-    for axis, (n, k, s, d) in enumerate(zip(dx_shape[1:4], w.shape[:3], stride3, dilation3)):
-        out, pads = _window(n, k, s, d, padding)
-        if out != dy5.shape[1 + axis]:
-            raise InvalidArgumentError(
-                f"Conv3DBackpropInputOp: Size of out_backprop doesn't match computed: actual = "
-                f"{dy5.shape[1 + axis]}, computed = {out} spatial_dim: {axis + 1} input: {n} "
-                f"filter: {k} output: {dy5.shape[1 + axis]} stride: {s} dilation: {d}")
-        windows.append(pads)
-    g = depth.Geometry3d(dx_shape[0], tuple(dx_shape[1:4]), dx_shape[4], tuple(w.shape[:3]),
-                         tuple(dy5.shape[1:4]), dy5.shape[4], tuple(stride3),
-                         tuple(dilation3), tuple(windows), 1)
+    g = transpose_geometry(dy5.shape, w.shape, dx_shape, _spatial(strides, data_format),
+                           _spatial(dilations, data_format), padding)
     dx = depth.backprop_input(dy5, np.ascontiguousarray(w.astype(dtype, copy=False)), g,
                               device, algorithm)
     return _returned(dx, data_format, input)
+
+
+def forward_geometry(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[int],
+                     dilations: Sequence[int], padding: str) -> depth.Geometry3d:
+    """tf.nn.conv3d's conv: x ``[N, D, H, W, C]``, w ``[kd, kh, kw, C / groups, C_out]``;
+    strides and dilations of the three spatial axes."""
+    size, kernel = x_shape[1:4], w_shape[:3]
+    windows = [_window(n, k, s, d, padding)
+               for n, k, s, d in zip(size, kernel, strides, dilations)]
+    return depth.Geometry3d(x_shape[0], tuple(size), x_shape[4], tuple(kernel),
+                            tuple(o for o, _ in windows), w_shape[4], tuple(strides),
+                            tuple(dilations), tuple(p for _, p in windows),
+                            x_shape[4] // w_shape[3])
+
+
+def transpose_geometry(dy_shape: Sequence[int], w_shape: Sequence[int], dx_shape: Sequence[int],
+                       strides: Sequence[int], dilations: Sequence[int],
+                       padding: str) -> depth.Geometry3d:
+    """The forward conv whose input gradient Conv3DBackpropInputV2 computes: dy ``[N, D,
+    H, W, C_out]``, w ``[kd, kh, kw, C_in, C_out]``, dx ``[N, D', H', W', C_in]``; raises
+    TF's error when dy's spatial size is not that conv's output size."""
+    windows = []
+    for axis, (n, k, s, d) in enumerate(zip(dx_shape[1:4], w_shape[:3], strides, dilations)):
+        out, pads = _window(n, k, s, d, padding)
+        if out != dy_shape[1 + axis]:
+            raise InvalidArgumentError(
+                f"Conv3DBackpropInputOp: Size of out_backprop doesn't match computed: actual = "
+                f"{dy_shape[1 + axis]}, computed = {out} spatial_dim: {axis + 1} input: {n} "
+                f"filter: {k} output: {dy_shape[1 + axis]} stride: {s} dilation: {d}")
+        windows.append(pads)
+    return depth.Geometry3d(dx_shape[0], tuple(dx_shape[1:4]), dx_shape[4], tuple(w_shape[:3]),
+                            tuple(dy_shape[1:4]), dy_shape[4], tuple(strides),
+                            tuple(dilations), tuple(windows), 1)

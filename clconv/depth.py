@@ -55,6 +55,27 @@ class Geometry3d:
         return out[real], read[real]
 
 
+def forward_plane(g: Geometry3d) -> ConvGeometry:
+    """The one 2-D conv ``forward`` runs: N x D_out planes whose channels are the
+    input depths of every depth tap, stacked."""
+    return dataclasses.replace(g.plane(g.batch * g.out_size[0]), in_c=g.in_c * g.kernel[0])
+
+
+def backprop_phases(g: Geometry3d) -> list[tuple[np.ndarray, list[int], ConvGeometry]]:
+    """The 2-D input gradients ``backprop_input`` runs, one per depth phase with any
+    tap: (its input depths, its depth taps, the 2-D conv whose input gradient it is)."""
+    depth, stride, pad, dilation = g.in_size[0], g.strides[0], g.pads[0][0], g.dilations[0]
+    phases = []
+    for residue in range(min(stride, depth)):
+        in_depths = np.arange(residue, depth, stride)
+        taps = [a for a in range(g.kernel[0]) if (residue + pad - a * dilation) % stride == 0]
+        if taps and g.out_size[0]:  # else no tap reaches these depths: they stay 0
+            plane = dataclasses.replace(g.plane(g.batch * len(in_depths)),
+                                        out_c=len(taps) * g.out_c)
+            phases.append((in_depths, taps, plane))
+    return phases
+
+
 def output_size(size: int, kernel: int, stride: int, dilation: int, pads: Sequence[int]) -> int:
     return (size + pads[0] + pads[1] - (kernel - 1) * dilation - 1) // stride + 1
 
@@ -88,8 +109,7 @@ def forward(x: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
     # stacked order (tap-major within a group's input channels).
     w2 = np.ascontiguousarray(w.transpose(1, 2, 0, 3, 4)).reshape(
         g.kernel[1], g.kernel[2], taps * per_group, g.out_c)
-    plane = dataclasses.replace(g.plane(n * d_out), in_c=g.in_c * taps)
-    plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
+    plan = plans.get_plan(rt, "conv2d", forward_plane(g), dtype, algorithm)
     y = plan.execute(stacked.reshape(n * d_out, *g.in_size[1:], g.in_c * taps), w2)
     return y.reshape(n, *g.out_size, g.out_c)
 
@@ -105,7 +125,7 @@ def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceS
     dtype = dy.dtype
     rt = runtime(device)
     check_device_dtype(rt, dtype)
-    n, depth, d_out = g.batch, g.in_size[0], g.out_size[0]
+    n, d_out = g.batch, g.out_size[0]
     stride, pad, dilation = g.strides[0], g.pads[0][0], g.dilations[0]
     groups = g.groups
     per_out = g.out_c // groups
@@ -113,11 +133,7 @@ def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceS
     if not dx.size:
         return dx
     dy_grouped = dy.reshape(n, *g.out_size, groups, per_out)
-    for residue in range(min(stride, depth)):
-        in_depths = np.arange(residue, depth, stride)
-        taps = [a for a in range(g.kernel[0]) if (residue + pad - a * dilation) % stride == 0]
-        if not taps or not d_out:
-            continue  # no tap reaches these depths: they stay 0
+    for in_depths, taps, plane in backprop_phases(g):
         stacked = np.zeros((n, len(in_depths), *g.out_size[1:], groups, len(taps), per_out),
                            dtype)
         for t, tap in enumerate(taps):
@@ -130,7 +146,6 @@ def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceS
         planes = w[taps].reshape(len(taps), *g.kernel[1:], g.in_c // groups, groups, per_out)
         w2 = np.ascontiguousarray(planes.transpose(1, 2, 3, 4, 0, 5)).reshape(
             *g.kernel[1:], g.in_c // groups, len(taps) * g.out_c)
-        plane = dataclasses.replace(g.plane(n * len(in_depths)), out_c=len(taps) * g.out_c)
         plan = plans.get_plan(rt, "conv2d_backprop_input", plane, dtype, algorithm)
         part = plan.execute(stacked.reshape(n * len(in_depths), *g.out_size[1:],
                                             len(taps) * g.out_c), w2)

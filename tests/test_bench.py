@@ -95,6 +95,19 @@ def test_useful_flops_follow_the_suite_formula():
     assert bench.useful_flops(cases["resnet_3x3s2_bwd"]) == 924_844_032
 
 
+def test_useful_flops_of_1d_and_3d_cases():
+    cases = {c.name: c for c in bench.load_suite(config_text(bench.SUITE_FILE), "shipped")}
+    # conv1d_transpose: 2*N*Wi*K*Cin*Cout with Wi of the (small) input
+    assert bench.useful_flops(cases["hifigan_up1_b16"]) == 2 * 16 * 32 * 16 * 512 * 256
+    assert bench.useful_flops(cases["hifigan_res_k7"]) == 2 * 1 * 2048 * 7 * 128 * 128
+    # conv3d_transpose: over the three axes of the small input
+    assert bench.useful_flops(cases["unet3d_up1_b2"]) == 2 * 2 * 16 ** 3 * 2 ** 3 * 256 * 128
+    assert bench.useful_flops(cases["unet3d_conv_b1"]) == 2 * 1 * 32 ** 3 * 3 ** 3 * 64 * 64
+    # a 3-D transpose runs as one 2-D input gradient per depth phase (2 for stride 2)
+    assert [op for op, _ in cases["unet3d_up1_b2"].planes()] == ["conv2d_backprop_input"] * 2
+    assert cases["hifigan_up1_b1"].shapes()["output"] == [1, 256, 256]
+
+
 def test_time_cap_keeps_at_least_min_runs():
     calls = []
     assert len(bench.time_runs(lambda: calls.append(1), 10)) == 10
@@ -167,6 +180,67 @@ def test_peers_agree_on_every_padding_mapping(capsys, tmp_path, spec):
     assert all(data["geomean_ratio"][p.name] > 0 for p in peers)
 
 
+# 1-D and 3-D cases whose peer equivalents need the same mappings: asymmetric SAME
+# (a stride 3 transpose; a stride 2 conv3d), VALID with a row left over
+# (output_padding), a dilated conv1d, a 3-D transpose whose stride leaves a depth
+# phase two taps.
+TINY_ND_SUITE = """\
+cases:
+  - name: t1_same_s3
+    op: conv1d_transpose
+    input: [2, 5, 4]
+    filter: [4, 3, 4]
+    output: [2, 15, 3]
+    strides: 3
+  - name: t1_valid_left
+    op: conv1d_transpose
+    input: [1, 4, 2]
+    filter: [3, 2, 2]
+    output: [1, 10, 2]
+    strides: 2
+    padding: VALID
+  - name: f1_dilated
+    op: conv1d
+    input: [1, 11, 3]
+    filter: [3, 3, 2]
+    dilations: 2
+    padding: VALID
+  - name: t3_same_s2_k3
+    op: conv3d_transpose
+    input: [1, 3, 2, 3, 4]
+    filter: [3, 3, 3, 2, 4]
+    output: [1, 6, 4, 6, 2]
+    strides: 2
+  - name: f3_same_s2
+    op: conv3d
+    input: [2, 5, 4, 5, 3]
+    filter: [3, 2, 3, 3, 2]
+    strides: [2, 1, 2]
+"""
+
+
+def test_peers_agree_on_1d_and_3d_cases(capsys, tmp_path, spec):
+    peers, _ = bench.load_peers(bench.PEERS)
+    if not peers:
+        pytest.skip("neither TensorFlow nor PyTorch is installed")
+    suite = tmp_path / "nd.yaml"
+    suite.write_text(TINY_ND_SUITE)
+    out_json = tmp_path / "nd.json"
+    code, out, err = _bench(capsys, str(suite), "--device", spec, "--repeat", "1",
+                            "--phases", "--json", str(out_json))
+    assert code == 0, out + err
+    assert "DIFFERS" not in out and "tconv3d" in out
+    data = json.loads(out_json.read_text())
+    for case in data["cases"]:
+        for peer in peers:
+            result = case["peers"][peer.name]
+            assert result["error"] is None, (case["name"], peer.name, result["error"])
+            assert result["agrees"] and result["ratio"] > 0, (case["name"], peer.name, result)
+    if len(peers) > 1:
+        assert data["geomean_faster_peer_ratio"] > 0 and "faster peer/clconv" in out
+    assert set(data["phases_ms"]) == {c["name"] for c in data["cases"]}
+
+
 def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):
     def prepare(case, x, w):
         return (lambda: None), (lambda _: np.full(case.shapes()["output"], 7, np.float32))
@@ -183,7 +257,7 @@ def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):
     ("cases: [", "not valid YAML at line"),
     ("cases: []", "'cases' is empty"),
     ("- 1\n- 2", "expected a mapping with a 'cases' list"),
-    ("cases:\n  - {name: a, op: conv3d}", "op must be one of"),
+    ("cases:\n  - {name: a, op: conv4d}", "op must be one of"),
     ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4, 2]}", "missing 'filter'"),
     ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4], filter: [1, 1, 2, 2]}",
      "4 non-negative integers"),
@@ -191,6 +265,18 @@ def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):
      "case #1 ('a')"),
     ("cases:\n  - {name: a, op: conv2d, input: [1, 4, 4, 2], filter: [1, 1, 2, 2], size: 3}",
      "unknown key(s) 'size'"),
+    ("cases:\n  - {name: a, op: conv1d, input: [1, 4, 4, 2], filter: [1, 2, 2]}",
+     "3 non-negative integers (NWC"),
+    ("cases:\n  - {name: a, op: conv1d, input: [1, 4, 2], filter: [1, 2, 2], padding: 1}",
+     "must be SAME or VALID, got 1"),
+    ("cases:\n  - {name: a, op: conv3d, input: [1, 4, 4, 4, 2], filter: [1, 1, 1, 2, 2], "
+     "strides: [1, 2]}", "strides must be a positive int or 3 of them, got [1, 2]"),
+    ("cases:\n  - {name: a, op: conv3d_transpose, input: [1, 2, 2, 2, 4], "
+     "filter: [2, 2, 2, 3, 5], output: [1, 4, 4, 4, 3], strides: 2}",
+     "filter [2, 2, 2, 3, 5] must be [kd, kh, kw, 3 (output channels), 4"),
+    ("cases:\n  - {name: a, op: conv3d_transpose, input: [1, 2, 2, 2, 4], "
+     "filter: [2, 2, 2, 3, 4], output: [1, 5, 4, 4, 3], strides: 2}",
+     "Size of out_backprop doesn't match computed: actual = 2, computed = 3"),
 ])
 def test_malformed_suite_is_one_line(capsys, tmp_path, text, expected):
     suite = tmp_path / "bad.yaml"

@@ -55,7 +55,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cases(args: argparse.Namespace) -> list[tuner.TuneCase]:
     found, _ = cases_from_args(args)
-    return [tuner.TuneCase(c.name, c.op, c.geometry()) for c in found]
+    cases = []
+    for c in found:  # a 1-D or 3-D case tunes the 2-D plans it runs as
+        planes = c.planes()
+        for i, (op, geometry) in enumerate(planes):
+            name = c.name if len(planes) == 1 else f"{c.name}/depth-phase-{i}"
+            cases.append(tuner.TuneCase(name, op, geometry))
+    return cases
 
 
 # --------------------------------------------------------------------------- helpers

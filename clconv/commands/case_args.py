@@ -6,12 +6,22 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
-from clconv.bench import OPS, SUITE_FILE, BenchCase, load_suite, make_case, select_cases
+from clconv.bench import (
+    FORWARD_OPS,
+    OPS,
+    SUITE_FILE,
+    BenchCase,
+    load_suite,
+    make_case,
+    select_cases,
+)
 from clconv.cli import UsageError
 from clconv.resources import config_text
 
 OP_LABELS = {"conv2d": "conv2d", "conv2d_transpose": "transpose",
-             "conv2d_backprop_input": "backprop"}  # short names for table columns
+             "conv2d_backprop_input": "backprop", "conv1d": "conv1d",
+             "conv1d_transpose": "tconv1d", "conv3d": "conv3d",
+             "conv3d_transpose": "tconv3d"}  # short names for table columns
 SHAPE_KEYS = ("input", "filter", "output", "out_backprop", "input_sizes")
 FLAG_OF = {"input": "--input", "filter": "--filter", "output": "--output",
            "out_backprop": "--input", "input_sizes": "--input-sizes"}
@@ -25,17 +35,18 @@ def add_case_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--cases", metavar="NAME,NAME", help=f"{verb} only these cases of the "
                                                                "suite")
     one = parser.add_argument_group(
-        "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC)")
+        "one case from the command line (instead of a suite); shapes as 1,8,8,16 (NHWC; "
+        "NWC and NDHWC for the 1-D and 3-D ops)")
     one.add_argument("--op", choices=OPS)
     one.add_argument("--name", default="cli", help="the case's name in the output (default cli)")
     one.add_argument("--input", metavar="SHAPE",
-                     help="conv2d / conv2d_transpose input; out_backprop for "
-                          "conv2d_backprop_input (alias --out-backprop)")
+                     help="the op's input; out_backprop for conv2d_backprop_input (alias "
+                          "--out-backprop)")
     one.add_argument("--out-backprop", dest="input", metavar="SHAPE", help=argparse.SUPPRESS)
     one.add_argument("--filter", metavar="SHAPE",
-                     help="[kh, kw, in, out] for conv2d; [kh, kw, out, in] for the others")
+                     help="[k..., in, out] for the forward ops; [k..., out, in] for the others")
     one.add_argument("--output", "--input-sizes", dest="output", metavar="SHAPE",
-                     help="conv2d_transpose's output_shape / conv2d_backprop_input's input_sizes")
+                     help="a transpose's output_shape / conv2d_backprop_input's input_sizes")
     one.add_argument("--strides", default="1", help="int or list, as TF takes it (default 1)")
     one.add_argument("--padding", default="SAME",
                      help="SAME, VALID or explicit pairs such as [[0,0],[1,1],[1,1],[0,0]]")
@@ -81,11 +92,12 @@ def cases_from_args(args: argparse.Namespace) -> tuple[list[BenchCase], str]:
         entry.update(out_backprop=args.input, input_sizes=args.output)
     else:
         entry["input"] = args.input
-        if args.op == "conv2d_transpose":
+        if args.op not in FORWARD_OPS:
             entry["output"] = args.output
         elif args.output is not None:
-            raise UsageError("--output/--input-sizes is for conv2d_transpose and "
-                             "conv2d_backprop_input; conv2d's output shape follows from the rest")
+            raise UsageError(f"--output/--input-sizes is for the transposes and "
+                             f"conv2d_backprop_input; {args.op}'s output shape follows from "
+                             "the rest")
     missing = [FLAG_OF[k] for k in SHAPE_KEYS if k in entry and entry[k] is None]
     if missing:
         raise UsageError(f"--op {args.op} needs {', '.join(missing)}")
