@@ -82,7 +82,23 @@ def _window(size: int, kernel: int, stride: int, dilation: int, padding: str
     return out, (total // 2, total - total // 2)
 
 
-def _returned(y: np.ndarray, data_format: str, like: Any) -> Any:
+def _activation(value: Any, data_format: str) -> Any:
+    """An NDHWC pyopencl array stays on the device (clconv.depth works on it there);
+    anything else is read as a host array."""
+    if tensors.is_device_array(value) and data_format == "NDHWC":
+        return value
+    return depth.host(value)
+
+
+def _channels_last_as(x: Any, dtype: np.dtype, data_format: str) -> Any:
+    if tensors.is_device_array(x):
+        return x  # NDHWC, of the resolved dtype (a typed operand sets it)
+    return _channels_last(x.astype(dtype, copy=False), data_format)
+
+
+def _returned(y: Any, data_format: str, like: Any) -> Any:
+    if tensors.is_device_array(y):
+        return y  # computed from an NDHWC pyopencl array, and as one
     y = y if data_format == "NDHWC" else np.ascontiguousarray(np.moveaxis(y, -1, 1))
     if tensors.is_device_array(like):
         import pyopencl.array as cl_array
@@ -100,14 +116,14 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
     strides = _attr_list(strides, "strides", "conv3d")
     dilations = [1] * 5 if dilations is None else _attr_list(dilations, "dilations", "conv3d")
     padding, data_format = _padding(padding), _format(data_format)
-    x, w = depth.host(input), depth.host(filters)
+    x, w = _activation(input, data_format), depth.host(filters)
     dtype = tensors.resolve_dtype("Conv3D", [(x, "input"), (w, "filter")])
     _window_checks(strides, dilations, data_format)
     if x.ndim != 5:
         raise InvalidArgumentError("input must be 5-dimensional")
     if w.ndim != 5:
         raise InvalidArgumentError("filter must be 5-dimensional")
-    x5 = _channels_last(x.astype(dtype, copy=False), data_format)
+    x5 = _channels_last_as(x, dtype, data_format)
     channels, f_in = x5.shape[4], w.shape[3]
     if f_in <= 0 or channels % f_in:
         raise InvalidArgumentError(f"Input depth must be evenly divisible by filter depth: "
@@ -156,7 +172,7 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
                algorithm: Optional[str]) -> Any:
     """Conv3DBackpropInputV2's checks, in its order, and the computation."""
     padding = _padding(padding)
-    dy, w = depth.host(input), depth.host(filters)
+    dy, w = _activation(input, data_format), depth.host(filters)
     dtype = tensors.resolve_dtype("Conv3DBackpropInputV2", [(w, "filter"), (dy, "out_backprop")])
     _window_checks(strides, dilations, data_format)
     sizes = [int(v) for v in np.asarray(output_shape).reshape(-1)]
@@ -166,7 +182,7 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
         raise InvalidArgumentError("filter must be 5-dimensional")
     if len(sizes) != 5:
         raise InvalidArgumentError(f"input_sizes must have 5 elements, got {len(sizes)}")
-    dy5 = _channels_last(dy.astype(dtype, copy=False), data_format)
+    dy5 = _channels_last_as(dy, dtype, data_format)
     dx_shape = sizes if data_format == "NDHWC" else [sizes[0], *sizes[2:], sizes[1]]
     if dy5.shape[4] != w.shape[4]:
         raise InvalidArgumentError(f"out_backprop and filter_sizes must have the same number "

@@ -6,9 +6,12 @@ gradient is one 2-D input gradient per depth phase (input depths of one residue
 modulo the depth stride), its taps' dy depths stacked the same way (see
 ``backprop_input``), so the zeros a depth stride would insert cost nothing.  Each
 is a 2-D plan (clconv.plans), so every 2-D algorithm, the stride-phase
-decomposition of the planes and the tuning carry over; the stacking is host-side
-numpy.  Operands are NDHWC host arrays; filters are ``[kd, kh, kw, C_in / groups,
-C_out]``.
+decomposition of the planes and the tuning carry over.  The stacking and the
+scattering of a phase's result into every stride-th depth are copies on the device
+(clconv.depth_copies), or no copy at all where a plane is a view of the tensor (a
+phase with one tap reading all of dy; a phase's depths written in place through a
+strided view).  Activations are NDHWC, host or pyopencl arrays (the result is of
+the same kind); filters are ``[kd, kh, kw, C_in / groups, C_out]`` host arrays.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import pyopencl.array as cl_array
 
-from clconv import plans
-from clconv.device_select import DeviceSpec, runtime
-from clconv.ops import check_device_dtype
+from clconv import plans, tensors
+from clconv.depth_copies import Depths, copy_depths
+from clconv.device_select import DeviceSpec, Runtime
+from clconv.ops import check_device_dtype, choose_runtime
 from clconv.shapes import ConvGeometry
 
 
@@ -84,38 +89,75 @@ def _accumulator(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
-def forward(x: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
-            algorithm: Optional[str]) -> np.ndarray:
+def _on_device(value: Any, rt: Runtime) -> cl_array.Array:
+    """A C-contiguous pyopencl array of ``value`` (the array itself if it is one)."""
+    if tensors.is_device_array(value):
+        if value.flags.c_contiguous:
+            return value
+        value = value.get()  # a strided view: once through the host
+    return cl_array.to_device(rt.queue, np.ascontiguousarray(value))
+
+
+def _new(rt: Runtime, shape: tuple[int, ...], dtype: np.dtype, what: str,
+         zero: bool) -> cl_array.Array:
+    elements = int(np.prod(shape))
+    tensors.check_fits(elements * dtype.itemsize, elements, what, rt.info)
+    array = cl_array.empty(rt.queue, shape, dtype)
+    if zero:
+        array.fill(0)
+    return array
+
+
+def _returned(result: cl_array.Array, like: Any) -> Any:
+    return result if tensors.is_device_array(like) else result.get()
+
+
+def forward(x: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
+            algorithm: Optional[str]) -> Any:
     """y[N, Do, Ho, Wo, C_out] = conv3d(x, w), as ONE 2-D conv: the input depths each
     depth tap reads are stacked along the channels (zeros where a tap reads padding),
     so the depth taps become part of the 2-D conv's reduction and the device does the
     whole sum (one GEMM of K = kd * kh * kw * C_in / groups).  Channels stay grouped:
     group g's stacked channels are contiguous, [g][tap][its channels]."""
     dtype = x.dtype
-    rt = runtime(device)
+    rt = choose_runtime([x], device)
     check_device_dtype(rt, dtype)
     n, (d_out, h_out, w_out) = g.batch, g.out_size
     if not n * d_out * h_out * w_out * g.out_c:
-        return np.zeros((n, *g.out_size, g.out_c), dtype)
+        return _returned(_new(rt, (n, *g.out_size, g.out_c), dtype, "the output", True), x)
     taps, groups = g.kernel[0], g.groups
     per_group = g.in_c // groups
-    stacked = np.zeros((n, d_out, *g.in_size[1:], groups, taps, per_group), dtype)
-    grouped = x.reshape(n, *g.in_size, groups, per_group)
-    for tap in range(taps):
-        out_depths, in_depths = g.tap_depths(tap)
-        tap_view = stacked[:, :, :, :, :, tap]  # a view: then one advanced index only
-        tap_view[:, out_depths] = grouped[:, in_depths]
+    pixels = g.in_size[1] * g.in_size[2]
+    source = _on_device(x, rt)
+    plane = forward_plane(g)
+    reads = [g.tap_depths(tap) for tap in range(taps)]
+    if taps == 1 and g.strides[0] == 1 and g.pads[0] == (0, 0):
+        stacked = source  # the one tap reads every depth: x is the plane batch
+    else:
+        partial = any(len(out_depths) < d_out for out_depths, _ in reads)
+        stacked = _new(rt, (n, d_out, *g.in_size[1:], taps * g.in_c), dtype,
+                       "the depth-stacked input", partial)
+        for tap, (out_depths, in_depths) in enumerate(reads):
+            if not len(out_depths):
+                continue
+            for group in range(groups):
+                copy_depths(rt.queue,
+                            Depths(stacked, d_out, pixels, taps * g.in_c, int(out_depths[0]),
+                                   channel=(group * taps + tap) * per_group),
+                            Depths(source, g.in_size[0], pixels, g.in_c, int(in_depths[0]),
+                                   g.strides[0], group * per_group),
+                            len(out_depths), per_group)
     # The filter [kd, kh, kw, C_in/g, C_out] as [kh, kw, kd * C_in/g, C_out], in the
     # stacked order (tap-major within a group's input channels).
     w2 = np.ascontiguousarray(w.transpose(1, 2, 0, 3, 4)).reshape(
         g.kernel[1], g.kernel[2], taps * per_group, g.out_c)
-    plan = plans.get_plan(rt, "conv2d", forward_plane(g), dtype, algorithm)
-    y = plan.execute(stacked.reshape(n * d_out, *g.in_size[1:], g.in_c * taps), w2)
-    return y.reshape(n, *g.out_size, g.out_c)
+    plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
+    y = plan.execute(stacked.reshape(plane.x_shape()), w2)
+    return _returned(y.reshape(n, *g.out_size, g.out_c), x)
 
 
-def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
-                   algorithm: Optional[str]) -> np.ndarray:
+def backprop_input(dy: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
+                   algorithm: Optional[str]) -> Any:
     """dx[N, D, H, W, C_in] of the conv ``g`` from dy[N, Do, Ho, Wo, C_out], one 2-D
     input gradient per depth phase: the input depths id = r (mod stride) receive
     exactly the depth taps a with (r + pad - a * dilation) divisible by the stride,
@@ -123,34 +165,60 @@ def backprop_input(dy: np.ndarray, w: np.ndarray, g: Geometry3d, device: DeviceS
     the channels (zeros past dy's ends), so the device sums all of a phase's taps and
     no work goes to the zeros a depth stride would insert."""
     dtype = dy.dtype
-    rt = runtime(device)
+    rt = choose_runtime([dy], device)
     check_device_dtype(rt, dtype)
-    n, d_out = g.batch, g.out_size[0]
+    n, depth, d_out = g.batch, g.in_size[0], g.out_size[0]
     stride, pad, dilation = g.strides[0], g.pads[0][0], g.dilations[0]
     groups = g.groups
     per_out = g.out_c // groups
-    dx = np.zeros((n, *g.in_size, g.in_c), dtype)
+    phases = backprop_phases(g)
+    reached = sum(len(in_depths) for in_depths, _, _ in phases) == depth
+    dx = _new(rt, (n, *g.in_size, g.in_c), dtype, "the output", not reached)
     if not dx.size:
-        return dx
-    dy_grouped = dy.reshape(n, *g.out_size, groups, per_out)
-    for in_depths, taps, plane in backprop_phases(g):
-        stacked = np.zeros((n, len(in_depths), *g.out_size[1:], groups, len(taps), per_out),
-                           dtype)
-        for t, tap in enumerate(taps):
-            read = (in_depths + pad - tap * dilation) // stride
-            real = (read >= 0) & (read < d_out)
-            tap_view = stacked[:, :, :, :, :, t]  # a view: then one advanced index only
-            tap_view[:, np.flatnonzero(real)] = dy_grouped[:, read[real]]
+        return _returned(dx, dy)
+    source = _on_device(dy, rt)
+    out_pixels, in_pixels = g.out_size[1] * g.out_size[2], g.in_size[1] * g.in_size[2]
+    planes_in_place = n == 1 or depth % stride == 0  # dx's phase depths: one batch stride
+    for in_depths, taps, plane in phases:
+        count, residue = len(in_depths), int(in_depths[0])
+        # Tap a reads dy depth j + shift[a] for the phase's j-th depth.
+        shifts = [(residue + pad - tap * dilation) // stride for tap in taps]
+        first = [max(0, -shift) for shift in shifts]
+        last = [min(count, d_out - shift) for shift in shifts]
+        if (len(taps) == 1 and first[0] == 0 and last[0] == count
+                and (n == 1 or (shifts[0] == 0 and count == d_out))):
+            # One tap reading consecutive dy depths: a view of dy is the plane batch.
+            flat = source.reshape(n * d_out, *g.out_size[1:], g.out_c)
+            src = flat[shifts[0]:shifts[0] + n * count]
+        else:
+            partial = any(lo > 0 or hi < count for lo, hi in zip(first, last))
+            stacked = _new(rt, (n, count, *g.out_size[1:], len(taps) * g.out_c), dtype,
+                           "the depth-stacked out_backprop", partial)
+            for t, (shift, lo, hi) in enumerate(zip(shifts, first, last)):
+                if hi <= lo:
+                    continue
+                for group in range(groups):
+                    copy_depths(rt.queue,
+                                Depths(stacked, count, out_pixels, len(taps) * g.out_c, lo,
+                                       channel=(group * len(taps) + t) * per_out),
+                                Depths(source, d_out, out_pixels, g.out_c, lo + shift,
+                                       channel=group * per_out),
+                                hi - lo, per_out)
+            src = stacked.reshape(plane.y_shape())
         # The taps' filter planes [T, kh, kw, C_in/g, C_out] as [kh, kw, C_in/g, T * C_out]
         # in the stacked order: [group][tap][its output channels].
         planes = w[taps].reshape(len(taps), *g.kernel[1:], g.in_c // groups, groups, per_out)
         w2 = np.ascontiguousarray(planes.transpose(1, 2, 3, 4, 0, 5)).reshape(
             *g.kernel[1:], g.in_c // groups, len(taps) * g.out_c)
         plan = plans.get_plan(rt, "conv2d_backprop_input", plane, dtype, algorithm)
-        part = plan.execute(stacked.reshape(n * len(in_depths), *g.out_size[1:],
-                                            len(taps) * g.out_c), w2)
-        dx[:, in_depths] = part.reshape(n, len(in_depths), *g.in_size[1:], g.in_c)
-    return dx
+        if planes_in_place:  # the phase's dx depths, written through a strided view
+            flat = dx.reshape(n * depth, *g.in_size[1:], g.in_c)
+            plan.execute(src, w2, out=flat[residue::stride])
+        else:
+            part = plan.execute(src, w2)
+            copy_depths(rt.queue, Depths(dx, depth, in_pixels, g.in_c, residue, stride),
+                        Depths(part, count, in_pixels, g.in_c, 0), count, g.in_c)
+    return _returned(dx, dy)
 
 
 def _channels_last(x: Any) -> np.ndarray:
@@ -197,8 +265,8 @@ def conv_transpose_ncdhw(x: Any, w: Any, bias: Any, strides: Sequence[int],
 
 
 def host(value: Any) -> np.ndarray:
-    """Any operand as a host array (a pyopencl array is read back: the 3-D path runs
-    its depth bookkeeping on the host)."""
+    """Any operand as a host array (a pyopencl array is read back: filters and the
+    channels-first layouts are rearranged on the host)."""
     if hasattr(value, "get") and hasattr(value, "queue"):
         return value.get()
     return np.asarray(value)

@@ -82,6 +82,10 @@ TRANSPOSE = {  # name -> (dy shape, filter shape, output_shape, strides, padding
     "valid_int_stride": ((1, 3, 4, 3, 5), (3, 3, 2, 4, 5), [1, 7, 9, 7, 4], 2, "VALID"),
     "stride1": ((2, 3, 4, 3, 5), (3, 3, 2, 4, 5), [2, 3, 4, 3, 4], 1, "SAME"),
     "unet_up": ((1, 4, 4, 4, 8), (2, 2, 2, 4, 8), [1, 8, 8, 8, 4], [2, 2, 2], "SAME"),
+    # batch 2: a phase's dy is all of dy and its dx depths one strided view of dx ...
+    "unet_up_batch2": ((2, 4, 4, 4, 8), (2, 2, 2, 4, 8), [2, 8, 8, 8, 4], 2, "SAME"),
+    # ... unless the depth is no multiple of the stride: then a copy per phase
+    "valid_batch2_odd_depth": ((2, 3, 4, 3, 5), (3, 3, 2, 4, 5), [2, 7, 9, 7, 4], 2, "VALID"),
 }
 
 
@@ -93,6 +97,28 @@ def test_conv3d_transpose_matches_tensorflow(device, spec, case):
     got = clconv.conv3d_transpose(dy, f, output_shape, strides, padding, device=spec)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert_close(got, want, np.float32, int(np.prod(f_shape[:3])) * f_shape[4])
+
+
+@pytest.mark.parametrize("case", ["same", "valid_strided"])
+def test_ndhwc_pyopencl_arrays_stay_on_the_device(device, spec, case):
+    """A pyopencl array in gives a pyopencl array out, with the host path's values."""
+    import pyopencl.array as cl_array
+
+    queue = clconv.runtime(spec).queue
+    x_shape, f_shape, strides, padding = CONV3D[case]
+    x, f = _random(x_shape, 1), _random(f_shape, 2)
+    got = clconv.conv3d(cl_array.to_device(queue, x), f, strides, padding, device=spec)
+    assert isinstance(got, cl_array.Array)
+    assert_close(got.get(), tf.nn.conv3d(x, f, strides, padding).numpy(), np.float32,
+                 int(np.prod(f_shape[:4])))
+    for name in ("same_x2", "unet_up_batch2", "valid_batch2_odd_depth"):
+        dy_shape, f_shape, output_shape, strides, padding = TRANSPOSE[name]
+        dy, f = _random(dy_shape, 5), _random(f_shape, 6)
+        got = clconv.conv3d_transpose(cl_array.to_device(queue, dy), f, output_shape, strides,
+                                      padding, device=spec)
+        assert isinstance(got, cl_array.Array)
+        want = tf.nn.conv3d_transpose(dy, f, output_shape, strides, padding).numpy()
+        assert_close(got.get(), want, np.float32, int(np.prod(f_shape[:3])) * f_shape[4])
 
 
 def test_conv3d_backprop_input_is_the_v2_op(device, spec):
