@@ -21,6 +21,7 @@ from typing import Any, Optional, Union
 
 import pyopencl as cl
 
+from clconv import buffer_pool
 from clconv.errors import DeviceNotFoundError, ForkedProcessError
 from clconv.llvm_guard import protect_opencl_runtimes
 
@@ -359,7 +360,8 @@ def runtime(spec: DeviceSpec = None) -> Runtime:
             spec, found_device, properties=cl.command_queue_properties.PROFILING_ENABLE))
     with _runtimes_lock:
         if info.spec not in _runtimes:
-            _runtimes[info.spec] = Runtime(found_device, info)
+            shared = _runtimes[info.spec] = Runtime(found_device, info)
+            buffer_pool.register(shared.queue, info.max_mem_alloc_size)
         return _runtimes[info.spec]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
 
+from clconv import buffer_pool
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.shapes import dtype_name, is_tf_tensor
 
@@ -240,7 +241,10 @@ def empty_output(shape: tuple[int, ...], dtype: np.dtype, queue: cl.CommandQueue
     if not checked:
         check_fits(elements * dtype.itemsize, elements, f"the output of shape {tuple(shape)}",
                    info)
-    buffer = cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, max(elements, 1) * dtype.itemsize)
+    pool = buffer_pool.for_queue(queue)
+    nbytes = max(elements, 1) * dtype.itemsize
+    buffer = (pool.allocate(nbytes) if pool is not None
+              else cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, nbytes))
     tensor = DeviceTensor(buffer, tuple(int(s) for s in shape), dtype)
     if zero and elements:
         tensor.fill(queue, 0)
