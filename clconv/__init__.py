@@ -9,6 +9,7 @@ protect_opencl_runtimes()
 
 # ruff: noqa: E402
 
+from clconv.buffer_pool import free_held as release_memory
 from clconv.device_select import DeviceInfo, device, devices, runtime, set_default_device
 from clconv.errors import (
     DeviceNotFoundError,
@@ -55,6 +56,7 @@ __all__ = [
     "device",
     "devices",
     "plan",
+    "release_memory",
     "runtime",
     "set_default_device",
     "PreparedFilters",

@@ -53,7 +53,11 @@ class BufferPool:
             return self._pool.allocate(nbytes)
 
     def held_bytes(self) -> int:
+        """About the bytes held unused (the blocks in use count at their rounded-up size)."""
         return self._pool.managed_bytes - self._pool.active_bytes
+
+    def held_blocks(self) -> int:
+        return self._pool.held_blocks
 
     def free_held(self) -> None:
         with self._lock:
@@ -87,7 +91,8 @@ def allocator(queue: cl.CommandQueue):
 
 
 def free_held() -> None:
-    """Give every pool's unused memory back (``clconv.release_memory``)."""
+    """``clconv.release_memory()``: give back the device memory clconv's pools hold
+    unused (results still referenced stay; they return to the pool when dropped)."""
     with _pools_lock:
         pools = [pool for _, pool in _pools.values()]
     for pool in pools:

@@ -44,6 +44,22 @@ def test_numpy_calls_reuse_their_device_memory(device, spec):
     assert_close(y, _reference_transpose(x, w, 2), np.float32, 2 * 2 * 16)
 
 
+def test_release_memory_gives_the_held_memory_back(device, spec):
+    pool = buffer_pool.for_queue(clconv.runtime(spec).queue)
+    x, w = _random((1, 8, 8, 16), 8), _random((2, 2, 8, 16), 9)
+    kept = clconv.conv2d_transpose(cl_array.to_device(pool_queue(spec), x), w, [1, 16, 16, 8],
+                                   2, "VALID")
+    clconv.conv2d_transpose(x, w, [1, 16, 16, 8], 2, "VALID", device=spec)
+    assert pool.held_blocks() > 0
+    clconv.release_memory()
+    assert pool.held_blocks() == 0
+    assert_close(kept.get(), _reference_transpose(x, w, 2), np.float32, 2 * 2 * 16)
+
+
+def pool_queue(spec):
+    return clconv.runtime(spec).queue
+
+
 def test_results_a_caller_holds_are_not_reused(device, spec):
     queue = clconv.runtime(spec).queue
     w = _random((2, 2, 8, 16), 3)
