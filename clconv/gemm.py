@@ -374,6 +374,6 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
 
 ALGORITHM = register(Algorithm(
     name="gemm", prepare=GemmLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
-    fallback="direct",
+    fallback="grouped",
     doc="per stride phase, a register-blocked implicit GEMM over the taps that land on "
         "real input pixels"))

@@ -53,13 +53,18 @@ def backprop_input_reference(dy: np.ndarray, w: np.ndarray, g: ConvGeometry) -> 
     rows_needed = max(g.pad_top + g.in_h, (g.out_h - 1) * g.stride_h + g.k_eff_h) + 1
     cols_needed = max(g.pad_left + g.in_w, (g.out_w - 1) * g.stride_w + g.k_eff_w) + 1
     canvas = np.zeros((g.batch, rows_needed, cols_needed, g.in_c))
+    cin_g, cout_g = g.in_c // g.groups, g.out_c // g.groups
     if dy.size and w.size:
         for a in range(g.k_h):
             rows = slice(a * g.dil_h, a * g.dil_h + (g.out_h - 1) * g.stride_h + 1, g.stride_h)
             for b in range(g.k_w):
                 cols = slice(b * g.dil_w, b * g.dil_w + (g.out_w - 1) * g.stride_w + 1, g.stride_w)
                 # dy[n,oh,ow,co] * w[a,b,ci,co] lands on canvas row oh*s + a*d (= oh*s - pad + a*d
-                # in dx coordinates, the canvas being shifted by pad).
-                canvas[:, rows, cols, :] += dy @ w[a, b].T
+                # in dx coordinates, the canvas being shifted by pad); a group's dy channels
+                # reach only its own dx channels.
+                for group in range(g.groups):
+                    ins = slice(group * cin_g, (group + 1) * cin_g)
+                    outs = slice(group * cout_g, (group + 1) * cout_g)
+                    canvas[:, rows, cols, ins] += dy[..., outs] @ w[a, b, :, outs].T
     dx = canvas[:, g.pad_top:g.pad_top + g.in_h, g.pad_left:g.pad_left + g.in_w, :]
     return _from_nhwc(np.ascontiguousarray(dx), g.data_format)

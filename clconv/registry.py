@@ -107,6 +107,7 @@ def _load_builtins() -> None:
         from clconv import gemm  # noqa: F401  (first: the fastest general algorithm on CPUs)
         from clconv import direct  # noqa: F401
         from clconv import tiled  # noqa: F401
+        from clconv import grouped  # noqa: F401
 
 
 def get(name: str) -> Algorithm:

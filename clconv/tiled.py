@@ -67,6 +67,6 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
 
 ALGORITHM = register(Algorithm(
     name="tiled", prepare=TiledLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
-    fallback="direct", kernel_defines=kernel_defines,
+    fallback="grouped", kernel_defines=kernel_defines,
     doc="per stride phase, an implicit GEMM tiled per work-group through local memory, "
         "with coalesced loads (the GPU family)"))

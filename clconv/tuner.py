@@ -347,12 +347,16 @@ def pools_for(case: TuneCase, info: DeviceInfo,
     """Every algorithm's candidates for ``case`` on ``info``, after the constraints and
     the device limits that need no build; and the size of each space at each stage."""
     pools, sizes = [], {}
+    dtype = np.dtype({2: np.float16, 4: np.float32, 8: np.float64}.get(dtype_size, np.float32))
     for algorithm, space in search_space.spaces_for(case.op, spaces):
         launcher = launcher_for(space, algorithm, case.op, launchers)
         if launcher is None:
             raise SearchSpaceError(f"{space.origin}: computes {case.op} as {algorithm!r} but no "
                                    f"such algorithm is registered (clconv.registry) and no "
                                    f"launcher was given for ({space.family!r}, {case.op!r})")
+        if (algorithm in registry.algorithms_for(case.op)
+                and registry.unsupported(algorithm, case.op, dtype, case.geometry, info)):
+            continue  # e.g. the GEMMs on a grouped conv: every candidate would be refused
         ctx = search_space.context(launcher.kernel_geometry(case.geometry), info, case.op,
                                    algorithm, dtype_size)
         try:

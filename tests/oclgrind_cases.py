@@ -15,16 +15,31 @@ import sys
 import numpy as np
 
 import clconv
-from clconv import config, programs, registry, search_space
+from clconv import config, plans, programs, search_space
 from clconv.device_select import runtime
-from helpers import assert_close, backprop_case, conv2d_case, reduction_length
+from helpers import (
+    algorithms_computing,
+    assert_close,
+    backprop_case,
+    conv2d_case,
+    reduction_length,
+)
 from clconv.reference import backprop_input_reference, conv2d_reference
 
 CONV = [  # x_shape, w_shape, strides, padding, dilations, data_format
     ((1, 5, 6, 3), (3, 3, 3, 5), 1, "SAME", None, "NHWC"),
     ((2, 3, 7, 6), (3, 2, 3, 4), 2, "VALID", None, "NCHW"),
-    ((1, 7, 7, 4), (3, 3, 2, 6), 2, "SAME", 2, "NHWC"),  # grouped + dilated: direct only
+    ((1, 7, 7, 4), (3, 3, 2, 6), 2, "SAME", 2, "NHWC"),  # grouped + dilated
     ((1, 2, 2, 2), (5, 5, 2, 3), 1, [[0, 0], [3, 1], [0, 2], [0, 0]], None, "NHWC"),
+    ((1, 5, 6, 8), (3, 3, 1, 8), 2, "SAME", None, "NHWC"),  # depthwise: 8-channel vectors
+    ((1, 8, 5, 6), (3, 3, 1, 8), 1, "VALID", None, "NCHW"),  # depthwise, strided channels
+]
+GROUPED_CONV = (2, 4, 5)  # indices of CONV whose filters make them grouped
+# Depthwise input gradients (tf.nn.depthwise_conv2d_backprop_input): dy_shape, filter
+# [kh, kw, C, multiplier], input_sizes, strides, padding.
+DEPTHWISE_BACKPROP = [
+    ((1, 3, 3, 8), (3, 3, 8, 1), (1, 6, 6, 8), 2, "SAME"),  # 8-channel vectors
+    ((1, 4, 4, 6), (3, 3, 3, 2), (1, 6, 6, 3), 1, "VALID"),  # multiplier 2
 ]
 TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, data_format
     ((1, 3, 3, 3), (3, 3, 2, 3), (1, 6, 6, 2), 2, "SAME", None, "NHWC"),
@@ -35,10 +50,11 @@ TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, d
 
 
 CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
-            for algorithm in registry.algorithms_for("conv2d")
-            if not (i == 2 and algorithm != registry.UNIVERSAL)] + [
+            for algorithm in algorithms_computing("conv2d", 2 if i in GROUPED_CONV else 1)] + [
     f"transpose-{i}-{algorithm}" for i in range(len(TRANSPOSE))
-    for algorithm in registry.algorithms_for("conv2d_transpose")]
+    for algorithm in algorithms_computing("conv2d_transpose")] + [
+    f"depthwise-{i}-{algorithm}" for i in range(len(DEPTHWISE_BACKPROP))
+    for algorithm in algorithms_computing("conv2d_backprop_input", 2)]
 
 # The kernels that share __local memory between work-items (where a missing barrier
 # passes on PoCL and shows only under Oclgrind's race check), run over their shipped
@@ -140,6 +156,17 @@ def run_case(case_id: str, spec: str) -> None:
         x = rng.standard_normal(x_shape).astype(np.float32)
         w = rng.standard_normal(w_shape).astype(np.float32)
         clconv.conv2d(x, w, strides, padding, fmt, dilations, device=spec, algorithm=rest[0])
+    elif kind == "depthwise":
+        dy_shape, w_shape, sizes, strides, padding = DEPTHWISE_BACKPROP[int(index)]
+        dy = rng.standard_normal(dy_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        # The depthwise op has no algorithm argument: its grouped conv (filter
+        # [kh, kw, 1, C * multiplier], C groups), as its plan runs it.
+        w_grouped = w.reshape(*w_shape[:2], 1, -1)
+        g = conv2d_case(sizes, w_grouped.shape, strides, padding)
+        plan = plans.get_plan(runtime(spec), "conv2d_backprop_input", g, np.float32, rest[0])
+        assert_close(plan.execute(dy, w_grouped), backprop_input_reference(dy, w_grouped, g),
+                     np.float32, reduction_length(g, transpose=True))
     else:
         dy_shape, w_shape, out_shape, strides, padding, dilations, fmt = TRANSPOSE[int(index)]
         dy = rng.standard_normal(dy_shape).astype(np.float32)

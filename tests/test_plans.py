@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import is_simulator
 from helpers import (
+    algorithms_computing,
     assert_close,
     backprop_case,
     backprop_input_reference,
@@ -130,7 +131,7 @@ def test_prepared_filters_are_a_snapshot_and_belong_to_their_plan(spec):
 
 def test_a_plan_computes_what_the_op_computes_for_every_algorithm(spec, device):
     dy, w = random_array((1, 3, 3, 4), seed=5), random_array((3, 3, 2, 4), seed=6)
-    for algorithm in registry.algorithms_for("conv2d_transpose"):
+    for algorithm in algorithms_computing("conv2d_transpose", info=device):
         plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, 2, "SAME",
                            output_shape=[1, 6, 6, 2], device=spec, algorithm=algorithm)
         assert plan.algorithm == algorithm and plan.algorithm_source == "requested"
@@ -151,7 +152,7 @@ def test_describe_and_the_log_say_what_was_chosen(spec, device, caplog, db):
                for r in caplog.records)
     # gemm computes ungrouped convolutions: a grouped one falls back, and says so.
     grouped = clconv.plan("conv2d", (1, 9, 9, 4), (3, 3, 2, 4), 1, "SAME", device=spec)
-    assert grouped.algorithm == registry.UNIVERSAL and "fallback" in grouped.algorithm_source
+    assert grouped.algorithm == "grouped" and "fallback" in grouped.algorithm_source
     assert "groups" in grouped.algorithm_source
 
 
@@ -192,7 +193,7 @@ def test_only_the_registry_names_the_algorithms():
     """Outside the modules that declare them (and docstrings), no code spells an
     algorithm's name: ops, plans, tuner, conformance and bench read the registry."""
     package = Path(clconv.__file__).parent
-    declaring = {"registry.py", "gemm.py", "direct.py", "tiled.py"}
+    declaring = {"registry.py", "gemm.py", "direct.py", "tiled.py", "grouped.py"}
     names = "|".join(registry.algorithms_for("conv2d_transpose"))
     quoted = re.compile(rf"""["']({names})["']""")
     found = []
@@ -246,7 +247,7 @@ def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, mo
     dy, w = random_array((1, 7, 7, 5), seed=11), random_array((3, 3, 3, 5), seed=12)
     g = backprop_case((1, 13, 13, 3), w.shape, dy.shape, 2, "SAME")
     expected = backprop_input_reference(dy, w, g)
-    for algorithm in registry.algorithms_for("conv2d_transpose"):
+    for algorithm in algorithms_computing("conv2d_transpose", info=gpu.info):
         plan = plans.build_plan(gpu, "conv2d_transpose", g, np.float32, algorithm)
         if algorithm == "gemm":
             assert plan.config["LOCAL_SIZE"] == [1, 64] and plan.config_source != "generic"
@@ -272,7 +273,7 @@ def test_a_gpu_with_small_groups_gets_configurations_it_can_run(device, spec):
     x, w = random_array((1, 9, 9, 5), seed=13), random_array((3, 3, 5, 6), seed=14)
     g = conv2d_case(x.shape, w.shape, 1, "SAME")
     expected = conv2d_reference(x, w, g)
-    for algorithm in registry.algorithms_for("conv2d"):
+    for algorithm in algorithms_computing("conv2d", info=small):
         plan = plans.build_plan(gpu, "conv2d", g, np.float32, algorithm)
         assert plan.config_source.startswith("kernel defaults"), plan.describe()
         assert "max_work_group_size" in plan.config_source

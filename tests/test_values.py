@@ -19,6 +19,7 @@ import clconv
 from clconv import registry
 from clconv.device_select import runtime
 from helpers import (
+    algorithms_computing,
     assert_close,
     backprop_case,
     backprop_input_reference,
@@ -47,6 +48,10 @@ CONV_CASES = {
     "empty_batch": ((0, 5, 5, 2), (3, 3, 2, 3), 1, "SAME", None),
     "zero_out_channels": ((1, 5, 5, 2), (3, 3, 2, 0), 1, "SAME", None),
     "grouped": ((1, 5, 5, 4), (3, 3, 2, 6), 1, "SAME", None),
+    # depthwise, multiplier 1: "grouped" runs 8 channels as one vector (NHWC)
+    "depthwise": ((2, 6, 7, 8), (3, 3, 1, 8), 1, "SAME", None),
+    "depthwise_x2_s2": ((1, 7, 6, 3), (3, 3, 1, 6), 2, "SAME", None),  # multiplier 2
+    "grouped_4_per_group_dilated": ((1, 7, 8, 8), (3, 2, 4, 4), 1, "VALID", [1, 2, 1, 1]),
 }
 
 # name: (dy_shape NHWC, filter [kh, kw, out(C of result), in(C of dy)], output_shape,
@@ -75,8 +80,10 @@ TRANSPOSE_CASES = {
     "1x1_s1": ((2, 4, 4, 6), (1, 1, 5, 6), (2, 4, 4, 5), 1, "VALID", None),
 }
 
-# Every registered algorithm, each op: what the tables below run.
-ALGORITHMS = list(registry.algorithms_for("conv2d_transpose"))
+# The tables below run every registered algorithm: conv2d's all of them (a grouped
+# case checks the refusals too); the transposes' those that compute ungrouped convs,
+# the only kind TF's transposes take.
+ALGORITHMS = algorithms_computing("conv2d_transpose")
 CONV2D_ALGORITHMS = list(registry.algorithms_for("conv2d"))
 
 
@@ -112,7 +119,8 @@ def test_conv2d_matches_reference(device, spec, case, data_format, algorithm):
         x, padding = _nchw(x), _nchw_padding(padding)
         strides, dilations = _nchw_attr(strides), _nchw_attr(dilations)
     g = conv2d_case(x.shape, w_shape, strides, padding, data_format, dilations)
-    if algorithm != registry.UNIVERSAL and g.groups > 1:  # the GEMMs are ungrouped
+    if registry.unsupported(algorithm, "conv2d", np.dtype(np.float32), g, device):
+        # e.g. the GEMMs compute ungrouped convs only, "grouped" grouped ones only
         with pytest.raises(clconv.UnimplementedError, match="algorithm='direct'"):
             clconv.conv2d(x, w, strides, padding, data_format=data_format, dilations=dilations,
                           device=spec, algorithm=algorithm)
@@ -165,7 +173,7 @@ def test_algorithms_agree_on_a_larger_case(device, spec):
         assert_close(got, expected, np.float32, 5 * 5 * 16)
 
 
-@pytest.mark.parametrize("algorithm", [None, *CONV2D_ALGORITHMS])
+@pytest.mark.parametrize("algorithm", [None, *algorithms_computing("conv2d")])
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_other_dtypes(device, spec, dtype, algorithm):
     """float64 where the device has fp64; float16 everywhere (half is storage,
@@ -187,6 +195,28 @@ def test_other_dtypes(device, spec, dtype, algorithm):
     if dtype == np.float16 and algorithm is None:  # the fast path, not a fallback
         plan = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", dtype=dtype, device=spec)
         assert plan.algorithm == "gemm", plan.describe()
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("channels", [8, 6, 5])  # vectors of 8 (4 for float64), of 2, none
+def test_depthwise_in_every_dtype(device, spec, dtype, channels):
+    """The grouped kernels' vector builds (vload_halfN for float16, narrower vectors for
+    float64) and their one-channel build, forward and input gradient, against the
+    float64 reference."""
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip("no cl_khr_fp64")
+    x, w = random_array((2, 7, 6, channels), dtype, seed=40), \
+        random_array((3, 3, 1, channels), dtype, seed=41)
+    g = conv2d_case(x.shape, w.shape, 2, "SAME")
+    assert g.groups == channels
+    y = clconv.conv2d(x, w, 2, "SAME", device=spec)
+    assert_close(y, conv2d_reference(x, w, g), dtype, reduction_length(g))
+    plan = clconv.plan("conv2d", x.shape, w.shape, 2, "SAME", dtype=dtype, device=spec)
+    assert plan.algorithm == "grouped", plan.describe()
+    dy = random_array(y.shape, dtype, seed=42)
+    dx = clconv.depthwise_conv2d_backprop_input(list(x.shape), w.reshape(3, 3, channels, 1),
+                                                dy, [1, 2, 2, 1], "SAME", device=spec)
+    assert_close(dx, backprop_input_reference(dy, w, g), dtype, reduction_length(g, True))
 
 
 def test_pyopencl_arrays_in_and_out(device, spec):

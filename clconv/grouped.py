@@ -1,0 +1,124 @@
+"""The grouped algorithm: grouped and depthwise convolutions (kernels/grouped_direct.cl).
+
+One work-item computes VEC consecutive channels (one vector, for a depthwise
+conv with multiplier 1; else one channel) at TW consecutive pixels of a row (see
+the kernel's header for why neither the GEMMs, which are ungrouped, nor the direct
+kernels, which block channels of one group, suit it).  conv2d runs
+``grouped_forward``; the input gradient (and conv2d_transpose) ``grouped_backprop``,
+which gathers, per stride phase of the columns, only the taps that land on real
+dy pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import pyopencl as cl
+
+from clconv import tensors
+from clconv.device_select import DeviceInfo
+from clconv.programs import TypedKernel, ndrange
+from clconv.registry import Algorithm, Setup, register
+from clconv.shapes import ConvGeometry
+
+_I = np.int32
+_VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
+ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
+        _I, _I, _I, _I, _I, _I, _I, _I]
+
+# The most input channels per group this algorithm takes: past them one work-item's
+# TW pixels reuse each filter value but no input value, and the direct kernel's
+# blocks of output channels (each input value serving CO_BLOCK of them) win.
+MAX_CHANNELS_PER_GROUP = 16
+MAX_VECTOR_BYTES = 32  # see configs/grouped_direct.yaml, vector_of_32_bytes
+
+
+class GroupedLaunch:
+    """grouped_forward (conv2d) or grouped_backprop (the input gradient) over ``g``: the
+    configured build (VEC channels per work-item) and, when VEC > 1, a VEC = 1 build
+    for operands whose channels are not contiguous (NCHW, strided views)."""
+
+    def __init__(self, setup: Setup) -> None:
+        g = self.g = setup.geometry
+        self.forward = setup.op == "conv2d"
+        source, name = (setup.space.kernel if self.forward
+                        else setup.space.helper_kernels["backprop"])
+        tw = int(setup.defines["TW"])
+        # At most 32 bytes a vector (the search space's vector_of_32_bytes): the
+        # shipped "auto" is sized in floats, so a float64 plan halves it.
+        vec = min(int(setup.defines["VEC"]), MAX_VECTOR_BYTES // max(setup.dtype.itemsize, 4))
+        channels = g.out_c if self.forward else g.in_c
+        if self.forward:
+            runs = g.batch * g.out_h * -(-g.out_w // tw)
+        else:
+            per_phase = -(-g.in_w // g.stride_w)  # the pixels of column phase 0
+            runs = g.batch * g.in_h * g.stride_w * -(-per_phase // tw)
+        self.builds = []  # (kernel, NDRange), the vector build first
+        for width in dict.fromkeys((vec, 1)):
+            kernel = TypedKernel(setup.context, source, name, {**setup.defines, "VEC": width},
+                                 ARGS)
+            local = setup.local if width == vec else None
+            self.builds.append((kernel, ndrange((channels // width, runs), local,
+                                                setup.info.kind, axis=1,
+                                                max_group=setup.info.group_limit(1))))
+        self.kernels = tuple(kernel for kernel, _ in self.builds)
+
+    def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
+        return filters
+
+    def enqueue(self, queue: cl.CommandQueue, src: tensors.DeviceTensor,
+                w: tensors.DeviceTensor, out: tensors.DeviceTensor,
+                timeline: Optional[list] = None) -> cl.Event:
+        g = self.g
+        x, y = (src, out) if self.forward else (out, src)
+        views = [x.activation_view(g.data_format), w.filter_view(),
+                 y.activation_view(g.data_format)]
+        # The vector build reads whole vectors of channels: only where they are contiguous.
+        contiguous = all(view[4] == 1 for view in views)
+        kernel, work = self.builds[0] if contiguous else self.builds[-1]
+        event = kernel.enqueue(queue, *work, [
+            x.buffer, *views[0], g.in_h, g.in_w, g.in_c, w.buffer, *views[1], g.k_h, g.k_w,
+            y.buffer, *views[2], g.out_h, g.out_w, g.out_c,
+            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left,
+            g.groups])
+        if timeline is not None:
+            timeline.append(("grouped forward" if self.forward else "grouped backprop", event))
+        return event
+
+
+def vectorisable(g: ConvGeometry, vec: int) -> bool:
+    """Whether VEC consecutive channels can be one vector: a depthwise conv with
+    multiplier 1 (channel c reads channel c only) whose channels VEC divides."""
+    return vec == 1 or (g.in_c == g.groups == g.out_c and g.in_c % vec == 0)
+
+
+def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
+             ) -> dict[str, Any]:
+    """VEC "auto": the device's float vector width (clconv.gemm.vector_width), at most 8
+    (see MAX_VECTOR_BYTES), narrowed until it divides the channels, where the conv is
+    vectorisable; else 1."""
+    config = dict(config)
+    if config.get("VEC", "auto") == "auto":
+        from clconv.gemm import vector_width
+
+        widths = [v for v in (8, 4, 2) if v <= vector_width(info)]
+        config["VEC"] = next((v for v in widths if vectorisable(g, v)), 1)
+    return config
+
+
+def _unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo) -> Optional[str]:
+    if g.groups == 1:
+        return "grouped computes grouped convolutions only (ungrouped ones run as GEMMs)"
+    if g.in_c // g.groups > MAX_CHANNELS_PER_GROUP:
+        return (f"grouped takes at most {MAX_CHANNELS_PER_GROUP} input channels per group "
+                f"(got {g.in_c // g.groups}); the direct kernel reuses each input value "
+                "across a block of output channels")
+    return None
+
+
+GROUPED = register(Algorithm(
+    name="grouped", prepare=GroupedLaunch, unsupported=_unsupported, resolve=_resolve,
+    fallback="direct",
+    doc="grouped and depthwise convs: one channel at TW pixels per work-item, channels "
+        "fastest"))

@@ -1,0 +1,180 @@
+// grouped_direct.cl -- grouped and depthwise convolutions with few channels per group.
+//
+//   forward:  y[n,oh,ow,co] = sum_{a,b,j} x[n, oh*SH - PT + a*DH, ow*SW - PL + b*DW, g*IPG + j]
+//                                        * w[a, b, j, co],   g = co / OPG
+//   backprop: dx[n,ih,iw,ci] = sum over the taps (a, b) and the group's output channels
+//             co of dy[n, oh, ow, co] * w[a, b, ci % IPG, co], where
+//             ih = oh*SH - PT + a*DH and iw = ow*SW - PL + b*DW (real dy pixels only)
+//
+// IPG = in_c / groups and OPG = out_c / groups: a depthwise conv has IPG = 1.
+// Why a kernel of its own: the GEMM kernels are ungrouped, and the direct ones
+// block CO_BLOCK output channels of one group per work-item, which for a
+// depthwise conv (one output channel per group) leaves 7 of 8 accumulators idle
+// and spends integer divisions on every tap for one multiply-add each (30-50x
+// slower than TensorFlow on MobileNet's layers, Zen 4).
+//
+// One work-item computes VEC consecutive channels at TW consecutive pixels of a
+// row: a filter vector loaded once serves TW pixels, and divisions happen once per
+// work-item.  VEC > 1 (a depthwise conv with multiplier 1, channels a multiple of
+// VEC, every operand's channels contiguous: the host checks) uses explicit vector
+// loads.  Why explicit: left to PoCL's vectorisation across work-items, the same
+// loop ran 3-6x slower (its padding tests keep it scalar), and a channel stride
+// that is a kernel argument turns every load into a gather.  VEC = 1 is the
+// general path: any grouping, any strides (NCHW, views).  The TW loops are unrolled
+// so the accumulators stay in registers.
+//
+// Tensors go through offset + strides (common.cl).
+// Forward NDRange: (out_c / VEC, batch * out_h * cdiv(out_w, TW)).  A tap on padding
+// multiplies 0 * w, as TensorFlow's conv2d does (an infinite weight gives NaN).
+// Backprop NDRange: (in_c / VEC, batch * in_h * SW * cdiv(cdiv(in_w, SW), TW)): a run
+// is TW pixels of one column phase (iw = phase + SW * i), so every pixel of a run
+// takes the same taps; only real dy pixels contribute, as in TF's gradient.
+
+#ifndef TW
+#define TW 4 // output pixels along a row per work-item
+#endif
+#ifndef VEC
+#define VEC 1 // channels per work-item, in one vector
+#endif
+#if TW < 1 || TW > 16
+#error "TW must be 1 to 16 pixels (its accumulators live in registers)"
+#endif
+#if VEC != 1 && VEC != 2 && VEC != 4 && VEC != 8 && VEC != 16
+#error "VEC must be 1, 2, 4, 8 or 16 (an OpenCL vector width)"
+#endif
+
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+#if VEC > 1
+#define VACC CAT(ACC, VEC)
+// Channel index c of a pixel whose channels are contiguous (the host checked).
+#define AT_V(p, i0, i1, i2, c) (p##_off + (i0) * p##_s0 + (i1) * p##_s1 + (i2) * p##_s2 + (c))
+#ifdef REAL_IS_HALF
+#define LOADV(p, i) CAT(vload_half, VEC)(0, (p) + (i))
+#define STOREV(v, p, i) CAT(CAT(vstore_half, VEC), _rte)((v), 0, (p) + (i))
+#else
+#define LOADV(p, i) CAT(vload, VEC)(0, (p) + (i))
+#define STOREV(v, p, i) CAT(vstore, VEC)((v), 0, (p) + (i))
+#endif
+#define ZERO ((VACC)0)
+#define X_AT(n, h, w, c) LOADV(x, AT_V(x, n, h, w, c))
+#define W_AT(a, b, j, c) LOADV(w, AT_V(w, a, b, j, c))
+#define DY_AT(n, h, w, c) LOADV(dy, AT_V(dy, n, h, w, c))
+#define PUT(v, p, n, h, w, c) STOREV(v, p, AT_V(p, n, h, w, c))
+#else
+#define VACC ACC
+#define ZERO ((ACC)0)
+#define X_AT(n, h, w, c) LOAD(x, AT(x, n, h, w, c))
+#define W_AT(a, b, j, c) LOAD(w, AT(w, a, b, j, c))
+#define DY_AT(n, h, w, c) LOAD(dy, AT(dy, n, h, w, c))
+#define PUT(v, p, n, h, w, c) STORE(v, p, AT(p, n, h, w, c))
+#endif
+
+__kernel void grouped_forward(
+    __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,
+    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
+    __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,
+    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
+    int groups)
+{
+    const int co = (int)get_global_id(0) * VEC;
+    const int run = (int)get_global_id(1);
+    const int runs_per_row = (out_w + TW - 1) / TW;
+    if (co >= out_c || run >= batch * out_h * runs_per_row)
+        return;
+    const int ow0 = (run % runs_per_row) * TW;
+    const int oh = (run / runs_per_row) % out_h;
+    const int n = run / (runs_per_row * out_h);
+    const int ipg = in_c / groups;
+    const int ci0 = (co / (out_c / groups)) * ipg;
+
+    VACC acc[TW];
+    #pragma unroll
+    for (int t = 0; t < TW; ++t)
+        acc[t] = ZERO;
+    for (int a = 0; a < k_h; ++a) {
+        const int ih = oh * stride_h - pad_top + a * dil_h;
+        const bool real_h = ih >= 0 && ih < in_h;
+        for (int b = 0; b < k_w; ++b) {
+            const int iw0 = ow0 * stride_w - pad_left + b * dil_w;
+            for (int j = 0; j < ipg; ++j) {
+                const VACC wv = W_AT(a, b, j, co);
+                #pragma unroll
+                for (int t = 0; t < TW; ++t) {
+                    const int iw = iw0 + t * stride_w;
+                    if (real_h && iw >= 0 && iw < in_w)
+                        acc[t] += X_AT(n, ih, iw, ci0 + j) * wv;
+                    else
+                        acc[t] += ZERO * wv; // a padded tap: 0 * w, as TF's conv2d
+                }
+            }
+        }
+    }
+    #pragma unroll
+    for (int t = 0; t < TW; ++t)
+        if (ow0 + t < out_w)
+            PUT(acc[t], y, n, oh, ow0 + t, co);
+}
+
+// (a % m + m) % m for any sign of a: C's % keeps the sign of a.
+#define MOD(a, m) ((((a) % (m)) + (m)) % (m))
+
+__kernel void grouped_backprop(
+    __global REAL *dx, TENSOR_ARGS(dx), int in_h, int in_w, int in_c,
+    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
+    __global const REAL *dy, TENSOR_ARGS(dy), int out_h, int out_w, int out_c,
+    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
+    int groups)
+{
+    const int ci = (int)get_global_id(0) * VEC;
+    const int run = (int)get_global_id(1);
+    const int per_phase = (in_w + stride_w - 1) / stride_w; // pixels of phase 0
+    const int runs_per_phase = (per_phase + TW - 1) / TW;
+    const int runs_per_row = stride_w * runs_per_phase;
+    if (ci >= in_c || run >= batch * in_h * runs_per_row)
+        return;
+    const int phase = (run % runs_per_row) / runs_per_phase;
+    const int i0 = (run % runs_per_phase) * TW; // index within the phase's pixels
+    const int ih = (run / runs_per_row) % in_h;
+    const int n = run / (runs_per_row * in_h);
+    const int ipg = in_c / groups;
+    const int opg = out_c / groups;
+    const int co0 = (ci / ipg) * opg;
+    const int j = ci % ipg;
+
+    VACC acc[TW];
+    #pragma unroll
+    for (int t = 0; t < TW; ++t)
+        acc[t] = ZERO;
+    for (int a = 0; a < k_h; ++a) {
+        const int rows = ih + pad_top - a * dil_h;
+        if (MOD(rows, stride_h) != 0)
+            continue;
+        const int oh = rows / stride_h; // exact: rows is a multiple of the stride
+        if (oh < 0 || oh >= out_h)
+            continue;
+        for (int b = 0; b < k_w; ++b) {
+            // iw = phase + stride_w * (i0 + t); ow = (iw + pad_left - b * dil_w) / stride_w
+            const int cols = phase + pad_left - b * dil_w;
+            if (MOD(cols, stride_w) != 0)
+                continue; // no pixel of this phase takes tap b
+            const int ow0 = cols / stride_w + i0;
+            for (int k = 0; k < opg; ++k) {
+                const VACC wv = W_AT(a, b, j, co0 + k);
+                #pragma unroll
+                for (int t = 0; t < TW; ++t) {
+                    const int ow = ow0 + t;
+                    if (ow >= 0 && ow < out_w)
+                        acc[t] += DY_AT(n, oh, ow, co0 + k) * wv;
+                }
+            }
+        }
+    }
+    #pragma unroll
+    for (int t = 0; t < TW; ++t) {
+        const int iw = phase + stride_w * (i0 + t);
+        if (iw < in_w)
+            PUT(acc[t], dx, n, ih, iw, ci);
+    }
+}
