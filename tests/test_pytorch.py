@@ -58,6 +58,7 @@ NAMED = {  # name -> (op, input shape, weight shape, bias?, kwargs)
     "conv1d_strided_dilated": ("conv1d", (2, 4, 20), (5, 4, 5), True,
                                dict(stride=3, padding=2, dilation=2)),
     "conv1d_unbatched_same": ("conv1d", (4, 11), (2, 4, 4), False, dict(padding="same")),
+    "conv1d_depthwise_k7": ("conv1d", (2, 8, 30), (8, 1, 7), True, dict(padding=3, groups=8)),
     "transpose2d_outpad": ("conv_transpose2d", (2, 4, 5, 5), (4, 3, 3, 3), True,
                            dict(stride=2, padding=1, output_padding=1)),
     "transpose2d_groups": ("conv_transpose2d", (1, 6, 5, 5), (6, 2, 4, 4), True,
