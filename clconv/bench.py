@@ -648,9 +648,12 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
 
     rt = runtime(spec)
     x, w = case_data(case)
-    if algorithm not in op_algorithms(case.op):
-        algorithm = None  # e.g. via_forward forced on a suite that has conv2d cases
+    from clconv import registry
+
     op2d, plane = case.planes()[0]
+    if algorithm not in op_algorithms(case.op) or registry.unsupported(
+            algorithm, op2d, np.dtype(np.float32), plane, rt.info):
+        algorithm = None  # e.g. via_forward forced on a suite that has conv2d cases
     used = plans.get_plan(rt, op2d, plane, np.float32, algorithm).algorithm
 
     x_dev, w_dev = cl_array.to_device(rt.queue, x), cl_array.to_device(rt.queue, w)

@@ -114,3 +114,19 @@ def test_no_table_row_ends_in_spaces():
     done = _clconv("devices")
     assert done.returncode == 0
     assert all(line == line.rstrip() for line in done.stdout.splitlines())
+
+
+@needs_cpu
+def test_demo_runs_every_algorithm_that_computes_its_conv():
+    """The Quick start's command: every registered algorithm that computes the demo's
+    (ungrouped) transpose runs and matches the reference; the others say why not."""
+    from clconv import registry
+
+    done = _clconv("demo", "--device", CPU.spec, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    for algorithm in registry.algorithms_for("conv2d_transpose"):
+        row = next(line for line in lines if line.strip().startswith(algorithm + " "))
+        assert row.rstrip().endswith("OK") or "not run:" in row, row
+    assert "MISMATCH" not in done.stdout
+    assert sum(line.rstrip().endswith("OK") for line in lines) >= 3

@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
           "rotate the filter 180 degrees, stride-1 conv")
     failed = False
     for algorithm in registry.algorithms_for("conv2d_transpose"):
+        reason = registry.unsupported(algorithm, "conv2d_transpose", x.dtype, g, info)
+        if reason is not None:  # e.g. "grouped" takes grouped convs only
+            print(f"  {algorithm:12s} not run: {reason}")
+            continue
         clconv.conv2d_transpose(x, w, output_shape, 2, "SAME", device=info.spec,
                                 algorithm=algorithm)  # first call builds the kernels
         start = time.perf_counter()
