@@ -18,6 +18,7 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.device_select import DeviceInfo
+from clconv.errors import InvalidArgumentError
 from clconv.programs import TypedKernel, ndrange
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
@@ -48,6 +49,13 @@ class GroupedLaunch:
         # At most 32 bytes a vector (the search space's vector_of_32_bytes): the
         # shipped "auto" is sized in floats, so a float64 plan halves it.
         vec = min(int(setup.defines["VEC"]), MAX_VECTOR_BYTES // max(setup.dtype.itemsize, 4))
+        if not vectorisable(g, vec):
+            # A caller's explicit configuration (the tuner only tries what the search
+            # space's constraints keep): a vector would mix channels of other groups.
+            raise InvalidArgumentError(
+                f"config for grouped_direct: VEC={vec} needs a depthwise conv with "
+                f"multiplier 1 whose channels it divides; got {g.in_c} input channels, "
+                f"{g.out_c} output channels, {g.groups} groups (VEC=1 computes any)")
         channels = g.out_c if self.forward else g.in_c
         if self.forward:
             runs = g.batch * g.out_h * -(-g.out_w // tw)

@@ -219,6 +219,13 @@ def test_depthwise_in_every_dtype(device, spec, dtype, channels):
     assert_close(dx, backprop_input_reference(dy, w, g), dtype, reduction_length(g, True))
 
 
+def test_a_vector_width_the_grouping_cannot_take_is_refused(spec):
+    """VEC > 1 would read other groups' channels into one vector: refused, naming why."""
+    with pytest.raises(clconv.InvalidArgumentError, match="VEC=4 needs a depthwise conv"):
+        clconv.plan("conv2d", (1, 5, 5, 4), (3, 3, 1, 8), 1, "SAME", device=spec,
+                    algorithm="grouped", config={"TW": 4, "VEC": 4, "LOCAL_SIZE": None})
+
+
 def test_pyopencl_arrays_in_and_out(device, spec):
     """pyopencl.array in gives pyopencl.array out, on the caller's queue."""
     rt = runtime(spec)
