@@ -37,6 +37,17 @@ BACKPROP_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _
 DILATE_ARGS = [None, *_VIEW, _I, _I, _I, None, _I, _I, _I, _I, _I, _I, _I]
 
 
+def window_args(g: ConvGeometry, x: tensors.DeviceTensor, x_view: list,
+                w: tensors.DeviceTensor, w_view: list, y: tensors.DeviceTensor,
+                y_view: list) -> list:
+    """The arguments the direct-style kernels (conv2d_direct, backprop_direct,
+    grouped_direct) share, in their order: the conv's input side x (dx for an input
+    gradient), the filter, the output side y (dy), then the window of ``g``."""
+    return [x.buffer, *x_view, g.in_h, g.in_w, g.in_c, w.buffer, *w_view, g.k_h, g.k_w,
+            y.buffer, *y_view, g.out_h, g.out_w, g.out_c,
+            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.groups]
+
+
 class Conv2dDirect:
     """conv2d_direct.cl over the conv ``g``: y in g's layout, x in ``x_format``."""
 
@@ -62,10 +73,8 @@ class Conv2dDirect:
                 w_view: Optional[list] = None) -> cl.Event:
         g = self.g
         event = self.kernel.enqueue(queue, *self.range, [
-            x.buffer, *x.activation_view(self.x_format), g.in_h, g.in_w, g.in_c,
-            w.buffer, *(w_view or w.filter_view()), g.k_h, g.k_w,
-            y.buffer, *y.activation_view(g.data_format), g.out_h, g.out_w, g.out_c,
-            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.groups,
+            *window_args(g, x, x.activation_view(self.x_format), w, w_view or w.filter_view(),
+                         y, y.activation_view(g.data_format)),
             *self.lattice])
         if timeline is not None:
             timeline.append(("conv2d direct", event))
@@ -91,11 +100,9 @@ class BackpropDirect:
                 w: tensors.DeviceTensor, dx: tensors.DeviceTensor,
                 timeline: Optional[list] = None) -> cl.Event:
         g = self.g
-        event = self.kernel.enqueue(queue, *self.range, [
-            dx.buffer, *dx.activation_view(g.data_format), g.in_h, g.in_w, g.in_c,
-            w.buffer, *w.filter_view(), g.k_h, g.k_w,
-            dy.buffer, *dy.activation_view(g.data_format), g.out_h, g.out_w, g.out_c,
-            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.groups])
+        event = self.kernel.enqueue(queue, *self.range, window_args(
+            g, dx, dx.activation_view(g.data_format), w, w.filter_view(),
+            dy, dy.activation_view(g.data_format)))
         if timeline is not None:
             timeline.append(("backprop direct", event))
         return event

@@ -18,15 +18,14 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.device_select import DeviceInfo
+from clconv.direct import BACKPROP_ARGS, window_args
 from clconv.errors import InvalidArgumentError
 from clconv.programs import TypedKernel, ndrange
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
-_I = np.int32
-_VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
-ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
-        _I, _I, _I, _I, _I, _I, _I, _I]
+# Both kernels take backprop_direct's arguments (direct.window_args).
+ARGS = BACKPROP_ARGS
 
 # The most input channels per group this algorithm takes: past them one work-item's
 # TW pixels reuse each filter value but no input value, and the direct kernel's
@@ -85,11 +84,8 @@ class GroupedLaunch:
         # The vector build reads whole vectors of channels: only where they are contiguous.
         contiguous = all(view[4] == 1 for view in views)
         kernel, work = self.builds[0] if contiguous else self.builds[-1]
-        event = kernel.enqueue(queue, *work, [
-            x.buffer, *views[0], g.in_h, g.in_w, g.in_c, w.buffer, *views[1], g.k_h, g.k_w,
-            y.buffer, *views[2], g.out_h, g.out_w, g.out_c,
-            g.batch, g.stride_h, g.stride_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left,
-            g.groups])
+        event = kernel.enqueue(queue, *work, window_args(g, x, views[0], w, views[1],
+                                                         y, views[2]))
         if timeline is not None:
             timeline.append(("grouped forward" if self.forward else "grouped backprop", event))
         return event

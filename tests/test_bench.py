@@ -160,6 +160,17 @@ def test_custom_suite_with_case_selection(capsys, tmp_path, spec):
     assert any(r.startswith("b_explicit ") for r in rows)
 
 
+def _every_peer_agrees(out_json, peers) -> dict:
+    """The JSON report, after checking that every peer ran and agreed on every case."""
+    data = json.loads(out_json.read_text())
+    for case in data["cases"]:
+        for peer in peers:
+            result = case["peers"][peer.name]
+            assert result["error"] is None, (case["name"], peer.name, result["error"])
+            assert result["agrees"] and result["ratio"] > 0, (case["name"], peer.name, result)
+    return data
+
+
 def test_peers_agree_on_every_padding_mapping(capsys, tmp_path, spec):
     peers, _ = bench.load_peers(bench.PEERS)
     if not peers:
@@ -171,12 +182,7 @@ def test_peers_agree_on_every_padding_mapping(capsys, tmp_path, spec):
                             "--json", str(out_json))
     assert code == 0, out + err
     assert "DIFFERS" not in out and "geometric mean" in out
-    data = json.loads(out_json.read_text())
-    for case in data["cases"]:
-        for peer in peers:
-            result = case["peers"][peer.name]
-            assert result["error"] is None, (case["name"], peer.name, result["error"])
-            assert result["agrees"] and result["ratio"] > 0, (case["name"], peer.name, result)
+    data = _every_peer_agrees(out_json, peers)
     assert all(data["geomean_ratio"][p.name] > 0 for p in peers)
 
 
@@ -230,12 +236,7 @@ def test_peers_agree_on_1d_and_3d_cases(capsys, tmp_path, spec):
                             "--phases", "--json", str(out_json))
     assert code == 0, out + err
     assert "DIFFERS" not in out and "tconv3d" in out
-    data = json.loads(out_json.read_text())
-    for case in data["cases"]:
-        for peer in peers:
-            result = case["peers"][peer.name]
-            assert result["error"] is None, (case["name"], peer.name, result["error"])
-            assert result["agrees"] and result["ratio"] > 0, (case["name"], peer.name, result)
+    data = _every_peer_agrees(out_json, peers)
     if len(peers) > 1:
         assert data["geomean_faster_peer_ratio"] > 0 and "faster peer/clconv" in out
     assert set(data["phases_ms"]) == {c["name"] for c in data["cases"]}
