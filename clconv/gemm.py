@@ -274,7 +274,7 @@ class GemmLaunch:
                                 hostbuf=np.array(self.plan.phases, np.int32).reshape(-1))
         self.taps = cl.Buffer(context, flags, hostbuf=np.array(
             self.plan.taps or [(0,) * 6], np.int32).reshape(-1))
-        self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(4, setup.dtype))
+        self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(max(4, self.ch_count), setup.dtype))
         packed_dtype = PACKED_DTYPE.get(setup.dtype, setup.dtype)
         self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
                                     * packed_dtype.itemsize)

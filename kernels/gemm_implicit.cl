@@ -6,7 +6,7 @@
 //     m: an output pixel (img, r, c) of one "phase" (see below), n: an output channel,
 //     k = t * CH + ch: filter tap t of the phase and source channel ch.
 //     A[m, k] = src[img, r*SRC_MUL_H + off_h[t], c*SRC_MUL_W + off_w[t], ch], 0 outside src
-//             (A is never materialised: rows outside src read a one-element zero buffer).
+//             (A is never materialised: rows outside src read `zero`, a row of CH zeros).
 //     B[k, n] = filt[a[t], b[t], ch, n], packed by pack_filter as [N/TN][K][TN] panels
 //             (contiguous per tile, so the inner loop loads whole vectors).
 //
@@ -162,6 +162,28 @@ static inline void gemm_tile(
         // nothing at all (not 0 * w, which is NaN for an infinite weight).  `careful`
         // is a constant in each kernel, so the fast one compiles to the plain loop.
         const bool skip_outside = careful && !all_inside;
+        if (!careful && src_s3 == 1) {
+            // Channels contiguous (NHWC, the common case): one index for every row,
+            // so the loop bumps one register instead of TM row pointers, each with
+            // its own step register (TM > 6 ran out of general registers and spilled;
+            // see docs/cpu-performance.md).  Outside rows read `zero`, which holds
+            // ch_count zeros.
+            for (int ch = 0; ch < ch_count; ++ch) {
+                VACC b[NV];
+                #pragma unroll
+                for (int v = 0; v < NV; ++v)
+                    b[v] = *(__global const VACC *)(panel + v * VEC);
+                panel += TN;
+                #pragma unroll
+                for (int i = 0; i < TM; ++i) {
+                    const ACC a = LOAD(row[i], ch);
+                    #pragma unroll
+                    for (int v = 0; v < NV; ++v)
+                        acc[i][v] += a * b[v];
+                }
+            }
+            continue;
+        }
         for (int ch = 0; ch < ch_count; ++ch) {
             VACC b[NV];
             #pragma unroll

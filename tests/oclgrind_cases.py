@@ -33,6 +33,9 @@ CONV = [  # x_shape, w_shape, strides, padding, dilations, data_format
     ((1, 2, 2, 2), (5, 5, 2, 3), 1, [[0, 0], [3, 1], [0, 2], [0, 0]], None, "NHWC"),
     ((1, 5, 6, 8), (3, 3, 1, 8), 2, "SAME", None, "NHWC"),  # depthwise: 8-channel vectors
     ((1, 8, 5, 6), (3, 3, 1, 8), 1, "VALID", None, "NCHW"),  # depthwise, strided channels
+    # More channels than any case above, padded: the GEMM's rows outside the input read
+    # a zero row as long as the channels (an out-of-bounds read if it were shorter).
+    ((1, 4, 5, 9), (3, 3, 9, 4), 1, "SAME", None, "NHWC"),
 ]
 GROUPED_CONV = (2, 4, 5)  # indices of CONV whose filters make them grouped
 # Depthwise input gradients (tf.nn.depthwise_conv2d_backprop_input): dy_shape, filter
@@ -46,6 +49,7 @@ TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, d
     ((1, 3, 3, 4), (3, 3, 2, 3), (1, 2, 9, 12), 3, "VALID", None, "NCHW"),
     ((1, 6, 6, 1), (2, 2, 2, 1), (1, 3, 3, 2), 1, [[0, 0], [2, 2], [2, 2], [0, 0]], None, "NHWC"),
     ((1, 3, 3, 2), (3, 3, 2, 2), (1, 9, 9, 2), 2, "VALID", 2, "NHWC"),
+    ((1, 3, 3, 7), (3, 3, 2, 7), (1, 6, 6, 2), 2, "SAME", None, "NHWC"),  # 7-channel zero row
 ]
 
 
