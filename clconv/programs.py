@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 import threading
 import warnings
 from typing import Mapping, Optional, Sequence
@@ -109,7 +110,8 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
     (truncated or padded with 1s to the range's dimensions) the range is rounded up;
     kernels return early for items past ``work``.
 
-    Without a ``local`` shape a CPU runtime chooses (PoCL does well), but a GPU never
+    Without a ``local`` shape a CPU runtime chooses (PoCL does well) unless the range
+    would fit in one group (see ``cpu_local_size``), but a GPU never
     launches with a NULL local size: its runtime must then pick a divisor of the global
     size, which for a prime count of tiles is a group of one or a few work-items (a
     few percent of a wave).  There a group of GPU_GROUP (at most ``max_group``)
@@ -118,10 +120,36 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
     if not local and kind == "GPU":
         local = [1] * len(work)
         local[axis] = max(1, min(GPU_GROUP, max_group))
+    if not local and kind == "CPU" and CPU_GROUPING:
+        local = cpu_local_size(work, axis, max_group)
     if not local:
         return tuple(int(n) for n in work), None
     local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
     return tuple(-(-int(n) // size) * size for n, size in zip(work, local)), local
+
+
+CPU_GROUPING = True  # False: leave every CPU launch's group to the runtime (A/B runs)
+
+
+def cpu_local_size(work: Sequence[int], axis: int, max_group: int
+                   ) -> Optional[tuple[int, ...]]:
+    """The work-group shape clconv gives a CPU runtime instead of a NULL local size, or
+    None to leave the choice to the runtime.
+
+    A CPU runtime runs each work-group on one thread.  Given a NULL local size, PoCL
+    takes the largest group that divides the range and splits it for more compute
+    units only when the split divides evenly: hifigan_res_k7's 8 x 342 GEMM tiles ran
+    as one group, on one of two cores (the process's CPU time showed 1.01 cores busy
+    against 1.9), and so did a 6 x 523 input gradient and a 8 x 43 x 8 transpose.
+    That happens only when the whole range fits in one group; then each group here
+    is one pixel position's items along dimension 0 (the channel blocks of a pixel
+    tile, which read the same input), one group per index of the other dimensions.
+    Larger ranges stay with the runtime: PoCL's choice for them measured as well as
+    or better than any fixed rule tried (docs/cpu-performance.md).
+    """
+    if axis == 0 or math.prod(int(n) for n in work) > max_group:
+        return None
+    return (max(1, min(int(work[0]), max_group)),) + (1,) * (len(work) - 1)
 
 
 class TypedKernel:

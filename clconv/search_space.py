@@ -326,7 +326,8 @@ class Pruned:
 
 def format_config(config: Optional[Mapping[str, Any]]) -> str:
     """``TM=6 TN=16 VEC=16 LOCAL_SIZE=1x16``, one way everywhere; a LOCAL_SIZE of None
-    (the OpenCL runtime chooses the work-group) reads ``LOCAL_SIZE=runtime``."""
+    (no fixed shape: the OpenCL runtime chooses the work-group, except where clconv
+    must, see programs.ndrange) reads ``LOCAL_SIZE=runtime``."""
     if not config:
         return "(kernel defaults)"
     parts = []

@@ -25,6 +25,8 @@ from helpers import (
     backprop_case,
     backprop_input_reference,
     call_op,
+    conv2d_case,
+    conv2d_reference,
     random_array,
 )
 
@@ -254,6 +256,50 @@ def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, mo
         assert_close(plan.execute(dy, w), expected, np.float32, 3 * 3 * 5)
     assert launches and all(local is not None for _, _, local in launches), launches
     assert all(n % size == 0 for _, glob, local in launches for n, size in zip(glob, local))
+
+
+def test_a_cpu_range_that_fits_one_group_is_split_by_pixel():
+    """PoCL, given a NULL local size, makes a range that fits one group into one group:
+    one thread, one core.  clconv then groups each pixel tile's channel blocks and
+    leaves larger ranges, and ranges without a pixel axis, to the runtime."""
+    from clconv.programs import cpu_local_size, ndrange
+
+    # hifigan_res_k7's GEMM: 8 channel tiles x 342 pixel tiles, PoCL's 4096-item groups.
+    assert cpu_local_size((8, 342, 1), axis=1, max_group=4096) == (8, 1, 1)
+    assert ndrange((8, 342, 1), None, "CPU", axis=1, max_group=4096) == ((8, 342, 1), (8, 1, 1))
+    assert ndrange((6, 523), None, "CPU", axis=1, max_group=4096) == ((6, 523), (6, 1))
+    assert cpu_local_size((4, 1046, 4), axis=1, max_group=4096) is None  # 16,736 items
+    assert ndrange((4, 1046, 4), None, "CPU", axis=1, max_group=4096) == ((4, 1046, 4), None)
+    assert cpu_local_size((3000,), axis=0, max_group=4096) is None
+    # An explicit LOCAL_SIZE, and simulators, are never overridden.
+    assert ndrange((8, 342), (1, 16), "CPU", axis=1, max_group=4096) == ((8, 352), (1, 16))
+    assert ndrange((8, 342), None, "simulator", axis=1, max_group=4096) == ((8, 342), None)
+
+
+def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, monkeypatch):
+    """On a CPU device a small call's GEMM launches with clconv's groups (dividing its
+    range) and computes the reference's values."""
+    from clconv.device_select import runtime
+    from clconv.programs import TypedKernel
+
+    rt = runtime(spec)
+    if rt.info.kind != "CPU":
+        pytest.skip(f"{rt.info.label} is not a CPU device")
+    launches = []
+    real = TypedKernel.enqueue
+
+    def recording(self, queue, global_size, local_size, args):
+        launches.append((self.name, tuple(global_size), local_size))
+        return real(self, queue, global_size, local_size, args)
+
+    monkeypatch.setattr(TypedKernel, "enqueue", recording)
+    x, w = random_array((1, 1, 61, 12), seed=21), random_array((1, 7, 12, 10), seed=22)
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    plan = plans.build_plan(rt, "conv2d", g, np.float32, "gemm")
+    assert_close(plan.execute(x, w), conv2d_reference(x, w, g), np.float32, 7 * 12)
+    gemm = [(glob, local) for name, glob, local in launches if name == "gemm_implicit"]
+    assert gemm and all(local is not None and local[1:] == (1, 1) and local[0] == glob[0]
+                        for glob, local in gemm), gemm
 
 
 def test_a_gpu_with_small_groups_gets_configurations_it_can_run(device, spec):
