@@ -18,7 +18,7 @@ from clconv import depth, plans, tensors
 from clconv.device_select import DeviceSpec
 from clconv.errors import UnimplementedError
 from clconv.ops import check_device_dtype, choose_runtime
-from clconv.programs import TypedKernel, dtype_defines
+from clconv.programs import INDEX, TypedKernel, dtype_defines
 from clconv.shapes import ConvGeometry
 
 
@@ -95,21 +95,22 @@ def _channels_last_twin(rt: Any, plan: plans.ConvPlan, x: Any,
     return twin if vector else None
 
 
-_BIAS_ARGS = [None, np.int32, np.int32, np.int32, None]
+_BIAS_ARGS = [None, INDEX, np.int32, np.int32, None]
 
 
 @functools.lru_cache(maxsize=32)
-def _bias_kernel(context: Any, dtype_str: str) -> TypedKernel:
-    """One typed add_bias kernel per context and dtype, built once."""
-    return TypedKernel(context, "bias.cl", "add_bias", dtype_defines(np.dtype(dtype_str)),
-                       _BIAS_ARGS)
+def _bias_kernel(context: Any, dtype_str: str, wide: bool) -> TypedKernel:
+    """One typed add_bias kernel per context, dtype and index width, built once."""
+    defines = {**dtype_defines(np.dtype(dtype_str)), **({"INDEX_64": 1} if wide else {})}
+    return TypedKernel(context, "bias.cl", "add_bias", defines, _BIAS_ARGS)
 
 
 def _add_bias_on_device(rt: Any, y: Any, bias: Any, dtype: np.dtype) -> None:
     """kernels/bias.cl on the plan's fresh, contiguous NCHW output."""
     bias_dev = tensors.to_device(bias, dtype, y.queue, rt.info, "bias")
     out = tensors.DeviceTensor.of_array(y)
-    kernel = _bias_kernel(rt.context, np.dtype(dtype).str)
+    kernel = _bias_kernel(rt.context, np.dtype(dtype).str,
+                          out.offset + int(y.size) > tensors.WIDE_INDEX_ABOVE)
     if y.size:
         kernel.enqueue(y.queue, (int(y.size),), None, [
             out.buffer, out.offset, int(y.shape[1]), int(np.prod(y.shape[2:])),

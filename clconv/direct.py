@@ -24,12 +24,12 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.device_select import DeviceInfo
-from clconv.programs import TypedKernel, ndrange
+from clconv.programs import INDEX, TypedKernel, ndrange
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
 _I = np.int32
-_VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
+_VIEW = [INDEX] * 5  # TENSOR_ARGS: offset and four strides
 CONV2D_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,
                _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
 BACKPROP_ARGS = [None, *_VIEW, _I, _I, _I, None, *_VIEW, _I, _I, None, *_VIEW, _I, _I, _I,

@@ -22,7 +22,7 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.device_select import DeviceInfo
-from clconv.programs import TypedKernel, ndrange
+from clconv.programs import INDEX, TypedKernel, ndrange
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
@@ -150,7 +150,7 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
 
 # Argument types of the two kernels (None: a buffer), in their signatures' order.
 _I = np.int32
-_VIEW = [_I] * 5  # TENSOR_ARGS: offset and four strides
+_VIEW = [INDEX] * 5  # TENSOR_ARGS: offset and four strides
 PACK_ARGS = [None, *_VIEW, None, None, _I, _I, _I, None, _I]
 GEMM_ARGS = [None, *_VIEW, _I, _I, _I, None, None, None, *_VIEW, _I, _I, _I, _I, _I, None, None]
 CAREFUL_ARGS = [*GEMM_ARGS, None, _I]
@@ -240,7 +240,9 @@ class GemmLaunch:
         tn, tm = int(setup.defines["TN"]), int(setup.defines["TM"])
         self._prepare_packing(setup, tn, setup.defines)
         source, name = setup.space.kernel
-        self.gemm = TypedKernel(setup.context, source, name, setup.defines, GEMM_ARGS)
+        # The shared-index inner loop (see the kernel) for every device but GPUs.
+        defines = {**setup.defines, **({} if setup.info.kind == "GPU" else {"CH_INDEX_LOOP": 1})}
+        self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
         info = setup.info
         self.gemm_range = ndrange(
             (self.n_padded // tn, -(-self.plan.max_pixels(self.g.batch) // tm),

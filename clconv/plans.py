@@ -81,8 +81,10 @@ class ConvPlan:
 
     def __init__(self, rt: Runtime, op: str, geometry: ConvGeometry, dtype: np.dtype,
                  algorithm: str, algorithm_source: str, config: dict[str, Any],
-                 config_source: str, family: str) -> None:
+                 config_source: str, family: str, wide: bool = False) -> None:
         g = geometry
+        self.wide = wide  # kernels built with 64-bit offsets and strides (INDEX_64)
+        self._rt, self._wide_twin = rt, None
         self.op, self.geometry, self.dtype = op, g, np.dtype(dtype)
         self.device, self.context = rt.info, rt.context
         self.algorithm, self.algorithm_source = algorithm, algorithm_source
@@ -108,6 +110,8 @@ class ConvPlan:
             space = search_space.shipped_spaces()[family]
             defines = {k: v for k, v in config.items() if k != search_space.LOCAL_SIZE}
             defines.update(dtype_defines(self.dtype))
+            if wide:
+                defines["INDEX_64"] = 1
             local = config.get(search_space.LOCAL_SIZE)
             setup = Setup(rt.context, rt.info, op, g, self.dtype, space, config,
                           defines, tuple(int(v) for v in local) if local else None)
@@ -139,7 +143,7 @@ class ConvPlan:
                 f"[{self.device.spec}] {self.device.name} ({self.device.platform}, "
                 f"{self.device.driver_version}): algorithm {self.algorithm} "
                 f"({self.algorithm_source}), {self.family} {format_config(self.config)} "
-                f"({self.config_source})")
+                f"({self.config_source})" + (", 64-bit indices" if self.wide else ""))
 
     def __repr__(self) -> str:
         return f"<ConvPlan {self.describe()}>"
@@ -244,7 +248,7 @@ class ConvPlan:
             # Both held until the blocking read below: a borrowed tensor of a
             # non-contiguous array owns the contiguous copy its buffer uses.
             weights = self._filters(filters, queue, borrow)
-            event = self.launch.enqueue(queue, src, weights, target)
+            event = self._launch_for(src, weights, target).enqueue(queue, src, weights, target)
         if out is not None:
             return out
         if resident:
@@ -260,7 +264,22 @@ class ConvPlan:
             return out.fill(queue, 0) if out.size else None
         if isinstance(filters, PreparedFilters):
             filters = self._filters(filters, queue, False)
-        return self.launch.enqueue(queue, src, filters, out, timeline)
+        return self._launch_for(src, filters, out).enqueue(queue, src, filters, out, timeline)
+
+    def _launch_for(self, src: tensors.DeviceTensor, filters: Any, out: tensors.DeviceTensor
+                    ) -> registry.Launch:
+        """This plan's launch, or its 64-bit twin's when a view reaches past what int
+        offsets index (a pyopencl array deep inside a large buffer).  A packing does
+        not depend on the index width, so prepared filters serve both."""
+        if self.wide or max(src.reach(), out.reach(), filters.reach() if isinstance(
+                filters, tensors.DeviceTensor) else 0) <= tensors.WIDE_INDEX_ABOVE:
+            return self.launch
+        twin = self._wide_twin
+        if twin is None:
+            twin = self._wide_twin = ConvPlan(
+                self._rt, self.op, self.geometry, self.dtype, self.algorithm,
+                self.algorithm_source, self.config, self.config_source, self.family, wide=True)
+        return twin.launch
 
 
 _simulator_locks: dict[int, threading.RLock] = {}
@@ -301,6 +320,15 @@ def _freeze(config: Optional[dict]) -> Optional[tuple]:
     return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
 
 
+def needs_wide_index(g: ConvGeometry) -> bool:
+    """Whether a plan's contiguous tensors can hold element indices past what int
+    offsets reach: input, output, filter, and via_forward's padded copy of dy (at
+    most the input grown by the effective filter on each side)."""
+    padded = g.batch * (g.in_h + g.k_eff_h) * (g.in_w + g.k_eff_w) * max(g.in_c, g.out_c)
+    return max(g.x_size(), g.y_size(), g.k_h * g.k_w * (g.in_c // max(g.groups, 1)) * g.out_c,
+               padded) > tensors.WIDE_INDEX_ABOVE
+
+
 def _check_index_range(op: str, g: ConvGeometry) -> None:
     """The kernels compute pixel rows and columns in 32-bit ints (row * stride - pad +
     tap * dilation, and their differences): a call whose arithmetic could pass 2^31 - 1
@@ -314,6 +342,20 @@ def _check_index_range(op: str, g: ConvGeometry) -> None:
                 f"{op}: along the {axis}, input {size}, output {out}, stride {stride}, "
                 f"padding {before}+{after} and {k} taps {dil} apart span {reach} pixels; "
                 f"clconv's kernels index with 32-bit integers (at most {tensors.INT32_LIMIT})")
+    # Element offsets go 64-bit past 2^31 - 1 (needs_wide_index); pixel counts and the
+    # packed filter's panels stay int.
+    for what, pixels in (("input", g.batch * g.in_h * g.in_w),
+                         ("output", g.batch * g.out_h * g.out_w)):
+        if pixels > tensors.INT32_LIMIT:
+            raise UnimplementedError(
+                f"{op}: the {what} has {pixels} pixels (batch x height x width); clconv's "
+                f"kernels count pixels in 32-bit integers (at most {tensors.INT32_LIMIT})")
+    weights = g.k_h * g.k_w * (g.in_c // max(g.groups, 1)) * g.out_c
+    if weights > tensors.INT32_LIMIT // 2:
+        raise UnimplementedError(
+            f"{op}: the filter has {weights} elements; the GEMM's packed filter panels (up "
+            f"to twice as many) are indexed with 32-bit integers (at most "
+            f"{tensors.INT32_LIMIT // 2} filter elements)")
 
 
 def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
@@ -353,7 +395,7 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
             config = _nearest_runnable(space, config, limits, name, rt.info.name)
             config_source = f"kernel defaults, nearest runnable candidate ({config_source})"
     plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
-                    space.family)
+                    space.family, wide=needs_wide_index(g))
     logger.debug("plan built: %s", plan.describe())
     return plan
 

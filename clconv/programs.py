@@ -152,6 +152,11 @@ def cpu_local_size(work: Sequence[int], axis: int, max_group: int
     return (max(1, min(int(work[0]), max_group)),) + (1,) * (len(work) - 1)
 
 
+# An element offset or stride in a kernel's argument types: int32, or int64 in a build
+# with INDEX_64 (common.cl's IDX), for tensors past 2^31 - 1 elements.
+INDEX = "index"
+
+
 class TypedKernel:
     """A cl.Kernel owned by one plan, with its scalar argument types declared once.
 
@@ -167,7 +172,9 @@ class TypedKernel:
         self.name = kernel_name
         self.kernel = cl.Kernel(get_program(context, source_name, defines), kernel_name)
         if arg_types is not None:  # None: a kernel only built and inspected
-            self.kernel.set_scalar_arg_dtypes(list(arg_types))
+            index = np.int64 if defines.get("INDEX_64") else np.int32
+            self.kernel.set_scalar_arg_dtypes(
+                [index if kind is INDEX else kind for kind in arg_types])
         self._lock = threading.Lock()
 
     def work_group_info(self, device: cl.Device) -> dict[str, int]:

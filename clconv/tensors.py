@@ -21,6 +21,10 @@ from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.shapes import dtype_name, is_tf_tensor
 
 INT32_LIMIT = 2**31 - 1
+# A plan whose tensors' element indices may pass this builds its kernels with 64-bit
+# offsets and strides (INDEX_64, common.cl's IDX); below it, int's cheaper arithmetic.
+# Tests lower it to run the 64-bit builds on small tensors.
+WIDE_INDEX_ABOVE = INT32_LIMIT
 # Where n, h, w, c sit in each data format; kernels take activation strides in that order.
 ACTIVATION_AXES = {"NHWC": (0, 1, 2, 3), "NCHW": (0, 2, 3, 1)}
 
@@ -138,6 +142,13 @@ class DeviceTensor:
     def size(self) -> int:
         return int(np.prod(self.shape))
 
+    def reach(self) -> int:
+        """One past the largest element index a kernel computes for this tensor."""
+        if not all(self.shape):
+            return 0
+        return self.offset + 1 + sum((n - 1) * s for n, s in zip(self.shape, self.strides)
+                                     if s > 0)
+
     def view_args(self, order: Sequence[int]) -> list[int]:
         """Offset and strides (elements) with the axes taken in ``order``."""
         return [self.offset] + [self.strides[i] for i in order]
@@ -183,16 +194,12 @@ class DeviceTensor:
 
 
 def check_fits(nbytes: int, elements: int, what: str, info) -> None:
-    """Refuse before allocating what the device or 32-bit indexing cannot hold."""
+    """Refuse before allocating what the device cannot hold in one buffer.  (Past
+    2^31 - 1 elements the kernels index in 64 bits: see WIDE_INDEX_ABOVE.)"""
     if nbytes > info.max_mem_alloc_size:
         raise ResourceExhaustedError(
             f"{what} needs {nbytes} bytes, more than the largest buffer device "
             f"{info.name!r} allows ({info.max_mem_alloc_size} bytes, CL_DEVICE_MAX_MEM_ALLOC_SIZE)"
-        )
-    if elements > INT32_LIMIT:
-        raise ResourceExhaustedError(
-            f"{what} has {elements} elements; clconv's kernels index with 32-bit integers "
-            f"(at most {INT32_LIMIT})"
         )
 
 

@@ -27,7 +27,8 @@ def kernel_defines(role: str, defines: dict[str, Any], dtype: Any) -> dict[str, 
     guards: its GEMM is not launched); the careful pass is gemm_tiled.cl built with
     TILED_CAREFUL (one kernel per program, see the file)."""
     if role == "pack":
-        return {**dtype_defines(dtype), "TM": 1, "TN": int(defines["NWG"]), "VEC": 4}
+        wide = {"INDEX_64": 1} if defines.get("INDEX_64") else {}
+        return {**dtype_defines(dtype), **wide, "TM": 1, "TN": int(defines["NWG"]), "VEC": 4}
     if role == "careful":
         return {**defines, "TILED_CAREFUL": 1}
     return defines

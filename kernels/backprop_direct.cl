@@ -65,11 +65,11 @@ __kernel void backprop_direct(
             const int ow = tw / stride_w;
             if (ow >= out_w)
                 continue;
-            const int dy_base = AT(dy, n, oh, ow, 0);
-            const int w_base = AT(w, a, b, 0, 0);
+            const IDX dy_base = AT(dy, n, oh, ow, 0);
+            const IDX w_base = AT(w, a, b, 0, 0);
             for (int co = co_begin; co < co_begin + out_per_group; ++co) {
                 const ACC g = LOAD(dy, dy_base + co * dy_s3);
-                const int w_col = w_base + co * w_s3;
+                const IDX w_col = w_base + co * w_s3;
                 for (int j = 0; j < CI_BLOCK; ++j)
                     acc[j] += g * LOAD(w, w_col + row[j] * w_s2);
             }

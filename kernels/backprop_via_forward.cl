@@ -20,13 +20,14 @@ __kernel void dilate_pad(
     __global REAL *p, int p_h, int p_w, int batch,
     int stride_h, int stride_w, int pad_before_h, int pad_before_w)
 {
-    const int index = (int)get_global_id(0);
-    if (index >= batch * p_h * p_w * chans)
+    const IDX index = (IDX)get_global_id(0);
+    const IDX pixel = index / chans;
+    if (pixel >= (IDX)batch * p_h * p_w)
         return;
-    const int c = index % chans;
-    const int u = (index / chans) % p_w;
-    const int t = (index / (chans * p_w)) % p_h;
-    const int n = index / (chans * p_w * p_h);
+    const int c = (int)(index - pixel * chans);
+    const int u = (int)(pixel % p_w);
+    const int t = (int)((pixel / p_w) % p_h);
+    const int n = (int)(pixel / ((IDX)p_w * p_h));
 
     const int th = t - pad_before_h;
     const int tw = u - pad_before_w;

@@ -33,6 +33,14 @@
 #define STORE(v, p, i) ((p)[i] = (REAL)(v))
 #endif
 
-#define TENSOR_ARGS(p) int p##_off, int p##_s0, int p##_s1, int p##_s2, int p##_s3
+// IDX, the type of element offsets and strides: int, or long in a build for tensors
+// past 2^31 - 1 elements (the host defines INDEX_64 for those plans only: 64-bit
+// arithmetic costs registers and time on GPUs).  Pixel and channel counts stay int.
+#ifdef INDEX_64
+typedef long IDX;
+#else
+typedef int IDX;
+#endif
+#define TENSOR_ARGS(p) IDX p##_off, IDX p##_s0, IDX p##_s1, IDX p##_s2, IDX p##_s3
 #define AT(p, i0, i1, i2, i3) \
     (p##_off + (i0) * p##_s0 + (i1) * p##_s1 + (i2) * p##_s2 + (i3) * p##_s3)

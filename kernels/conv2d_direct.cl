@@ -66,7 +66,7 @@ __kernel void conv2d_direct(
             const int lw = iw - before_w;
             const bool real = real_h && iw >= 0 && iw < in_w && lw >= 0
                               && lw % lattice_w == 0 && lw / lattice_w < cols;
-            const int w_base = AT(w, a, b, 0, 0);
+            const IDX w_base = AT(w, a, b, 0, 0);
             if (!real) {
                 if (pad_products) // a padded tap adds 0 * w, as TF's conv2d does
                     for (int ci = 0; ci < in_per_group; ++ci)
@@ -74,10 +74,10 @@ __kernel void conv2d_direct(
                             acc[j] += (ACC)0 * LOAD(w, w_base + ci * w_s2 + co[j] * w_s3);
                 continue;
             }
-            const int x_base = AT(x, n, ih, iw, group * in_per_group);
+            const IDX x_base = AT(x, n, ih, iw, group * in_per_group);
             for (int ci = 0; ci < in_per_group; ++ci) {
                 const ACC xv = LOAD(x, x_base + ci * x_s3);
-                const int w_row = w_base + ci * w_s2;
+                const IDX w_row = w_base + ci * w_s2;
                 for (int j = 0; j < CO_BLOCK; ++j)
                     acc[j] += xv * LOAD(w, w_row + co[j] * w_s3);
             }

@@ -146,7 +146,7 @@ static inline void gemm_tile(
     for (int t = 0; t < tap_count; ++t) {
         __global const int *tap = taps + (tap_begin + t) * TAP_INTS;
         __global const REAL *row[TM];
-        int step[TM];
+        IDX step[TM];
         bool inside[TM];
         bool all_inside = true;
         #pragma unroll
@@ -162,12 +162,14 @@ static inline void gemm_tile(
         // nothing at all (not 0 * w, which is NaN for an infinite weight).  `careful`
         // is a constant in each kernel, so the fast one compiles to the plain loop.
         const bool skip_outside = careful && !all_inside;
+#ifdef CH_INDEX_LOOP
         if (!careful && src_s3 == 1) {
             // Channels contiguous (NHWC, the common case): one index for every row,
             // so the loop bumps one register instead of TM row pointers, each with
             // its own step register (TM > 6 ran out of general registers and spilled;
             // see docs/cpu-performance.md).  Outside rows read `zero`, which holds
-            // ch_count zeros.
+            // ch_count zeros.  CPU builds only (the host defines it): on a GPU the
+            // second loop cost registers (gfx90a 62 -> 84 VGPRs) for no gain.
             for (int ch = 0; ch < ch_count; ++ch) {
                 VACC b[NV];
                 #pragma unroll
@@ -184,6 +186,7 @@ static inline void gemm_tile(
             }
             continue;
         }
+#endif
         for (int ch = 0; ch < ch_count; ++ch) {
             VACC b[NV];
             #pragma unroll

@@ -59,6 +59,11 @@ CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
     for algorithm in algorithms_computing("conv2d_transpose")] + [
     f"depthwise-{i}-{algorithm}" for i in range(len(DEPTHWISE_BACKPROP))
     for algorithm in algorithms_computing("conv2d_backprop_input", 2)]
+# The same kernels built with 64-bit offsets (INDEX_64), as a plan for tensors past
+# 2^31 - 1 elements builds them: an NHWC and an NCHW conv, a transpose, a depthwise
+# gradient.
+WIDE_CASE_IDS = [f"wide-{case}" for case in CASE_IDS
+                 if case.startswith(("conv2d-0-", "conv2d-1-", "transpose-0-", "depthwise-0-"))]
 
 # The kernels that share __local memory between work-items (where a missing barrier
 # passes on PoCL and shows only under Oclgrind's race check), run over their shipped
@@ -149,6 +154,13 @@ def run_without_barrier(spec: str) -> None:
 
 
 def run_case(case_id: str, spec: str) -> None:
+    if case_id.startswith("wide-"):
+        from clconv import tensors
+
+        tensors.WIDE_INDEX_ABOVE = 0  # every plan of this process indexes in 64 bits
+        run_case(case_id[len("wide-"):], spec)
+        assert plans.cached_plans() and all(p.wide for p in plans._plans.values())
+        return
     if case_id.startswith("local-"):
         return run_local_case(case_id, spec)
     if case_id == "without-barrier":

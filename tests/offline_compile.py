@@ -212,13 +212,18 @@ def gpu_configurations() -> list[tuple[str, dict]]:
     return found
 
 
-def compile_family(target: Target, family: str, chosen: dict, dtype: np.dtype
-                   ) -> list[KernelReport]:
+# What each configuration is compiled as: float32 and float16, and float32 with 64-bit
+# offsets (INDEX_64, what a plan for tensors past 2^31 - 1 elements builds).
+VARIANTS = ((np.float32, False), (np.float16, False), (np.float32, True))
+
+
+def compile_family(target: Target, family: str, chosen: dict, dtype: np.dtype,
+                   wide: bool = False) -> list[KernelReport]:
     """Every kernel a plan of ``family`` launches, built as the plan builds it (the
     registry's kernel_defines), for ``target``."""
     space = search_space.shipped_spaces()[family]
     algorithm = registry.get(next(iter(space.algorithms.values())))
-    own = {**chosen, **programs.dtype_defines(dtype)}
+    own = {**chosen, **programs.dtype_defines(dtype), **({"INDEX_64": 1} if wide else {})}
     reports = []
     for role, (source_name, kernel) in [("kernel", space.kernel),
                                         *space.helper_kernels.items()]:
@@ -229,7 +234,8 @@ def compile_family(target: Target, family: str, chosen: dict, dtype: np.dtype
             source.write_text(programs.full_source(source_name))
             found = target.compile(source, programs.build_options(defines), work)
         reports.extend(KernelReport(target.name, family, search_space.format_config(chosen),
-                                    np.dtype(dtype).name, name, registers, spills, detail)
+                                    np.dtype(dtype).name + (" 64-bit index" if wide else ""),
+                                    name, registers, spills, detail)
                        for name, registers, spills, detail in found if name == kernel)
     return reports
 
@@ -245,8 +251,8 @@ def main() -> int:
             print(f"| {target.name} | skipped: {missing} |||||||")
             continue
         for family, chosen in gpu_configurations():
-            for dtype in (np.float32, np.float16):
-                for report in compile_family(target, family, chosen, np.dtype(dtype)):
+            for dtype, wide in VARIANTS:
+                for report in compile_family(target, family, chosen, np.dtype(dtype), wide):
                     problem = report.problem(target.budget)
                     failed = failed or problem is not None
                     print(f"| {report.target} | {report.family} | {report.config} | "
