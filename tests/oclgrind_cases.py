@@ -160,6 +160,7 @@ def run_case(case_id: str, spec: str) -> None:
         tensors.WIDE_INDEX_ABOVE = 0  # every plan of this process indexes in 64 bits
         run_case(case_id[len("wide-"):], spec)
         assert plans.cached_plans() and all(p.wide for p in plans._plans.values())
+        print("ran", case_id)
         return
     if case_id.startswith("local-"):
         return run_local_case(case_id, spec)
