@@ -129,6 +129,9 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
 
 
 CPU_GROUPING = True  # False: leave every CPU launch's group to the runtime (A/B runs)
+# Below this many work-items a launch is a few microseconds of work: one group on one
+# thread beats waking the others (a 1x8x8x16 conv2d's 11 GEMM tiles).
+CPU_SPLIT_MIN_ITEMS = 256
 
 
 def cpu_local_size(work: Sequence[int], axis: int, max_group: int
@@ -145,9 +148,11 @@ def cpu_local_size(work: Sequence[int], axis: int, max_group: int
     is one pixel position's items along dimension 0 (the channel blocks of a pixel
     tile, which read the same input), one group per index of the other dimensions.
     Larger ranges stay with the runtime: PoCL's choice for them measured as well as
-    or better than any fixed rule tried (docs/cpu-performance.md).
+    or better than any fixed rule tried (docs/cpu-performance.md); so do tiny ones
+    (CPU_SPLIT_MIN_ITEMS).
     """
-    if axis == 0 or math.prod(int(n) for n in work) > max_group:
+    items = math.prod(int(n) for n in work)
+    if axis == 0 or items > max_group or items < CPU_SPLIT_MIN_ITEMS:
         return None
     return (max(1, min(int(work[0]), max_group)),) + (1,) * (len(work) - 1)
 

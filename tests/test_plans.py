@@ -261,7 +261,7 @@ def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, mo
 def test_a_cpu_range_that_fits_one_group_is_split_by_pixel():
     """PoCL, given a NULL local size, makes a range that fits one group into one group:
     one thread, one core.  clconv then groups each pixel tile's channel blocks and
-    leaves larger ranges, and ranges without a pixel axis, to the runtime."""
+    leaves larger ranges, tiny ones, and ranges without a pixel axis, to the runtime."""
     from clconv.programs import cpu_local_size, ndrange
 
     # hifigan_res_k7's GEMM: 8 channel tiles x 342 pixel tiles, PoCL's 4096-item groups.
@@ -271,6 +271,7 @@ def test_a_cpu_range_that_fits_one_group_is_split_by_pixel():
     assert cpu_local_size((4, 1046, 4), axis=1, max_group=4096) is None  # 16,736 items
     assert ndrange((4, 1046, 4), None, "CPU", axis=1, max_group=4096) == ((4, 1046, 4), None)
     assert cpu_local_size((3000,), axis=0, max_group=4096) is None
+    assert cpu_local_size((1, 11, 1), axis=1, max_group=4096) is None  # microseconds of work
     # An explicit LOCAL_SIZE, and simulators, are never overridden.
     assert ndrange((8, 342), (1, 16), "CPU", axis=1, max_group=4096) == ((8, 352), (1, 16))
     assert ndrange((8, 342), None, "simulator", axis=1, max_group=4096) == ((8, 342), None)
@@ -293,7 +294,7 @@ def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, monkeyp
         return real(self, queue, global_size, local_size, args)
 
     monkeypatch.setattr(TypedKernel, "enqueue", recording)
-    x, w = random_array((1, 1, 61, 12), seed=21), random_array((1, 7, 12, 10), seed=22)
+    x, w = random_array((1, 1, 2048, 12), seed=21), random_array((1, 7, 12, 10), seed=22)
     g = conv2d_case(x.shape, w.shape, 1, "SAME")
     plan = plans.build_plan(rt, "conv2d", g, np.float32, "gemm")
     assert_close(plan.execute(x, w), conv2d_reference(x, w, g), np.float32, 7 * 12)
