@@ -101,7 +101,7 @@ def _on_device(value: Any, rt: Runtime) -> cl_array.Array:
 def _new(rt: Runtime, shape: tuple[int, ...], dtype: np.dtype, what: str,
          zero: bool) -> cl_array.Array:
     elements = int(np.prod(shape))
-    tensors.check_fits(elements * dtype.itemsize, elements, what, rt.info)
+    tensors.check_fits(elements * dtype.itemsize, what, rt.info)
     array = cl_array.empty(rt.queue, shape, dtype, allocator=buffer_pool.allocator(rt.queue))
     if zero and elements:  # the runtime's own fill: 7-20x pyopencl's fill kernel on PoCL
         tensors.DeviceTensor.of_array(array).fill(rt.queue, 0)

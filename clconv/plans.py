@@ -101,8 +101,8 @@ class ConvPlan:
         for shape, what in ((self.input_shape, "input"), (self.filter_shape, "filters"),
                             (self.output_shape, "the output")):
             elements = int(np.prod(shape))
-            tensors.check_fits(elements * self.dtype.itemsize, elements,
-                               f"{what} of shape {tuple(shape)}", rt.info)
+            tensors.check_fits(elements * self.dtype.itemsize, f"{what} of shape {tuple(shape)}",
+                               rt.info)
         _check_index_range(op, g)
         self.launch: Optional[registry.Launch] = None
         self._auto_packed: Optional[tuple[bytes, PreparedFilters]] = None

@@ -193,7 +193,7 @@ class DeviceTensor:
                                       max(self.size, 0) * self.dtype.itemsize)
 
 
-def check_fits(nbytes: int, elements: int, what: str, info) -> None:
+def check_fits(nbytes: int, what: str, info) -> None:
     """Refuse before allocating what the device cannot hold in one buffer.  (Past
     2^31 - 1 elements the kernels index in 64 bits: see WIDE_INDEX_ABOVE.)"""
     if nbytes > info.max_mem_alloc_size:
@@ -228,7 +228,7 @@ def to_device(value: Any, dtype: np.dtype, queue: cl.CommandQueue, info, what: s
         return DeviceTensor.of_array(value)
     host = np.ascontiguousarray(operand, dtype=dtype)
     if not checked:
-        check_fits(host.nbytes, host.size, what, info)
+        check_fits(host.nbytes, what, info)
     if not host.size:
         return DeviceTensor(cl.Buffer(queue.context, cl.mem_flags.READ_WRITE, dtype.itemsize),
                             host.shape, host.dtype)
@@ -246,8 +246,7 @@ def empty_output(shape: tuple[int, ...], dtype: np.dtype, queue: cl.CommandQueue
     elements = math.prod(shape)
     dtype = np.dtype(dtype)
     if not checked:
-        check_fits(elements * dtype.itemsize, elements, f"the output of shape {tuple(shape)}",
-                   info)
+        check_fits(elements * dtype.itemsize, f"the output of shape {tuple(shape)}", info)
     pool = buffer_pool.for_queue(queue)
     nbytes = max(elements, 1) * dtype.itemsize
     buffer = (pool.allocate(nbytes) if pool is not None
