@@ -268,11 +268,14 @@ class ConvPlan:
 
     def _launch_for(self, src: tensors.DeviceTensor, filters: Any, out: tensors.DeviceTensor
                     ) -> registry.Launch:
-        """This plan's launch, or its 64-bit twin's when a view reaches past what int
-        offsets index (a pyopencl array deep inside a large buffer).  A packing does
-        not depend on the index width, so prepared filters serve both."""
-        if self.wide or max(src.reach(), out.reach(), filters.reach() if isinstance(
-                filters, tensors.DeviceTensor) else 0) <= tensors.WIDE_INDEX_ABOVE:
+        """This plan's launch, or its 64-bit twin's when a caller's view reaches past
+        what int offsets index (a pyopencl array deep inside a large buffer).  A packing
+        does not depend on the index width, so prepared filters serve both.  Tensors
+        clconv made are this plan's shapes from offset 0: the plan was sized for them."""
+        limit = tensors.WIDE_INDEX_ABOVE
+        if self.wide or not any(
+                isinstance(t, tensors.DeviceTensor) and t.array is not None and t.reach() > limit
+                for t in (src, out, filters)):
             return self.launch
         twin = self._wide_twin
         if twin is None:
