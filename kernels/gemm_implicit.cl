@@ -84,7 +84,7 @@ __kernel void pack_filter(
     const int ch = (int)get_global_id(0);
     const int nb = (int)get_global_id(1);
     const int t = (int)get_global_id(2);
-    if (ch >= ch_count)
+    if (ch >= ch_count || nb * TN >= n_padded) // a range padded to its work-groups
         return;
     __global const int *tap = taps + t * TAP_INTS;
     const int tap_begin = tap[4];

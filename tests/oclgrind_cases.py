@@ -64,6 +64,8 @@ CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
 # gradient.
 WIDE_CASE_IDS = [f"wide-{case}" for case in CASE_IDS
                  if case.startswith(("conv2d-0-", "conv2d-1-", "transpose-0-", "depthwise-0-"))]
+# The GEMM's filter packing over a range padded past its channel tiles.
+PACK_CASE_IDS = ["pack-padded"]
 
 # The kernels that share __local memory between work-items (where a missing barrier
 # passes on PoCL and shows only under Oclgrind's race check), run over their shipped
@@ -153,7 +155,30 @@ def run_without_barrier(spec: str) -> None:
     print("ran without barrier")
 
 
+def run_padded_pack(spec: str) -> None:
+    """The filter packing launched over a range padded past its channel tiles (as a
+    work-group shape that does not divide them pads it): the items past the tiles
+    must write nothing."""
+    from clconv import tensors
+
+    rt = runtime(spec)
+    w = np.random.default_rng(0).standard_normal((3, 3, 8, 5)).astype(np.float32)
+    g = backprop_case((1, 6, 6, 8), w.shape, (1, 3, 3, 5), 2, "SAME")
+    launch = plans.build_plan(rt, "conv2d_transpose", g, np.float32, "gemm").launch
+    (chans, tiles, taps), _ = launch.pack_range
+    packing = launch.scratch.new()
+    launch.packer.enqueue(rt.queue, (chans, 4 * tiles, taps), (1, 4 * tiles, 1), [
+        tensors.to_device(w, np.float32, rt.queue, rt.info, "filters").buffer,
+        *launch._filter_view(tensors.to_device(w, np.float32, rt.queue, rt.info, "filters")),
+        launch.taps, packing.buffer, launch.ch_count, launch.n_out, launch.n_padded,
+        packing.flag, 1])
+    rt.queue.finish()
+    print("ran pack-padded")
+
+
 def run_case(case_id: str, spec: str) -> None:
+    if case_id == "pack-padded":
+        return run_padded_pack(spec)
     if case_id.startswith("wide-"):
         from clconv import tensors
 
