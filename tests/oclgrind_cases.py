@@ -167,11 +167,10 @@ def run_padded_pack(spec: str) -> None:
     launch = plans.build_plan(rt, "conv2d_transpose", g, np.float32, "gemm").launch
     (chans, tiles, taps), _ = launch.pack_range
     packing = launch.scratch.new()
+    filters = tensors.to_device(w, np.float32, rt.queue, rt.info, "filters")
     launch.packer.enqueue(rt.queue, (chans, 4 * tiles, taps), (1, 4 * tiles, 1), [
-        tensors.to_device(w, np.float32, rt.queue, rt.info, "filters").buffer,
-        *launch._filter_view(tensors.to_device(w, np.float32, rt.queue, rt.info, "filters")),
-        launch.taps, packing.buffer, launch.ch_count, launch.n_out, launch.n_padded,
-        packing.flag, 1])
+        filters.buffer, *launch._filter_view(filters), launch.taps, packing.buffer,
+        launch.ch_count, launch.n_out, launch.n_padded, packing.flag, 1])
     rt.queue.finish()
     print("ran pack-padded")
 
