@@ -226,25 +226,32 @@ def test_out_writes_into_the_callers_array(spec):
                                 out=cl_array.empty(queue, (1, 9, 9, 2), np.float32))
 
 
-def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, monkeypatch):
+@pytest.fixture
+def launches(monkeypatch):
+    """Every kernel launch of the test: (kernel name, global size, local size)."""
+    from clconv.programs import TypedKernel
+
+    seen = []
+    real = TypedKernel.enqueue
+
+    def recording(self, queue, global_size, local_size, args):
+        seen.append((self.name, tuple(global_size), local_size))
+        return real(self, queue, global_size, local_size, args)
+
+    monkeypatch.setattr(TypedKernel, "enqueue", recording)
+    return seen
+
+
+def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, launches):
     """A GPU-kind device gets the GPU defaults and a local size on every launch, with
     the NDRange padded to it; run on this device (pretending to be a GPU), every
     algorithm still computes the reference's values."""
     import dataclasses
 
     from clconv.device_select import Runtime, runtime
-    from clconv.programs import TypedKernel
 
     rt = runtime(spec)
     gpu = Runtime(rt.device, dataclasses.replace(rt.info, kind="GPU"), rt.context, rt.queue)
-    launches = []
-    real = TypedKernel.enqueue
-
-    def recording(self, queue, global_size, local_size, args):
-        launches.append((self.name, tuple(global_size), local_size))
-        return real(self, queue, global_size, local_size, args)
-
-    monkeypatch.setattr(TypedKernel, "enqueue", recording)
     # 7 x 7 pixels, 5 channels: prime tile counts, the case a runtime's pick gets wrong.
     dy, w = random_array((1, 7, 7, 5), seed=11), random_array((3, 3, 3, 5), seed=12)
     g = backprop_case((1, 13, 13, 3), w.shape, dy.shape, 2, "SAME")
@@ -277,23 +284,14 @@ def test_a_cpu_range_that_fits_one_group_is_split_by_pixel():
     assert ndrange((8, 342), None, "simulator", axis=1, max_group=4096) == ((8, 342), None)
 
 
-def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, monkeypatch):
+def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, launches):
     """On a CPU device a small call's GEMM launches with clconv's groups (dividing its
     range) and computes the reference's values."""
     from clconv.device_select import runtime
-    from clconv.programs import TypedKernel
 
     rt = runtime(spec)
     if rt.info.kind != "CPU":
         pytest.skip(f"{rt.info.label} is not a CPU device")
-    launches = []
-    real = TypedKernel.enqueue
-
-    def recording(self, queue, global_size, local_size, args):
-        launches.append((self.name, tuple(global_size), local_size))
-        return real(self, queue, global_size, local_size, args)
-
-    monkeypatch.setattr(TypedKernel, "enqueue", recording)
     x, w = random_array((1, 1, 2048, 12), seed=21), random_array((1, 7, 12, 10), seed=22)
     g = conv2d_case(x.shape, w.shape, 1, "SAME")
     plan = plans.build_plan(rt, "conv2d", g, np.float32, "gemm")
