@@ -10,9 +10,17 @@ protect_opencl_runtimes()
 # ruff: noqa: E402
 
 from clconv.buffer_pool import free_held as release_memory
-from clconv.device_select import DeviceInfo, device, devices, runtime, set_default_device
+from clconv.device_select import (
+    DeviceInfo,
+    device,
+    device_problem,
+    devices,
+    runtime,
+    set_default_device,
+)
 from clconv.errors import (
     DeviceNotFoundError,
+    DeviceUnusableError,
     ForkedProcessError,
     InvalidArgumentError,
     KernelBuildError,
@@ -34,6 +42,7 @@ __all__ = [
     "ConvPlan",
     "DeviceInfo",
     "DeviceNotFoundError",
+    "DeviceUnusableError",
     "ForkedProcessError",
     "InvalidArgumentError",
     "KernelBuildError",
@@ -54,6 +63,7 @@ __all__ = [
     "depthwise_conv2d",
     "depthwise_conv2d_backprop_input",
     "device",
+    "device_problem",
     "devices",
     "plan",
     "release_memory",

@@ -6,7 +6,8 @@ One grammar names a device, for ``device=``, ``--device`` and CLCONV_DEVICE
 device, or a DeviceInfo, cl.Device, cl.Context or cl.CommandQueue.  Without a
 name: the device of ``with device(...)`` in this thread, else
 ``set_default_device``'s, else CLCONV_DEVICE, else the first GPU, else the best
-CPU device; simulators such as Oclgrind are never the default.
+CPU device; simulators such as Oclgrind are never the default, nor is a device
+whose compiler cannot build a one-line kernel here (clconv.compiler_probe).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, Optional, Union
 
 import pyopencl as cl
 
-from clconv import buffer_pool
-from clconv.errors import DeviceNotFoundError, ForkedProcessError
+from clconv import buffer_pool, compiler_probe
+from clconv.errors import DeviceNotFoundError, DeviceUnusableError, ForkedProcessError
 from clconv.llvm_guard import protect_opencl_runtimes
 
 ENV_DEVICE = "CLCONV_DEVICE"
@@ -122,6 +123,28 @@ def check_process() -> None:
 
 @functools.lru_cache(maxsize=1)
 def _enumerate() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
+    """Every device, the default one marked (which may probe compilers, see
+    ``_default_index``)."""
+    found = list(_enumerate_devices())
+    if found:
+        best = _default_index(found)
+        found[best] = (found[best][0], _with_default(found[best][1]))
+    return tuple(found)
+
+
+def _default_index(found: list[tuple[cl.Device, DeviceInfo]]) -> int:
+    """The best-ranked device whose compiler works (probed in rank order, so normally
+    only the default itself); the best-ranked one if none does, whose use then says why."""
+    ranked = sorted(range(len(found)), key=lambda i: _default_rank(found[i][1], i))
+    for index in ranked:
+        device, info = found[index]
+        if compiler_probe.compile_problem(device, info.spec) is None:
+            return index
+    return ranked[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _enumerate_devices() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
     global _opened_in
     check_process()
     protect_opencl_runtimes()
@@ -156,9 +179,6 @@ def _enumerate() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
                 preferred_float_vector_width=int(device.preferred_vector_width_float),
             )
             found.append((device, info))
-    if found:
-        best = min(range(len(found)), key=lambda i: _default_rank(found[i][1], i))
-        found[best] = (found[best][0], _with_default(found[best][1]))
     return tuple(found)
 
 
@@ -191,6 +211,28 @@ def devices() -> list[DeviceInfo]:
     """Every OpenCL device on this machine; the default one has ``is_default``."""
     check_process()
     return [info for _, info in _enumerate()]
+
+
+def device_problem(spec: DeviceSpec = None) -> Optional[str]:
+    """Why the device ``spec`` names cannot run clconv's kernels here, or None.
+
+    The device's compiler builds a one-line kernel once per process; a runtime whose
+    LLVM predates the CPU (pip PoCL 3.0 on AMD family 26) fails that, and clconv then
+    neither makes it the default nor runs on it."""
+    found_device, info = find_device(spec)
+    return compiler_probe.compile_problem(found_device, info.spec)
+
+
+def _check_usable(found_device: cl.Device, info: DeviceInfo) -> None:
+    problem = compiler_probe.compile_problem(found_device, info.spec)
+    if problem is not None:
+        usable = [i for d, i in _enumerate()
+                  if i.spec != info.spec and compiler_probe.compile_problem(d, i.spec) is None]
+        others = "; ".join(f"{i.spec} {i.name} ({i.platform}, {i.driver_version})"
+                           for i in usable) or "none"
+        raise DeviceUnusableError(f"device {info.spec} {info.name} ({info.platform}, "
+                                  f"{info.driver_version}) cannot run clconv's kernels: "
+                                  f"{problem}.  Devices that can: {others}")
 
 
 def _describe_all() -> str:
@@ -236,7 +278,9 @@ def _resolve_text(found, text: str):
         of_kind = [(i, pair) for i, pair in enumerate(found) if pair[1].kind == kind]
         if not of_kind:
             raise _no_match(text, f"asks for a {kind} device and there is none")
-        return min(of_kind, key=lambda m: _default_rank(m[1][1], m[0]))[1]
+        ranked = [pair for _, pair in sorted(of_kind, key=lambda m: _default_rank(m[1][1], m[0]))]
+        return next((pair for pair in ranked
+                     if compiler_probe.compile_problem(pair[0], pair[1].spec) is None), ranked[0])
     matches = [pair for pair in found if needle in pair[1].search_text]
     if len(matches) == 1:
         return matches[0]
@@ -254,7 +298,8 @@ def find_device(spec: DeviceSpec = None) -> tuple[cl.Device, DeviceInfo]:
     ``spec``: None (the device set by ``set_default_device`` / ``with device(...)``,
     else CLCONV_DEVICE, else the default); an int or digit string ``P`` (the first
     device of platform P) or ``P:D``, as pyopencl's PYOPENCL_CTX reads them; ``cpu``,
-    ``gpu`` or ``accelerator`` (the preferred device of that kind); a case-insensitive
+    ``gpu`` or ``accelerator`` (the preferred device of that kind whose compiler
+    works, see ``device_problem``); a case-insensitive
     substring of the platform, device name, vendor, version or driver version that
     names exactly one device; a DeviceInfo, cl.Device, cl.Context or cl.CommandQueue.
     """
@@ -355,6 +400,7 @@ def runtime(spec: DeviceSpec = None) -> Runtime:
     if isinstance(spec, cl.CommandQueue):
         return runtime_for_queue(spec)
     found_device, info = find_device(spec)
+    _check_usable(found_device, info)
     if isinstance(spec, cl.Context):
         return Runtime(found_device, info, spec, cl.CommandQueue(
             spec, found_device, properties=cl.command_queue_properties.PROFILING_ENABLE))
@@ -371,5 +417,6 @@ def runtime_for_queue(queue: cl.CommandQueue) -> Runtime:
     device = queue.device
     for cl_device, info in _enumerate():
         if cl_device == device:
+            _check_usable(cl_device, info)
             return Runtime(device, info, queue.context, queue)
     raise DeviceNotFoundError(f"the queue's device {device.name!r} is not among {_describe_all()}")

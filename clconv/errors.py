@@ -21,6 +21,11 @@ class DeviceNotFoundError(LookupError):
     """A device specification that matches no OpenCL device."""
 
 
+class DeviceUnusableError(DeviceNotFoundError):
+    """A device that exists but whose compiler builds no OpenCL program on this
+    machine (see clconv.compiler_probe); the message says why and what can run."""
+
+
 class KernelBuildError(RuntimeError):
     """An OpenCL program failed to build; carries the build log and options."""
 

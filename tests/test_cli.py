@@ -12,8 +12,9 @@ import sys
 import pytest
 
 import clconv
+from conftest import DEVICES
 
-CPU = next((d for d in clconv.devices() if d.kind == "CPU"), None)
+CPU = next((d for d in DEVICES if d.kind == "CPU"), None)
 needs_cpu = pytest.mark.skipif(CPU is None, reason="no CPU OpenCL device")
 
 

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pyopencl as cl
 import pytest
 
 import clconv
+from clconv import compiler_probe, device_select
 from clconv.device_select import find_device, runtime
+from conftest import UNUSABLE
 
 DEVICES = clconv.devices()
+USABLE = [d for d in DEVICES if clconv.device_problem(d.spec) is None]
 
 
 def _platform_first(index: int):
@@ -75,6 +79,7 @@ def test_opencl_objects_name_their_device():
         device, _ = find_device(d.spec)
         assert find_device(d)[1] == d
         assert find_device(device)[1] == d
+    for d in USABLE:
         rt = runtime(d.spec)
         assert find_device(rt.context)[1] == d and find_device(rt.queue)[1] == d
     with pytest.raises(TypeError, match="DeviceInfo"):
@@ -83,7 +88,7 @@ def test_opencl_objects_name_their_device():
 
 def test_default_device_and_the_context_manager(monkeypatch):
     monkeypatch.delenv("CLCONV_DEVICE", raising=False)
-    first, last = DEVICES[0], DEVICES[-1]
+    first, last = USABLE[0], USABLE[-1]
     x = [[[[1.0]]]]
     try:
         assert clconv.set_default_device(last.spec) == last
@@ -117,7 +122,7 @@ def test_a_queue_as_device_runs_on_that_queue():
     import numpy as np
     import pyopencl.array as cl_array
 
-    d = next(d for d in DEVICES if d.kind == "CPU")
+    d = next(d for d in USABLE if d.kind == "CPU")
     rt = runtime(d.spec)
     queue = cl.CommandQueue(rt.context)
     x = cl_array.to_device(queue, np.ones((1, 3, 3, 1), np.float32))
@@ -130,3 +135,76 @@ def test_the_module_is_not_shadowed_by_the_function():
 
     assert module.runtime is clconv.runtime and callable(clconv.devices)
     assert clconv.devices() == module.devices()
+
+
+# ----------------------------------------------------------------- devices that cannot build
+
+NONE_UNUSABLE = pytest.param(None, None, marks=pytest.mark.skip(
+    reason="every device here builds kernels"))
+
+
+@pytest.mark.parametrize("unusable, why", UNUSABLE or [NONE_UNUSABLE],
+                         ids=lambda v: getattr(v, "spec", "reason"))
+def test_a_device_that_builds_nothing_is_refused_with_its_reason(unusable, why):
+    # A real one (pip PoCL 3.0 on an AMD family 26 CPU: "unknown target CPU 'generic'").
+    assert find_device()[1].spec != unusable.spec or not USABLE, "it must not be the default"
+    with pytest.raises(clconv.DeviceUnusableError) as caught:
+        clconv.conv2d(np.ones((1, 2, 2, 1), np.float32), np.ones((1, 1, 1, 1), np.float32), 1,
+                      "SAME", device=unusable.spec)
+    message = str(caught.value)
+    assert unusable.spec in message and why in message
+    assert all(d.spec in message for d in USABLE), "it names the devices that can"
+
+
+@pytest.fixture
+def probe_again():
+    """Drop the remembered probes and default before and after a test that fakes them."""
+    compiler_probe.forget()
+    device_select._enumerate.cache_clear()
+    yield
+    compiler_probe.forget()
+    device_select._enumerate.cache_clear()
+
+
+def test_a_broken_compiler_is_reported_refused_and_never_the_default(monkeypatch, probe_again):
+    old_default = find_device()[1]
+    broken = {old_default.spec}
+    real_probe = compiler_probe._probe
+
+    def fake_probe(device):
+        spec = next(i.spec for d, i in device_select._enumerate_devices() if d == device)
+        return "it cannot build (faked)" if spec in broken else real_probe(device)
+
+    monkeypatch.setattr(compiler_probe, "_probe", fake_probe)
+    compiler_probe.forget()
+    device_select._enumerate.cache_clear()
+    assert clconv.device_problem(old_default.spec) == "it cannot build (faked)"
+    new_default = find_device()[1]
+    assert new_default.is_default and sum(d.is_default for d in clconv.devices()) == 1
+    if len(USABLE) > 1:
+        assert new_default.spec != old_default.spec
+        if any(d.kind != "simulator" and d.spec not in broken for d in USABLE):
+            assert new_default.kind != "simulator"
+    with pytest.raises(clconv.DeviceUnusableError, match="it cannot build \\(faked\\)") as caught:
+        runtime(old_default.spec)
+    assert old_default.spec in str(caught.value) and old_default.name in str(caught.value)
+
+
+def test_a_probe_that_fails_everywhere_still_leaves_one_default(monkeypatch, probe_again):
+    monkeypatch.setattr(compiler_probe, "PROBE_SOURCE", "__kernel void broken( {")
+    problems = [clconv.device_problem(d.spec) for d in USABLE]
+    assert all(p.startswith("it cannot build a one-line OpenCL kernel: ") for p in problems)
+    assert all("error" in p for p in problems), "the compiler's own error line is quoted"
+    assert sum(d.is_default for d in clconv.devices()) == 1
+    with pytest.raises(clconv.DeviceUnusableError, match="Devices that can: none"):
+        runtime()
+
+
+def test_an_llvm_older_than_the_cpu_is_explained():
+    log = ("clBuildProgram failed: BUILD_PROGRAM_FAILURE\n\nerror: unknown target CPU "
+           "'generic'\nDevice pthread-AMD EPYC failed to build the program")
+    why = compiler_probe.explain(log)
+    assert "does not know this machine's CPU" in why and "'generic'" in why
+    assert compiler_probe.host_cpu() in why and "apt-get install pocl-opencl-icd" in why
+    other = compiler_probe.explain("clBuildProgram failed\n<source>:1:9: error: expected ')'\n")
+    assert other == "it cannot build a one-line OpenCL kernel: <source>:1:9: error: expected ')'"

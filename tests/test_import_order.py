@@ -36,6 +36,8 @@ _CHECK = textwrap.dedent(
     wt = rng.standard_normal((3, 3, 2, 3)).astype(np.float32)  # [h, w, out, in]
     checked, refused = 0, []
     for dev in clconv.devices():
+        if clconv.device_problem(dev.spec):  # its compiler builds nothing on this CPU
+            continue
         try:
             for strides, padding in ((1, "SAME"), (2, "VALID")):
                 ref = tf.nn.conv2d(x, w, strides, padding).numpy()
@@ -71,6 +73,7 @@ _PRELUDES = {
     "clconv_used_then_tf": (
         "ALLOW_CONFLICT = False\nimport clconv\nimport numpy as np\n"
         "for d in clconv.devices():\n"
+        "    if clconv.device_problem(d.spec): continue\n"
         "    clconv.conv2d(np.ones((1, 4, 4, 1), np.float32),"
         " np.ones((2, 2, 1, 1), np.float32), 1, 'SAME', device=d.spec)\n"
         "import tensorflow as tf\n"

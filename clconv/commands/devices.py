@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clconv.device_select import ENV_DEVICE, devices
+from clconv.device_select import ENV_DEVICE, device_problem, devices
 
 HELP = "list OpenCL platforms and devices with the capabilities clconv uses"
 
@@ -36,13 +36,15 @@ def run(args: argparse.Namespace) -> int:
 
     json_output.check_target(args.json)
     found = devices()
+    problems = {d.spec: device_problem(d.spec) for d in found}
     with json_output.report_stream(args.json):
-        status = _print(found)
-    json_output.write(args.json, "devices", {"devices": [dict(d.__dict__) for d in found]})
+        status = _print(found, problems)
+    json_output.write(args.json, "devices", {"devices": [
+        {**d.__dict__, "problem": problems[d.spec]} for d in found]})
     return status
 
 
-def _print(found) -> int:
+def _print(found, problems: dict) -> int:
     if not found:
         print("no OpenCL device found (pip install pocl-binary-distribution gives a CPU one)")
         return 1
@@ -53,10 +55,14 @@ def _print(found) -> int:
             d.driver_version, d.opencl_c_version.replace("OpenCL C ", ""),
             "yes" if d.fp64 else "no", "yes" if d.fp16 else "no",
             str(d.max_work_group_size), _size(d.local_mem_size), str(d.compute_units),
-            _size(d.max_mem_alloc_size),
+            _size(d.max_mem_alloc_size), "no (!)" if problems[d.spec] else "yes",
         ])
     print(format_table(rows, ["device", "name", "platform", "kind", "driver", "OpenCL C",
-                              "fp64", "fp16", "max WG", "local mem", "CUs", "max alloc"]))
+                              "fp64", "fp16", "max WG", "local mem", "CUs", "max alloc",
+                              "builds"]))
+    for d in found:
+        if problems[d.spec]:
+            print(f"\n(!) {d.spec} cannot run clconv's kernels: {problems[d.spec]}.")
     print(f"\n* default device. Choose another with --device or {ENV_DEVICE}: P:D, P, cpu, "
           "gpu, or a part of one device's name or driver (oclgrind, 3.0-rc2).")
     return 0
