@@ -118,11 +118,26 @@ def _fits_registers(tm: int, tn: int, vec: int, info: DeviceInfo) -> bool:
     return tm * (tn // vec) + tn // vec + 1 <= vector_registers(info)
 
 
+def _two_wide_fma_pipes(info: DeviceInfo) -> bool:
+    """Whether ``info``'s device is a CPU with 16-wide vectors whose cores need more than
+    six FMA chains (clconv.fma_probe; probed once per process, only on such CPUs)."""
+    if info.kind != "CPU" or vector_width(info) < 16:
+        return False
+    from clconv import fma_probe
+    from clconv.device_select import find_device
+
+    device, real = find_device(info.spec)
+    if real.kind != "CPU" or vector_width(real) < 16:  # a DeviceInfo edited by a caller
+        return False
+    return fma_probe.has_two_wide_fma_pipes(device, real.spec, real.compute_units)
+
+
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, Any]:
     """Fill TM/TN/VEC left as "auto".
 
-    TN: the narrowest tile that wastes little on n_out channels; VEC: the device's
-    vector width (``vector_width``), never wider than TN; TM: 6 pixels.  Measured by
+    TN: the narrowest tile that wastes little on n_out channels, or 32 on cores with two
+    512-bit FMA pipes; VEC: the device's vector width (``vector_width``), never wider
+    than TN; TM: 6 pixels.  Measured by
     the tuner over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on
     narrow layers (Cout = 3) and was the most frequent winner elsewhere.
     """
@@ -131,6 +146,14 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
     if config.get("TN", "auto") == "auto":
         if n_out <= 4:
             config["TN"] = 4
+        elif (n_out % 32 == 0 or 16 < n_out < 32) and config.get("VEC", "auto") == "auto" \
+                and _two_wide_fma_pipes(info):
+            # Twelve accumulators (6 x 32) where six (6 x 16) keep only three quarters of
+            # two 512-bit FMA pipes busy (clconv.fma_probe).  Zen 5, Debian PoCL, time
+            # relative to 6 x 16 over 17 suite and unseen layers with such channel counts:
+            # 0.67-0.80, one at 0.96; 21 channels (fcn8s_up8) 0.69, where TN 24 / VEC 8
+            # ran 0.92.
+            config["TN"] = 32
         elif 16 < n_out < 32 and width >= 8 and config.get("VEC", "auto") == "auto" \
                 and _fits_registers(6, -(-n_out // 8) * 8, 8, info):
             # A few more channels than a 16-wide tile: one tile of 8-wide vectors covers
@@ -146,6 +169,17 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
     if config.get("TM", "auto") == "auto":
         config["TM"] = 6
     return config
+
+
+def uses_channel_index_loop(kind: str, vec: int) -> bool:
+    """Whether a GEMM build gets the shared channel-index inner loop (see the kernel).
+
+    Not on GPUs: on AMD gfx90a the second loop cost 62 -> 84 VGPRs for nothing a GPU
+    needs.  On CPUs only with 16-wide vectors, the case it was made for (TM 8 and
+    above no longer spill; llvm-mca on Intel's two 512-bit ports: 6 x 16 4.42 -> 4.04
+    cycles a channel step).  With 8-wide vectors it lost: fcn8s_up8's TN 24 / VEC 8
+    tile ran 1.13x (Debian PoCL) and 1.21x (pip PoCL) slower with it on a Zen 4."""
+    return kind != "GPU" and vec >= 16
 
 
 # Argument types of the two kernels (None: a buffer), in their signatures' order.
@@ -240,8 +274,9 @@ class GemmLaunch:
         tn, tm = int(setup.defines["TN"]), int(setup.defines["TM"])
         self._prepare_packing(setup, tn, setup.defines)
         source, name = setup.space.kernel
-        # The shared-index inner loop (see the kernel) for every device but GPUs.
-        defines = {**setup.defines, **({} if setup.info.kind == "GPU" else {"CH_INDEX_LOOP": 1})}
+        defines = dict(setup.defines)
+        if uses_channel_index_loop(setup.info.kind, int(defines["VEC"])):
+            defines["CH_INDEX_LOOP"] = 1
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
         info = setup.info
         self.gemm_range = ndrange(

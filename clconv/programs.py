@@ -175,6 +175,7 @@ class TypedKernel:
     def __init__(self, context: cl.Context, source_name: str, kernel_name: str,
                  defines: Mapping[str, object], arg_types: Optional[Sequence[object]]) -> None:
         self.name = kernel_name
+        self.defines = dict(defines)  # what it was built with
         self.kernel = cl.Kernel(get_program(context, source_name, defines), kernel_name)
         if arg_types is not None:  # None: a kernel only built and inspected
             index = np.int64 if defines.get("INDEX_64") else np.int32

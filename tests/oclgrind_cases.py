@@ -33,8 +33,7 @@ CONV = [  # x_shape, w_shape, strides, padding, dilations, data_format
     ((1, 2, 2, 2), (5, 5, 2, 3), 1, [[0, 0], [3, 1], [0, 2], [0, 0]], None, "NHWC"),
     ((1, 5, 6, 8), (3, 3, 1, 8), 2, "SAME", None, "NHWC"),  # depthwise: 8-channel vectors
     ((1, 8, 5, 6), (3, 3, 1, 8), 1, "VALID", None, "NCHW"),  # depthwise, strided channels
-    # More channels than any case above, padded: the GEMM's rows outside the input read
-    # a zero row as long as the channels (an out-of-bounds read if it were shorter).
+    # More channels than any case above, padded.
     ((1, 4, 5, 9), (3, 3, 9, 4), 1, "SAME", None, "NHWC"),
 ]
 GROUPED_CONV = (2, 4, 5)  # indices of CONV whose filters make them grouped
@@ -49,8 +48,16 @@ TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, d
     ((1, 3, 3, 4), (3, 3, 2, 3), (1, 2, 9, 12), 3, "VALID", None, "NCHW"),
     ((1, 6, 6, 1), (2, 2, 2, 1), (1, 3, 3, 2), 1, [[0, 0], [2, 2], [2, 2], [0, 0]], None, "NHWC"),
     ((1, 3, 3, 2), (3, 3, 2, 2), (1, 9, 9, 2), 2, "VALID", 2, "NHWC"),
-    ((1, 3, 3, 7), (3, 3, 2, 7), (1, 6, 6, 2), 2, "SAME", None, "NHWC"),  # 7-channel zero row
+    ((1, 3, 3, 7), (3, 3, 2, 7), (1, 6, 6, 2), 2, "SAME", None, "NHWC"),  # 7 channels
 ]
+# The GEMM's shared channel-index loop, which CPU builds with 16-wide vectors get
+# (clconv.gemm.uses_channel_index_loop; Oclgrind's own width is 4): padded cases with
+# more than 4 channels, whose rows outside the source read a zero row as long as the
+# channels (an out-of-bounds read if it were shorter).
+LOOP_CONFIG = {"TM": 6, "TN": 16, "VEC": 16, "LOCAL_SIZE": None}
+LOOP_CONV = ((1, 4, 5, 9), (3, 3, 9, 16), 1, "SAME")  # 9 channels
+LOOP_TRANSPOSE = ((1, 3, 3, 7), (3, 3, 16, 7), (1, 6, 6, 16), 2, "SAME")  # 7 channels
+LOOP_CASE_IDS = ["loop-conv2d", "loop-transpose"]
 
 
 CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
@@ -175,9 +182,37 @@ def run_padded_pack(spec: str) -> None:
     print("ran pack-padded")
 
 
+def run_loop_case(case_id: str, spec: str) -> None:
+    """A GEMM built with the shared channel-index loop, against the float64 reference."""
+    rng = np.random.default_rng(0)
+    if case_id == "loop-conv2d":
+        x_shape, w_shape, strides, padding = LOOP_CONV
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        g = conv2d_case(x_shape, w_shape, strides, padding)
+        plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, device=spec,
+                           algorithm="gemm", config=LOOP_CONFIG)
+        expected, got, k = conv2d_reference(x, w, g), plan.execute(x, w), reduction_length(g)
+    else:
+        dy_shape, w_shape, out_shape, strides, padding = LOOP_TRANSPOSE
+        dy = rng.standard_normal(dy_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        g = backprop_case(out_shape, w_shape, dy_shape, strides, padding)
+        plan = clconv.plan("conv2d_transpose", dy_shape, w_shape, strides, padding,
+                           output_shape=out_shape, device=spec, algorithm="gemm",
+                           config=LOOP_CONFIG)
+        expected, got = backprop_input_reference(dy, w, g), plan.execute(dy, w)
+        k = reduction_length(g, transpose=True)
+    assert plan.launch.gemm.defines.get("CH_INDEX_LOOP"), "the loop under test was not built"
+    assert_close(got, expected, np.float32, k)
+    print("ran", case_id, plan.describe())
+
+
 def run_case(case_id: str, spec: str) -> None:
     if case_id == "pack-padded":
         return run_padded_pack(spec)
+    if case_id.startswith("loop-"):
+        return run_loop_case(case_id, spec)
     if case_id.startswith("wide-"):
         from clconv import tensors
 

@@ -13,7 +13,13 @@ from typing import Optional
 import pytest
 
 import clconv
-from oclgrind_cases import CASE_IDS, LOCAL_CASE_IDS, PACK_CASE_IDS, WIDE_CASE_IDS
+from oclgrind_cases import (
+    CASE_IDS,
+    LOCAL_CASE_IDS,
+    LOOP_CASE_IDS,
+    PACK_CASE_IDS,
+    WIDE_CASE_IDS,
+)
 
 HERE = Path(__file__).parent
 OCLGRIND = [d for d in clconv.devices() if d.kind == "simulator"]
@@ -41,7 +47,7 @@ def _run_checked(tmp_path: Path, argv: list[str], extra_env: Optional[dict] = No
     return proc, (log.read_text() if log.exists() else "")
 
 
-@pytest.mark.parametrize("case_id", CASE_IDS + WIDE_CASE_IDS + PACK_CASE_IDS)
+@pytest.mark.parametrize("case_id", CASE_IDS + WIDE_CASE_IDS + PACK_CASE_IDS + LOOP_CASE_IDS)
 def test_kernels_are_clean_under_oclgrind(tmp_path, case_id):
     proc, report = _run_checked(tmp_path, [str(HERE / "oclgrind_cases.py"), case_id,
                                            OCLGRIND[0].spec])

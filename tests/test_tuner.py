@@ -348,9 +348,10 @@ def test_two_tuners_at_once_keep_both_results(one_rt, db, tmp_path):
 # ------------------------------------------------------------------ defaults from the device
 
 
-def test_gemm_tiles_follow_the_devices_vector_width_and_registers():
+def test_gemm_tiles_follow_the_devices_vector_width_and_registers(monkeypatch):
     from clconv import gemm
 
+    monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: False)  # as on a Zen 4
     avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
     avx2 = dataclasses.replace(avx512, preferred_float_vector_width=8)
     gpu = dataclasses.replace(avx512, kind="GPU", preferred_float_vector_width=1)
@@ -369,3 +370,40 @@ def test_gemm_tiles_follow_the_devices_vector_width_and_registers():
         context = search_space.context(g, info, "conv2d", "gemm")
         config = {"TM": 6, "TN": 24, "VEC": 8, "LOCAL_SIZE": None}
         assert (space.problem(config, context) is None) == fits
+
+
+def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
+    from clconv import gemm
+
+    monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: True)  # as on a Zen 5
+    avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
+    auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
+    tiles = {n: (gemm.tile_for(auto, n, avx512)["TM"], gemm.tile_for(auto, n, avx512)["TN"],
+                 gemm.tile_for(auto, n, avx512)["VEC"]) for n in (3, 16, 21, 48, 64, 96, 256)}
+    assert tiles == {3: (6, 4, 4), 16: (6, 16, 16), 21: (6, 32, 16), 48: (6, 16, 16),
+                     64: (6, 32, 16), 96: (6, 32, 16), 256: (6, 32, 16)}
+    # A caller's own VEC keeps the channel rule.
+    assert gemm.tile_for({**auto, "VEC": 8}, 256, avx512)["TN"] == 16
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 21), parse_attrs(1, "SAME", "NHWC", None))
+    context = search_space.context(g, avx512, "conv2d", "gemm")
+    assert space.problem({**gemm.tile_for(auto, 21, avx512), "LOCAL_SIZE": None}, context) is None
+
+
+def test_the_fma_probe_runs_once_and_only_on_wide_cpus():
+    from clconv import fma_probe, gemm
+    from clconv.device_select import find_device
+
+    simulator = next((d for d in clconv.devices() if d.kind == "simulator"), None)
+    if simulator is not None:  # a simulator dressed as an AVX-512 CPU is not probed
+        dressed = dataclasses.replace(simulator, kind="CPU", preferred_float_vector_width=16)
+        assert gemm._two_wide_fma_pipes(dressed) is False
+        assert simulator.spec not in fma_probe._ratios
+    wide = [d for d in DEVICES if d.kind == "CPU" and gemm.vector_width(d) >= 16]
+    if not wide:
+        pytest.skip("no CPU device with 16-wide vectors here")
+    device, info = find_device(wide[0].spec)
+    ratio = fma_probe.chain_speedup(device, info.spec, info.compute_units)
+    assert ratio is not None and 0.5 < ratio < 4, ratio  # 6-chain / 12-chain time
+    assert fma_probe.chain_speedup(device, info.spec, info.compute_units) == ratio  # memoised
+    assert gemm._two_wide_fma_pipes(info) == (ratio >= fma_probe.TWO_PIPES_RATIO)

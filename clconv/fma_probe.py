@@ -1,0 +1,99 @@
+"""How many independent FMA chains a CPU device needs to reach its vector peak.
+
+OpenCL reports a device's vector width, but not how many FMA pipes of that width
+its cores have, nor their latency, and that decides the GEMM tile: a 6 x 16 tile
+keeps six 16-wide accumulators, six independent FMA chains.  With a 4-cycle FMA
+latency, six chains keep one 512-bit pipe busy but only three quarters of two.
+
+So on a CPU with 16-wide vectors, clconv times, once per process and device,
+FMAs on float16 values in 6 and in 12 independent chains (the same FMA count,
+about a millisecond each, alternated).  Measured on 2 cores, Debian PoCL 3.1:
+
+- AMD EPYC family 26 (Zen 5, two 512-bit FMA pipes): 4 chains 223, 6 chains 329,
+  8 chains 430, 12 chains 446 GFLOP/s, 6-chain time / 12-chain time 1.31-1.35; and
+  the GEMM's 6 x 32 tile (12 accumulators) ran its suite layers with 32k output
+  channels 0.54-0.87x the time of 6 x 16 (docs/cpu-performance.md).
+- On a core with one 512-bit FMA a cycle (Zen 4 splits a zmm FMA over its two
+  256-bit pipes) six chains already saturate it: the ratio is 1.0 by the same
+  model, and 6 x 16 was the best tile there across layers (a Zen 4 tile sweep).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import pyopencl as cl
+
+logger = logging.getLogger("clconv")
+
+CHAINS = (6, 12)
+TWO_PIPES_RATIO = 1.2  # 6-chain / 12-chain time: 1.33 with two pipes, 1.0 with one
+ROUNDS = 5
+STEPS = 1 << 18  # FMA steps per chain of the 6-chain kernel (12 chains: half)
+
+TEMPLATE = """
+__kernel void chains{n}(__global float16 *out, const float16 a, const int steps) {{
+    float16 acc[{n}];
+    for (int i = 0; i < {n}; ++i)
+        acc[i] = (float16)((float)get_global_id(0) + i);
+    for (int s = 0; s < steps; ++s) {{
+        #pragma unroll
+        for (int i = 0; i < {n}; ++i)
+            acc[i] = fma(acc[i], a, a);
+    }}
+    float16 sum = acc[0];
+    for (int i = 1; i < {n}; ++i)
+        sum += acc[i];
+    out[get_global_id(0)] = sum;
+}}
+"""
+SOURCE = "".join(TEMPLATE.format(n=n) for n in CHAINS)
+
+_ratios: dict[str, Optional[float]] = {}
+_lock = threading.Lock()
+
+
+def chain_speedup(device: cl.Device, spec: str, compute_units: int) -> Optional[float]:
+    """The 6-chain time over the 12-chain time on ``device`` (probed once per process),
+    or None where the probe could not run."""
+    with _lock:
+        if spec in _ratios:
+            return _ratios[spec]
+    ratio = _measure(device, compute_units)
+    logger.debug("FMA chains on %s: 6-chain time / 12-chain time %s", spec,
+                 "not measured" if ratio is None else f"{ratio:.2f}")
+    with _lock:
+        return _ratios.setdefault(spec, ratio)
+
+
+def has_two_wide_fma_pipes(device: cl.Device, spec: str, compute_units: int) -> bool:
+    ratio = chain_speedup(device, spec, compute_units)
+    return ratio is not None and ratio >= TWO_PIPES_RATIO
+
+
+def _measure(device: cl.Device, compute_units: int) -> Optional[float]:
+    try:
+        context = cl.Context([device])
+        queue = cl.CommandQueue(context)
+        program = cl.Program(context, SOURCE).build()
+        items = max(1, compute_units) * 4  # groups of one item: spread over every core
+        out = cl.Buffer(context, cl.mem_flags.WRITE_ONLY, items * 64)
+        a = np.full(16, 0.999, np.float32).view(cl.cltypes.float16)[0]
+        kernels = {n: getattr(program, f"chains{n}") for n in CHAINS}
+        for n, kernel in kernels.items():
+            kernel.set_args(out, a, np.int32(STEPS * CHAINS[0] // n))
+        best = {n: float("inf") for n in CHAINS}
+        for round_index in range(ROUNDS + 1):  # round 0 warms up and is not counted
+            for n, kernel in kernels.items():
+                start = time.perf_counter()
+                cl.enqueue_nd_range_kernel(queue, kernel, (items,), (1,)).wait()
+                if round_index:
+                    best[n] = min(best[n], time.perf_counter() - start)
+        return best[CHAINS[0]] / best[CHAINS[1]]
+    except cl.Error as exc:
+        logger.debug("FMA chain probe failed: %s", exc)
+        return None
