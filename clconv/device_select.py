@@ -350,9 +350,13 @@ def default_token() -> Any:
 
 def set_default_device(spec: DeviceSpec) -> Optional[DeviceInfo]:
     """Make ``spec`` the device of every call that names none, in every thread (None:
-    back to CLCONV_DEVICE / the default).  Checked now; returns its DeviceInfo."""
+    back to CLCONV_DEVICE / the default).  Checked now (DeviceNotFoundError, or
+    DeviceUnusableError for a device that builds nothing here); returns its DeviceInfo."""
     global _process_default
-    info = find_device(spec)[1] if spec is not None else None
+    info = None
+    if spec is not None:
+        found_device, info = find_device(spec)
+        _check_usable(found_device, info)
     _process_default = spec
     return info
 
@@ -361,7 +365,8 @@ def set_default_device(spec: DeviceSpec) -> Optional[DeviceInfo]:
 def device(spec: DeviceSpec):
     """``with clconv.device("pocl 3.1"): ...``: calls in this thread that name no device
     run on ``spec``; nests, and other threads keep theirs.  Yields the DeviceInfo."""
-    info = find_device(spec)[1]
+    found_device, info = find_device(spec)
+    _check_usable(found_device, info)
     stack = getattr(_thread, "stack", None)
     if stack is None:
         stack = _thread.stack = []

@@ -5,6 +5,7 @@ holds on any set of OpenCL platforms."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -154,6 +155,13 @@ def test_a_device_that_builds_nothing_is_refused_with_its_reason(unusable, why):
     message = str(caught.value)
     assert unusable.spec in message and why in message
     assert all(d.spec in message for d in USABLE), "it names the devices that can"
+    for choose in (clconv.set_default_device, clconv.device):  # refused when chosen
+        with pytest.raises(clconv.DeviceUnusableError, match=unusable.spec):
+            with contextlib.ExitStack() as stack:
+                chosen = choose(unusable.spec)
+                if hasattr(chosen, "__enter__"):
+                    stack.enter_context(chosen)
+    assert find_device()[1].is_default, "the default is unchanged"
 
 
 @pytest.fixture
