@@ -1,10 +1,13 @@
 """clconv: convolutions as OpenCL kernels for any device, with TensorFlow's, PyTorch's
 (clconv.pytorch) and ONNX's (clconv.onnx) semantics."""
 
-# Before anything can open an OpenCL runtime: load PoCL/Oclgrind so that their
-# LLVM cannot bind to TensorFlow's (see llvm_guard for why).
+# Before anything can open an OpenCL runtime: register a pip-installed Intel CPU
+# runtime (see pip_icd), and load PoCL/Oclgrind so that their LLVM cannot bind to
+# TensorFlow's (see llvm_guard for why).
+from clconv.pip_icd import register_pip_intel_cpu_runtime
 from clconv.llvm_guard import protect_opencl_runtimes
 
+register_pip_intel_cpu_runtime()
 protect_opencl_runtimes()
 
 # ruff: noqa: E402

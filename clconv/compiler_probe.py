@@ -91,7 +91,8 @@ def explain(build_error: str) -> str:
         return (f"its compiler does not know this machine's CPU, {host_cpu()}: every build "
                 f"fails with \"unknown target CPU '{unknown_cpu.group(1)}'\" (its LLVM is older "
                 "than the CPU).  Use another device, or install an OpenCL runtime that knows "
-                "the CPU (as root: `apt-get install pocl-opencl-icd`, Debian's PoCL 3.1)")
+                "the CPU: as root, `apt-get install pocl-opencl-icd` (Debian's PoCL 3.1); "
+                "without root, Intel's CPU runtime from pip (see the README's Devices)")
     detail = next((line for line in lines if "error" in line.lower()),
                   lines[-1] if lines else "no message")
     return f"it cannot build a one-line OpenCL kernel: {detail}"

@@ -6,6 +6,7 @@ holds on any set of OpenCL platforms."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 
 import numpy as np
@@ -216,3 +217,52 @@ def test_an_llvm_older_than_the_cpu_is_explained():
     assert compiler_probe.host_cpu() in why and "apt-get install pocl-opencl-icd" in why
     other = compiler_probe.explain("clBuildProgram failed\n<source>:1:9: error: expected ')'\n")
     assert other == "it cannot build a one-line OpenCL kernel: <source>:1:9: error: expected ')'"
+
+
+# ------------------------------------------------------- a pip-installed Intel CPU runtime
+
+def _fake_install(tmp_path, monkeypatch):
+    """A Python prefix holding libintelocl.so, a system vendors folder with two ICD
+    files, the user's cache folder under tmp_path, and no vendor variables set."""
+    import platformdirs
+
+    prefix, system = tmp_path / "venv", tmp_path / "vendors"
+    (prefix / "lib").mkdir(parents=True)
+    (prefix / "lib" / "libintelocl.so").write_bytes(b"")
+    system.mkdir()
+    (system / "pocl.icd").write_text("libpocl.so.2\n")
+    (system / "oclgrind.icd").write_text("/usr/lib/oclgrind/liboclgrind-rt-icd.so\n")
+    monkeypatch.delenv("OCL_ICD_VENDORS", raising=False)
+    monkeypatch.delenv("OPENCL_VENDOR_PATH", raising=False)
+    monkeypatch.setattr(platformdirs, "user_cache_dir",
+                        lambda *args, **kwargs: str(tmp_path / "cache"))
+    return prefix, system
+
+
+def test_a_pip_intel_cpu_runtime_is_registered_beside_the_systems(tmp_path, monkeypatch):
+    from clconv.pip_icd import ICD_NAME, register_pip_intel_cpu_runtime
+
+    prefix, system = _fake_install(tmp_path, monkeypatch)
+    folder = register_pip_intel_cpu_runtime(str(prefix), str(system))
+    assert folder is not None and os.environ["OCL_ICD_VENDORS"] == str(folder)
+    assert str(folder).startswith(str(tmp_path / "cache"))
+    assert {p.name: p.read_text() for p in folder.iterdir()} == {
+        "pocl.icd": "libpocl.so.2\n", "oclgrind.icd": "/usr/lib/oclgrind/liboclgrind-rt-icd.so\n",
+        ICD_NAME: f"{prefix / 'lib' / 'libintelocl.so'}\n"}
+    monkeypatch.delenv("OCL_ICD_VENDORS")  # a second process: same folder, same files
+    assert register_pip_intel_cpu_runtime(str(prefix), str(system)) == folder
+    assert len(list(folder.iterdir())) == 3
+
+
+def test_a_pip_intel_cpu_runtime_is_left_alone_where_it_should_be(tmp_path, monkeypatch):
+    from clconv.pip_icd import register_pip_intel_cpu_runtime
+
+    prefix, system = _fake_install(tmp_path, monkeypatch)
+    monkeypatch.setenv("OCL_ICD_VENDORS", "/somewhere/the/user/chose")
+    assert register_pip_intel_cpu_runtime(str(prefix), str(system)) is None
+    assert os.environ["OCL_ICD_VENDORS"] == "/somewhere/the/user/chose"
+    monkeypatch.delenv("OCL_ICD_VENDORS")
+    (system / "intel-cpu.icd").write_text(f"{prefix / 'lib' / 'libintelocl.so'}\n")
+    assert register_pip_intel_cpu_runtime(str(prefix), str(system)) is None  # system-wide
+    assert register_pip_intel_cpu_runtime(str(tmp_path / "no-such-venv"), str(system)) is None
+    assert "OCL_ICD_VENDORS" not in os.environ and not (tmp_path / "cache").exists()
