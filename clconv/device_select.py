@@ -124,23 +124,22 @@ def check_process() -> None:
 @functools.lru_cache(maxsize=1)
 def _enumerate() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
     """Every device, the default one marked (which may probe compilers, see
-    ``_default_index``)."""
+    ``_best_that_builds``)."""
     found = list(_enumerate_devices())
     if found:
-        best = _default_index(found)
+        best, _ = _best_that_builds(list(enumerate(found)))
         found[best] = (found[best][0], _with_default(found[best][1]))
     return tuple(found)
 
 
-def _default_index(found: list[tuple[cl.Device, DeviceInfo]]) -> int:
-    """The best-ranked device whose compiler works (probed in rank order, so normally
-    only the default itself); the best-ranked one if none does, whose use then says why."""
-    ranked = sorted(range(len(found)), key=lambda i: _default_rank(found[i][1], i))
-    for index in ranked:
-        device, info = found[index]
-        if compiler_probe.compile_problem(device, info.spec) is None:
-            return index
-    return ranked[0]
+def _best_that_builds(candidates: list[tuple[int, tuple[cl.Device, DeviceInfo]]]
+                      ) -> tuple[int, tuple[cl.Device, DeviceInfo]]:
+    """The best-ranked (enumeration index, device) whose compiler works, probed in rank
+    order (normally only the first); the best-ranked one if none does, whose use then
+    says why."""
+    ranked = sorted(candidates, key=lambda m: _default_rank(m[1][1], m[0]))
+    return next((m for m in ranked if compiler_probe.compile_problem(m[1][0], m[1][1].spec)
+                 is None), ranked[0])
 
 
 @functools.lru_cache(maxsize=1)
@@ -278,9 +277,7 @@ def _resolve_text(found, text: str):
         of_kind = [(i, pair) for i, pair in enumerate(found) if pair[1].kind == kind]
         if not of_kind:
             raise _no_match(text, f"asks for a {kind} device and there is none")
-        ranked = [pair for _, pair in sorted(of_kind, key=lambda m: _default_rank(m[1][1], m[0]))]
-        return next((pair for pair in ranked
-                     if compiler_probe.compile_problem(pair[0], pair[1].spec) is None), ranked[0])
+        return _best_that_builds(of_kind)[1]
     matches = [pair for pair in found if needle in pair[1].search_text]
     if len(matches) == 1:
         return matches[0]
