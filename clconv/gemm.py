@@ -137,9 +137,9 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
 
     TN: the narrowest tile that wastes little on n_out channels, or 32 on cores with two
     512-bit FMA pipes; VEC: the device's vector width (``vector_width``), never wider
-    than TN; TM: 6 pixels.  Measured by
-    the tuner over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on
-    narrow layers (Cout = 3) and was the most frequent winner elsewhere.
+    than TN; TM: 6 pixels.  Measured by the tuner over the suite on both PoCL builds:
+    TM=6 beat TM=12 by 1.4-1.7x on narrow layers (Cout = 3) and was the most frequent
+    winner elsewhere.
     """
     config = dict(config)
     width = vector_width(info)
@@ -150,9 +150,9 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
                 and _two_wide_fma_pipes(info):
             # Twelve accumulators (6 x 32) where six (6 x 16) keep only three quarters of
             # two 512-bit FMA pipes busy (clconv.fma_probe).  Zen 5, Debian PoCL, time
-            # relative to 6 x 16 over 17 suite and unseen layers with such channel counts:
-            # 0.67-0.80, one at 0.96; 21 channels (fcn8s_up8) 0.69, where TN 24 / VEC 8
-            # ran 0.92.
+            # relative to 6 x 16 on the 14 suite and unseen layers with such channel
+            # counts: 0.67-0.80, one at 0.96; 21 channels (fcn8s_up8) 0.69, where
+            # TN 24 / VEC 8 ran 0.92 (docs/cpu-performance.md).
             config["TN"] = 32
         elif 16 < n_out < 32 and width >= 8 and config.get("VEC", "auto") == "auto" \
                 and _fits_registers(6, -(-n_out // 8) * 8, 8, info):
