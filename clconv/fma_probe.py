@@ -7,12 +7,15 @@ latency, six chains keep one 512-bit pipe busy but only three quarters of two.
 
 So on a CPU with 16-wide vectors, clconv times, once per process and device,
 FMAs on float16 values in 6 and in 12 independent chains (the same FMA count,
-about a millisecond each, alternated).  Measured on 2 cores, Debian PoCL 3.1:
+about a millisecond each on one work-item, alternated, best of five): 60-80 ms
+with the program build, which PoCL caches across processes.  Measured on 2 cores,
+Debian PoCL 3.1:
 
 - AMD EPYC family 26 (Zen 5, two 512-bit FMA pipes): 4 chains 223, 6 chains 329,
-  8 chains 430, 12 chains 446 GFLOP/s, 6-chain time / 12-chain time 1.31-1.35; and
-  the GEMM's 6 x 32 tile (12 accumulators) ran its suite layers with 32k output
-  channels 0.54-0.87x the time of 6 x 16 (docs/cpu-performance.md).
+  8 chains 430, 12 chains 446 GFLOP/s (both cores); 6-chain time / 12-chain time on
+  one work-item 1.24-1.41 over twenty processes; and the GEMM's 6 x 32 tile
+  (12 accumulators) ran the suite layers whose channels are a multiple of 32 at
+  0.67-0.96x the time of 6 x 16 (docs/cpu-performance.md).
 - On a core with one 512-bit FMA a cycle (Zen 4 splits a zmm FMA over its two
   256-bit pipes) six chains already saturate it: the ratio is 1.0 by the same
   model, and 6 x 16 was the best tile there across layers (a Zen 4 tile sweep).
@@ -31,9 +34,11 @@ import pyopencl as cl
 logger = logging.getLogger("clconv")
 
 CHAINS = (6, 12)
-TWO_PIPES_RATIO = 1.2  # 6-chain / 12-chain time: 1.33 with two pipes, 1.0 with one
+# 6-chain / 12-chain time: 1.33 with two pipes, 1.0 with one; the threshold sits at
+# their geometric middle (measured on the Zen 5, twenty processes: 1.24-1.41).
+TWO_PIPES_RATIO = 1.15
 ROUNDS = 5
-STEPS = 1 << 18  # FMA steps per chain of the 6-chain kernel (12 chains: half)
+STEPS = 1 << 20  # FMA steps per chain of the 6-chain kernel (12 chains: half): ~1 ms
 
 TEMPLATE = """
 __kernel void chains{n}(__global float16 *out, const float16 a, const int steps) {{
@@ -57,30 +62,32 @@ _ratios: dict[str, Optional[float]] = {}
 _lock = threading.Lock()
 
 
-def chain_speedup(device: cl.Device, spec: str, compute_units: int) -> Optional[float]:
+def chain_speedup(device: cl.Device, spec: str) -> Optional[float]:
     """The 6-chain time over the 12-chain time on ``device`` (probed once per process),
     or None where the probe could not run."""
     with _lock:
         if spec in _ratios:
             return _ratios[spec]
-    ratio = _measure(device, compute_units)
+    ratio = _measure(device)
     logger.debug("FMA chains on %s: 6-chain time / 12-chain time %s", spec,
                  "not measured" if ratio is None else f"{ratio:.2f}")
     with _lock:
         return _ratios.setdefault(spec, ratio)
 
 
-def has_two_wide_fma_pipes(device: cl.Device, spec: str, compute_units: int) -> bool:
-    ratio = chain_speedup(device, spec, compute_units)
+def has_two_wide_fma_pipes(device: cl.Device, spec: str) -> bool:
+    ratio = chain_speedup(device, spec)
     return ratio is not None and ratio >= TWO_PIPES_RATIO
 
 
-def _measure(device: cl.Device, compute_units: int) -> Optional[float]:
+def _measure(device: cl.Device) -> Optional[float]:
     try:
         context = cl.Context([device])
         queue = cl.CommandQueue(context)
         program = cl.Program(context, SOURCE).build()
-        items = max(1, compute_units) * 4  # groups of one item: spread over every core
+        # One work-item, so one core: spread over several, PoCL ran the same kernel on
+        # one or on two threads from one launch to the next (wall time 1.1-3.1 ms).
+        items = 1
         out = cl.Buffer(context, cl.mem_flags.WRITE_ONLY, items * 64)
         a = np.full(16, 0.999, np.float32).view(cl.cltypes.float16)[0]
         kernels = {n: getattr(program, f"chains{n}") for n in CHAINS}

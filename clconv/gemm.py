@@ -129,7 +129,7 @@ def _two_wide_fma_pipes(info: DeviceInfo) -> bool:
     device, real = find_device(info.spec)
     if real.kind != "CPU" or vector_width(real) < 16:  # a DeviceInfo edited by a caller
         return False
-    return fma_probe.has_two_wide_fma_pipes(device, real.spec, real.compute_units)
+    return fma_probe.has_two_wide_fma_pipes(device, real.spec)
 
 
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, Any]:

@@ -403,7 +403,7 @@ def test_the_fma_probe_runs_once_and_only_on_wide_cpus():
     if not wide:
         pytest.skip("no CPU device with 16-wide vectors here")
     device, info = find_device(wide[0].spec)
-    ratio = fma_probe.chain_speedup(device, info.spec, info.compute_units)
+    ratio = fma_probe.chain_speedup(device, info.spec)
     assert ratio is not None and 0.5 < ratio < 4, ratio  # 6-chain / 12-chain time
-    assert fma_probe.chain_speedup(device, info.spec, info.compute_units) == ratio  # memoised
+    assert fma_probe.chain_speedup(device, info.spec) == ratio  # memoised
     assert gemm._two_wide_fma_pipes(info) == (ratio >= fma_probe.TWO_PIPES_RATIO)
