@@ -92,14 +92,26 @@ __kernel void pack_filter(
     const int k = (t - tap_begin) * ch_count + ch;
     __global const REAL *from = filt + AT(filt, tap[2], tap[3], ch, 0);
     __global ACC *to = packed + tap_begin * ch_count * n_padded + (nb * k_phase + k) * TN;
-    bool finite = true;
-    #pragma unroll
-    for (int j = 0; j < TN; ++j) {
-        const int n = nb * TN + j;
-        const ACC v = n < n_out ? LOAD(from, n * filt_s3) : (ACC)0;
-        to[j] = v;
-        finite = finite && v - v == (ACC)0; // false for Inf and NaN; isfinite() is a
-                                             // call, not inlined, on some PoCL builds
+    // `finite` folds `v - v == 0` (false for Inf and NaN; isfinite() is a call, not
+    // inlined, on some PoCL builds) with a bitwise & and the channel bound is tested
+    // once per tile, not per element: with a short-circuit && and a per-element bound
+    // the packing ran at half the speed (an 8 MB filter, Zen 5: 1.8 -> 0.9 ms).
+    int finite = 1;
+    if (nb * TN + TN <= n_out) {
+        #pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const ACC v = LOAD(from, (nb * TN + j) * filt_s3);
+            to[j] = v;
+            finite &= v - v == (ACC)0;
+        }
+    } else { // the last tile, past n_out: zeros
+        #pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int n = nb * TN + j;
+            const ACC v = n < n_out ? LOAD(from, n * filt_s3) : (ACC)0;
+            to[j] = v;
+            finite &= v - v == (ACC)0;
+        }
     }
     if (!finite) // this packing holds an Inf or NaN: see gemm_implicit_careful
         atomic_max(nonfinite, stamp);
