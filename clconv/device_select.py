@@ -200,10 +200,14 @@ def _default_rank(info: DeviceInfo, order: int) -> tuple:
     kind_rank = {"GPU": 0, "CPU": 1, "accelerator": 2, "other": 3, "simulator": 4}[info.kind]
     if info.kind == "GPU":
         return (kind_rank, order)
-    # Among CPU runtimes the one with more compute units wins; on a tie the newer
-    # driver (measured: PoCL 3.1 runs the same kernel about 2x faster than 3.0).
+    # Among CPU runtimes the one with more compute units wins; on a tie PoCL, the
+    # runtime clconv's CPU kernels are written and measured for (Intel's CPU runtime on
+    # a Zen 5 ran multi-phase transposes 10-11x slower: dcgan_g2 246 ms against 22),
+    # then the newer driver (measured: PoCL 3.1 runs the same kernel about 2x faster
+    # than 3.0; versions of different vendors compare as nothing).
     version = tuple(-v for v in _version_key(info.driver_version))
-    return (kind_rank, -info.compute_units, version, order)
+    not_pocl = "portable computing language" not in info.platform.lower()
+    return (kind_rank, -info.compute_units, not_pocl, version, order)
 
 
 def devices() -> list[DeviceInfo]:

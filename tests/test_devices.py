@@ -6,6 +6,7 @@ holds on any set of OpenCL platforms."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 
@@ -266,3 +267,17 @@ def test_a_pip_intel_cpu_runtime_is_left_alone_where_it_should_be(tmp_path, monk
     assert register_pip_intel_cpu_runtime(str(prefix), str(system)) is None  # system-wide
     assert register_pip_intel_cpu_runtime(str(tmp_path / "no-such-venv"), str(system)) is None
     assert "OCL_ICD_VENDORS" not in os.environ and not (tmp_path / "cache").exists()
+
+
+def test_among_cpu_runtimes_pocl_ranks_first_then_the_newer_driver():
+    base = DEVICES[0]
+    cpu = [dataclasses.replace(base, kind="CPU", compute_units=2, platform=platform,
+                               driver_version=driver)
+           for platform, driver in (("Intel(R) OpenCL", "2026.22.10.0.01_160000"),
+                                    ("Portable Computing Language", "3.0-rc2"),
+                                    ("Portable Computing Language", "3.1+debian"))]
+    ranked = sorted(range(len(cpu)), key=lambda i: device_select._default_rank(cpu[i], i))
+    assert [cpu[i].driver_version for i in ranked] == ["3.1+debian", "3.0-rc2",
+                                                       "2026.22.10.0.01_160000"]
+    more_cores = dataclasses.replace(cpu[0], compute_units=4)  # compute units come first
+    assert device_select._default_rank(more_cores, 0) < device_select._default_rank(cpu[2], 2)
