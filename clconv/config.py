@@ -27,6 +27,7 @@ import collections
 import functools
 import hashlib
 import os
+import logging
 import threading
 import warnings
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from clconv.device_select import DeviceInfo
 from clconv.programs import source_hash
 from clconv.registry import UNIVERSAL
 from clconv.resources import config_text
+
+logger = logging.getLogger("clconv")
 
 DEFAULTS_FILE = "defaults.yaml"
 FALLBACK_ALGORITHM = UNIVERSAL  # every op has one
@@ -269,6 +272,19 @@ def _entry_label(entry: Mapping[str, Any]) -> str:
     return f"{entry['op']} {shape}"
 
 
+def _is_wrong(entry: Mapping[str, Any], config: Any, family: str, geometry: Any) -> bool:
+    """Whether an entry that cannot run this call is wrong in itself (worth a warning):
+    tuned for this very shape, or no configuration of its family at all.  An entry tuned
+    for another shape, which the nearest-shape look-up tries, may fit its own shape and
+    not this one (a work-group as wide as 64 channels' tiles on an 8-channel conv):
+    that is no fault of the file."""
+    if tuning_db.geometry_of(entry) == tuple(getattr(geometry, name)
+                                              for name in tuning_db.GEOMETRY_FIELDS):
+        return True
+    space = search_space.shipped_spaces().get(family)
+    return space is None or space.candidate_problem(config) is not None
+
+
 def explain_config(family: str, info: DeviceInfo, op: str, geometry: Any,
                    db: Any = None, kernel_geometry: Any = None, dtype_size: int = 4) -> Choice:
     """choose_config's answer and the level it came from.  A database entry is used
@@ -286,10 +302,13 @@ def explain_config(family: str, info: DeviceInfo, op: str, geometry: Any,
             if config is None:
                 return False
             problem = config_problem(config, family, info, op, checked, dtype_size)
-            if problem is not None:
+            if problem is not None and _is_wrong(entry, config, family, geometry):
                 warnings.warn(f"tuning database {path}: entry {_entry_label(entry)}, family "
                               f"{family}: {problem}; not used for this call",
                               tuning_db.TuningDatabaseWarning, stacklevel=6)
+            elif problem is not None:
+                logger.debug("tuning database %s: entry %s, tuned for another shape, does "
+                             "not fit this one: %s", path, _entry_label(entry), problem)
             return problem is None
 
         found = _database(op, info, geometry, path, usable)

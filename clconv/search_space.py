@@ -249,6 +249,19 @@ class SearchSpace:
         file passes here before any build option is formed from it.  ``constraints``
         False skips the kernel's own constraints (most say what is worth timing, not
         what is safe) and keeps the values and the device limits."""
+        not_candidate = self.candidate_problem(config)
+        if not_candidate is not None:
+            return not_candidate
+        rules = (self.constraints if constraints else ()) + self.before_build_limits
+        try:
+            rule = self.violated(config, context, rules)
+        except ConstraintError as exc:
+            return str(exc)
+        return None if rule is None else f"breaks {rule.name} ({rule.expr.text}): {rule.reason}"
+
+    def candidate_problem(self, config: Any) -> Optional[str]:
+        """Why ``config`` is no configuration of this family at all (not a mapping of its
+        tunables to candidate values), whatever the shape and device, or None."""
         if not isinstance(config, Mapping):
             return f"expected a mapping of {', '.join(self.names)}, got {config!r}"
         if set(config) != set(self.names):
@@ -264,12 +277,7 @@ class SearchSpace:
                 shown = [list(v) if isinstance(v, tuple) else v for v in tunable.values]
                 return (f"{tunable.name}={config[tunable.name]!r} is not one of the candidates "
                         f"{shown}")
-        rules = (self.constraints if constraints else ()) + self.before_build_limits
-        try:
-            rule = self.violated(config, context, rules)
-        except ConstraintError as exc:
-            return str(exc)
-        return None if rule is None else f"breaks {rule.name} ({rule.expr.text}): {rule.reason}"
+        return None
 
     def broken_after_build(self, config: Mapping[str, Any], context: Mapping[str, Any],
                            kernel_values: Mapping[str, int]) -> Optional[Constraint]:
