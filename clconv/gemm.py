@@ -132,6 +132,24 @@ def _two_wide_fma_pipes(info: DeviceInfo) -> bool:
     return fma_probe.has_two_wide_fma_pipes(device, real.spec)
 
 
+def tile_rule(info: DeviceInfo) -> Optional[str]:
+    """One line on which default GEMM tile this CPU device gets and why (for reports),
+    or None for devices the FMA probe does not concern."""
+    if info.kind != "CPU" or vector_width(info) < 16:
+        return None
+    from clconv import fma_probe
+    from clconv.device_select import find_device
+
+    ratio = fma_probe.chain_speedup(find_device(info.spec)[0], info.spec)
+    if ratio is None:
+        return "FMA chains: not measured (the probe did not run); 6 x 16 GEMM tiles"
+    wide = ratio >= fma_probe.TWO_PIPES_RATIO
+    return (f"FMA chains: 12 independent chains ran {ratio:.2f}x as fast as 6 "
+            f"(clconv.fma_probe; >= {fma_probe.TWO_PIPES_RATIO} means two 512-bit pipes): "
+            + ("6 x 32 GEMM tiles for 17-32 channels and multiples of 32" if wide
+               else "6 x 16 GEMM tiles"))
+
+
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, Any]:
     """Fill TM/TN/VEC left as "auto".
 

@@ -131,6 +131,11 @@ def test_one_off_case(capsys, tmp_path, spec):
     data = json.loads(out_json.read_text())
     assert {"suite", "device", "versions", "repeat", "peers", "cases", "geomean_ratio"} <= set(data)
     assert data["device"]["spec"] == spec and data["versions"]["clconv"]
+    # The default tile's reason, on the CPUs the FMA probe concerns (16-wide vectors).
+    probed = data["device"]["kind"] == "CPU" and data["device"][
+        "preferred_float_vector_width"] >= 16
+    assert (data["tile_rule"] or "").startswith("FMA chains: ") == probed, data["tile_rule"]
+    assert (data["tile_rule"] or "") in out
     (case,) = data["cases"]
     assert {"name", "op", "shapes", "flops", "clconv_ms", "end_to_end_ms", "gflops",
             "algorithm", "peers"} <= set(case)

@@ -31,6 +31,7 @@ from clconv.cli import UsageError, add_device_argument
 from clconv.commands.case_args import OP_LABELS, add_case_arguments, cases_from_args
 from clconv.commands.devices import format_table
 from clconv.device_select import find_device
+from clconv.gemm import tile_rule
 
 HELP = "time ops on a benchmark suite (or one case), side by side with TensorFlow/PyTorch"
 
@@ -177,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, cases, origin, info, peers, missing) -> int:
     print(f"clconv bench: {len(cases)} case(s) from {origin} on {info.label}")
     print(f"  machine: {machine_line()}")
+    tiles = tile_rule(info)
+    if tiles:
+        print(f"  {tiles}")
     cap = (f" (fewer, at least {MIN_RUNS}, once they take {args.max_seconds:g} s)"
            if args.max_seconds else "")
     print(f"  timing: per contender, 1 warm-up, then the median of {args.repeat} runs in a "
@@ -250,7 +254,7 @@ def _run(args, cases, origin, info, peers, missing) -> int:
     if args.json:
         document = {
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
-            "cpu": cpu_model(),
+            "cpu": cpu_model(), "tile_rule": tile_rule(info),
             "versions": versions(), "repeat": args.repeat, "warmup": 1,
             "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
             "algorithm": args.algorithm,
