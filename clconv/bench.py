@@ -607,6 +607,7 @@ class CaseResult:
     clconv_runs_ms: list[float]
     end_to_end_runs_ms: list[float]
     peers: dict[str, PeerResult]
+    cores: Optional[float] = None  # process CPU time / wall time of the resident runs
 
     @property
     def gflops(self) -> float:
@@ -623,7 +624,7 @@ class CaseResult:
             "padding": c.padding, "dilations": c.dilations, "algorithm": self.algorithm,
             "flops": self.flops, "gflops": self.gflops, "clconv_ms": self.clconv_ms,
             "end_to_end_ms": self.end_to_end_ms, "end_to_end_gflops": self.end_to_end_gflops,
-            "clconv_runs_ms": self.clconv_runs_ms,
+            "clconv_runs_ms": self.clconv_runs_ms, "clconv_cores": self.cores,
             "end_to_end_runs_ms": self.end_to_end_runs_ms,
             "peers": {name: dataclasses.asdict(p) for name, p in self.peers.items()},
         }
@@ -668,7 +669,13 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
         return _clconv_call(case, x, w, spec, algorithm)
 
     expected = resident().get()
+    # The process's CPU time over the runs' wall time: how many cores the runtime kept
+    # busy.  PoCL runs one launch on one thread or on all from one call to the next
+    # (1.03 against 1.77 for the same conv1d on a 2-core Zen 5); this tells a slow
+    # run from a one-core one.
+    cpu_start = time.process_time()
     resident_times = time_runs(resident, repeat, max_seconds)
+    cores = (time.process_time() - cpu_start) / max(sum(resident_times), 1e-9)
     end_to_end()
     e2e_times = time_runs(end_to_end, repeat, max_seconds)
     clconv_ms = median_ms(resident_times)
@@ -692,7 +699,8 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
         result.ms = median_ms(times)
         result.ratio = result.ms / clconv_ms if clconv_ms > 0 else None
     return CaseResult(case, useful_flops(case), used, clconv_ms, median_ms(e2e_times),
-                      [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results)
+                      [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results,
+                      cores)
 
 
 def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float,

@@ -23,7 +23,7 @@ from conftest import DEVICES, is_simulator
 PLAIN_DEVICES = [d for d in DEVICES if not is_simulator(d)]
 pytestmark = pytest.mark.skipif(not PLAIN_DEVICES, reason="bench needs a non-simulator device")
 
-COLUMNS = ("case", "op", "GFLOP", "ms", "GFLOP/s", "e2e ms", "check")
+COLUMNS = ("case", "op", "GFLOP", "ms", "cores", "GFLOP/s", "e2e ms", "check")
 
 # Tiny cases whose peer equivalents need each padding mapping: asymmetric SAME
 # (conv2d: F.pad; transpose: a longer torch result, cropped), VALID with rows
@@ -144,6 +144,7 @@ def test_one_off_case(capsys, tmp_path, spec):
     assert case["flops"] == 2 * 1 * 3 * 3 * 3 * 3 * 2 * 4
     assert case["algorithm"] == "via_forward" and len(case["clconv_runs_ms"]) == 2
     assert case["clconv_ms"] > 0 and case["end_to_end_ms"] > 0
+    assert case["clconv_cores"] > 0  # CPU time of the process over wall time
 
 
 def test_custom_suite_with_case_selection(capsys, tmp_path, spec):

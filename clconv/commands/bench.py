@@ -102,7 +102,7 @@ class _Table:
         name_width = max(4, *(len(c.name) for c in cases))
         algorithm_width = max(9, *(len(a) for a in all_algorithms()))
         self.columns = [("case", name_width), ("op", 9), ("algorithm", algorithm_width),
-                        ("GFLOP", 7), ("ms", 9), ("GFLOP/s", 7), ("e2e ms", 9)]
+                        ("GFLOP", 7), ("ms", 9), ("cores", 5), ("GFLOP/s", 7), ("e2e ms", 9)]
         for peer in peers:
             self.columns += [(f"{peer.label} ms", 9), (f"{peer.label}/clconv", 12)]
         self.columns.append(("check", 5))
@@ -119,7 +119,7 @@ class _Table:
 
     def row(self, r: CaseResult, peers: list) -> str:
         cells = [r.case.name, OP_LABELS[r.case.op], r.algorithm or "-",
-                 _fmt(r.flops / 1e9), _fmt(r.clconv_ms),
+                 _fmt(r.flops / 1e9), _fmt(r.clconv_ms), _fmt(r.cores, 2),
                  _fmt(r.gflops), _fmt(r.end_to_end_ms)]
         checks = []
         for peer in peers:
@@ -187,6 +187,8 @@ def _run(args, cases, origin, info, peers, missing) -> int:
           f"row{cap}")
     print("  ms: device-resident (pyopencl arrays in and out, the call + queue.finish()); "
           "e2e ms: numpy in, numpy out")
+    print("  cores: the process's CPU time over the wall time of the ms runs (how many "
+          "cores the runtime kept busy)")
     print("  GFLOP: useful FLOPs, 2 x the multiply-adds of the forward conv (inserted zeros "
           "do not count); GFLOP/s from ms")
     if args.algorithm:
