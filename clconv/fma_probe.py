@@ -75,11 +75,6 @@ def chain_speedup(device: cl.Device, spec: str) -> Optional[float]:
         return _ratios.setdefault(spec, ratio)
 
 
-def has_two_wide_fma_pipes(device: cl.Device, spec: str) -> bool:
-    ratio = chain_speedup(device, spec)
-    return ratio is not None and ratio >= TWO_PIPES_RATIO
-
-
 def _measure(device: cl.Device) -> Optional[float]:
     try:
         context = cl.Context([device])

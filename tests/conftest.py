@@ -42,8 +42,9 @@ def _device_id(info: clconv.DeviceInfo) -> str:
 
 
 SELECTED = selected_devices()
-UNUSABLE = [(d, clconv.device_problem(d.spec)) for d in SELECTED if clconv.device_problem(d.spec)]
-DEVICES = [d for d in SELECTED if all(d is not bad for bad, _ in UNUSABLE)]
+PROBLEMS = {d.spec: clconv.device_problem(d.spec) for d in SELECTED}
+UNUSABLE = [(d, PROBLEMS[d.spec]) for d in SELECTED if PROBLEMS[d.spec]]
+DEVICES = [d for d in SELECTED if not PROBLEMS[d.spec]]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

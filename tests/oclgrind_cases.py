@@ -50,10 +50,10 @@ TRANSPOSE = [  # dy_shape, w_shape, output_shape, strides, padding, dilations, d
     ((1, 3, 3, 2), (3, 3, 2, 2), (1, 9, 9, 2), 2, "VALID", 2, "NHWC"),
     ((1, 3, 3, 7), (3, 3, 2, 7), (1, 6, 6, 2), 2, "SAME", None, "NHWC"),  # 7 channels
 ]
-# The GEMM's shared channel-index loop, which CPU builds with 16-wide vectors get
-# (clconv.gemm.uses_channel_index_loop; Oclgrind's own width is 4): padded cases with
-# more than 4 channels, whose rows outside the source read a zero row as long as the
-# channels (an out-of-bounds read if it were shorter).
+# The GEMM's shared channel-index loop (clconv.gemm.uses_channel_index_loop), built
+# explicitly with CPU-sized 16-wide vectors: padded cases with more than 4 channels,
+# whose rows outside the source read a zero row as long as the channels (an
+# out-of-bounds read if it were shorter).
 LOOP_CONFIG = {"TM": 6, "TN": 16, "VEC": 16, "LOCAL_SIZE": None}
 LOOP_CONV = ((1, 4, 5, 9), (3, 3, 9, 16), 1, "SAME")  # 9 channels
 LOOP_TRANSPOSE = ((1, 3, 3, 7), (3, 3, 16, 7), (1, 6, 6, 16), 2, "SAME")  # 7 channels
@@ -111,31 +111,39 @@ LOCAL_CASE_IDS = [f"local-{name}-{op}" for name in ("family-default", "shipped-C
                   for op in ("conv2d", "transpose")]
 
 
-def run_local_case(case_id: str, spec: str) -> None:
-    """One op under one configuration, checked against the float64 reference too."""
-    rest, op = case_id.rsplit("-", 1)
-    algorithm = LOCAL_FAMILY[0]
-    chosen = local_configs(spec)[rest[len("local-"):]]
+def checked_plan(op: str, case: tuple, spec: str, algorithm: str, config: dict):
+    """The plan of one conv ("conv2d": x, filter, strides, padding; "transpose": dy,
+    filter, output, strides, padding) under one configuration, run once on random data
+    and checked against the float64 reference."""
     rng = np.random.default_rng(0)
     if op == "conv2d":
-        x_shape, w_shape, strides, padding = LOCAL_CONV
+        x_shape, w_shape, strides, padding = case
         x = rng.standard_normal(x_shape).astype(np.float32)
         w = rng.standard_normal(w_shape).astype(np.float32)
         g = conv2d_case(x_shape, w_shape, strides, padding)
         plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, device=spec,
-                           algorithm=algorithm, config=chosen)
+                           algorithm=algorithm, config=config)
         assert_close(plan.execute(x, w), conv2d_reference(x, w, g), np.float32,
                      reduction_length(g))
     else:
-        dy_shape, w_shape, out_shape, strides, padding = LOCAL_TRANSPOSE
+        dy_shape, w_shape, out_shape, strides, padding = case
         dy = rng.standard_normal(dy_shape).astype(np.float32)
         w = rng.standard_normal(w_shape).astype(np.float32)
         g = backprop_case(out_shape, w_shape, dy_shape, strides, padding)
         plan = clconv.plan("conv2d_transpose", dy_shape, w_shape, strides, padding,
                            output_shape=out_shape, device=spec, algorithm=algorithm,
-                           config=chosen)
+                           config=config)
         assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
                      reduction_length(g, transpose=True))
+    return plan
+
+
+def run_local_case(case_id: str, spec: str) -> None:
+    """One op under one configuration, checked against the float64 reference too."""
+    rest, op = case_id.rsplit("-", 1)
+    chosen = local_configs(spec)[rest[len("local-"):]]
+    plan = checked_plan(op, LOCAL_CONV if op == "conv2d" else LOCAL_TRANSPOSE, spec,
+                        LOCAL_FAMILY[0], chosen)
     print("ran", case_id, plan.describe())
 
 
@@ -184,27 +192,10 @@ def run_padded_pack(spec: str) -> None:
 
 def run_loop_case(case_id: str, spec: str) -> None:
     """A GEMM built with the shared channel-index loop, against the float64 reference."""
-    rng = np.random.default_rng(0)
-    if case_id == "loop-conv2d":
-        x_shape, w_shape, strides, padding = LOOP_CONV
-        x = rng.standard_normal(x_shape).astype(np.float32)
-        w = rng.standard_normal(w_shape).astype(np.float32)
-        g = conv2d_case(x_shape, w_shape, strides, padding)
-        plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, device=spec,
-                           algorithm="gemm", config=LOOP_CONFIG)
-        expected, got, k = conv2d_reference(x, w, g), plan.execute(x, w), reduction_length(g)
-    else:
-        dy_shape, w_shape, out_shape, strides, padding = LOOP_TRANSPOSE
-        dy = rng.standard_normal(dy_shape).astype(np.float32)
-        w = rng.standard_normal(w_shape).astype(np.float32)
-        g = backprop_case(out_shape, w_shape, dy_shape, strides, padding)
-        plan = clconv.plan("conv2d_transpose", dy_shape, w_shape, strides, padding,
-                           output_shape=out_shape, device=spec, algorithm="gemm",
-                           config=LOOP_CONFIG)
-        expected, got = backprop_input_reference(dy, w, g), plan.execute(dy, w)
-        k = reduction_length(g, transpose=True)
+    op = case_id[len("loop-"):]
+    plan = checked_plan(op, LOOP_CONV if op == "conv2d" else LOOP_TRANSPOSE, spec, "gemm",
+                        LOOP_CONFIG)
     assert plan.launch.gemm.defines.get("CH_INDEX_LOOP"), "the loop under test was not built"
-    assert_close(got, expected, np.float32, k)
     print("ran", case_id, plan.describe())
 
 
