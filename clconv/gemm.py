@@ -118,36 +118,48 @@ def _fits_registers(tm: int, tn: int, vec: int, info: DeviceInfo) -> bool:
     return tm * (tn // vec) + tn // vec + 1 <= vector_registers(info)
 
 
-def _two_wide_fma_pipes(info: DeviceInfo) -> bool:
-    """Whether ``info``'s device is a CPU with 16-wide vectors whose cores need more than
-    six FMA chains (clconv.fma_probe; probed once per process, only on such CPUs)."""
+_NOT_PROBED = "not probed"
+
+
+def _chain_speedup(info: DeviceInfo) -> Any:
+    """clconv.fma_probe's 6-chain / 12-chain time on ``info``'s device (None if the probe
+    could not run; probed once per process), or _NOT_PROBED where it does not concern
+    the device: only CPUs with 16-wide vectors, judged on the real device (a DeviceInfo
+    edited by a caller does not start a probe on a simulator)."""
     if info.kind != "CPU" or vector_width(info) < 16:
-        return False
+        return _NOT_PROBED
     from clconv import fma_probe
     from clconv.device_select import find_device
 
     device, real = find_device(info.spec)
-    if real.kind != "CPU" or vector_width(real) < 16:  # a DeviceInfo edited by a caller
-        return False
-    return fma_probe.has_two_wide_fma_pipes(device, real.spec)
+    if real.kind != "CPU" or vector_width(real) < 16:
+        return _NOT_PROBED
+    return fma_probe.chain_speedup(device, real.spec)
+
+
+def _two_wide_fma_pipes(info: DeviceInfo) -> bool:
+    """Whether ``info``'s device is a CPU with 16-wide vectors whose cores need more than
+    six FMA chains."""
+    from clconv.fma_probe import TWO_PIPES_RATIO
+
+    ratio = _chain_speedup(info)
+    return isinstance(ratio, float) and ratio >= TWO_PIPES_RATIO
 
 
 def tile_rule(info: DeviceInfo) -> Optional[str]:
     """One line on which default GEMM tile this CPU device gets and why (for reports),
     or None for devices the FMA probe does not concern."""
-    if info.kind != "CPU" or vector_width(info) < 16:
-        return None
-    from clconv import fma_probe
-    from clconv.device_select import find_device
+    from clconv.fma_probe import TWO_PIPES_RATIO
 
-    ratio = fma_probe.chain_speedup(find_device(info.spec)[0], info.spec)
+    ratio = _chain_speedup(info)
+    if ratio is _NOT_PROBED:
+        return None
     if ratio is None:
         return "FMA chains: not measured (the probe did not run); 6 x 16 GEMM tiles"
-    wide = ratio >= fma_probe.TWO_PIPES_RATIO
     return (f"FMA chains: 12 independent chains ran {ratio:.2f}x as fast as 6 "
-            f"(clconv.fma_probe; >= {fma_probe.TWO_PIPES_RATIO} means two 512-bit pipes): "
-            + ("6 x 32 GEMM tiles for 17-32 channels and multiples of 32" if wide
-               else "6 x 16 GEMM tiles"))
+            f"(clconv.fma_probe; >= {TWO_PIPES_RATIO} means two 512-bit pipes): "
+            + ("6 x 32 GEMM tiles for 17-32 channels and multiples of 32"
+               if _two_wide_fma_pipes(info) else "6 x 16 GEMM tiles"))
 
 
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, Any]:
@@ -189,15 +201,17 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
     return config
 
 
-def uses_channel_index_loop(kind: str, vec: int) -> bool:
+def uses_channel_index_loop(kind: str, tn: int, vec: int) -> bool:
     """Whether a GEMM build gets the shared channel-index inner loop (see the kernel).
 
     Not on GPUs: on AMD gfx90a the second loop cost 62 -> 84 VGPRs for nothing a GPU
-    needs.  On CPUs only with 16-wide vectors, the case it was made for (TM 8 and
-    above no longer spill; llvm-mca on Intel's two 512-bit ports: 6 x 16 4.42 -> 4.04
-    cycles a channel step).  With 8-wide vectors it lost: fcn8s_up8's TN 24 / VEC 8
-    tile ran 1.13x (Debian PoCL) and 1.21x (pip PoCL) slower with it on a Zen 4."""
-    return kind != "GPU" and vec >= 16
+    needs.  On CPUs, not for tiles of three vectors a row, the one shape where it lost,
+    on a Zen 4 and a Zen 5 alike (loop / old loop, prepared filters, Debian PoCL, Zen 5):
+    TN 24 / VEC 8 1.11-1.21 (fcn8s_up8) and 1.16 (a 1x1 over 48 channels), TN 48 /
+    VEC 16 1.09; elsewhere it is what TM 8 and above need not to spill, and measured
+    TN 4 / VEC 4 0.93-0.96 (dcgan_g4), TN 8 and 16 / VEC 8 0.92-1.05, TN 32 / VEC 16
+    1.00-1.02."""
+    return kind != "GPU" and tn // vec != 3
 
 
 # Argument types of the two kernels (None: a buffer), in their signatures' order.
@@ -293,7 +307,7 @@ class GemmLaunch:
         self._prepare_packing(setup, tn, setup.defines)
         source, name = setup.space.kernel
         defines = dict(setup.defines)
-        if uses_channel_index_loop(setup.info.kind, int(defines["VEC"])):
+        if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
         info = setup.info

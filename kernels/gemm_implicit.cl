@@ -180,8 +180,9 @@ static inline void gemm_tile(
             // so the loop bumps one register instead of TM row pointers, each with
             // its own step register (TM > 6 ran out of general registers and spilled;
             // see docs/cpu-performance.md).  Outside rows read `zero`, which holds
-            // ch_count zeros.  CPU builds with 16-wide vectors only (the host defines
-            // it: clconv.gemm.uses_channel_index_loop says where it lost).
+            // ch_count zeros.  CPU builds only, and not for tiles of three vectors a
+            // row (the host defines it: clconv.gemm.uses_channel_index_loop says where
+            // it lost).
             for (int ch = 0; ch < ch_count; ++ch) {
                 VACC b[NV];
                 #pragma unroll
