@@ -226,6 +226,20 @@ static inline void gemm_tile(
         if (mb * TM + i < m_count) {
             __global REAL *out = y + AT(y, img[i], row_start + r[i] * row_step,
                                         col_start + c[i] * col_step, 0);
+            if (y_s3 == 1 && nb * TN + TN <= n_out) {
+                // A whole tile of contiguous channels: stores without a bound per lane,
+                // which the compiler merges into vector stores.
+                __global REAL *to = out + nb * TN;
+                #pragma unroll
+                for (int v = 0; v < NV; ++v) {
+                    union { VACC vector; ACC lane[VEC]; } u;
+                    u.vector = acc[i][v];
+                    #pragma unroll
+                    for (int e = 0; e < VEC; ++e)
+                        STORE(u.lane[e], to, v * VEC + e);
+                }
+                continue;
+            }
             #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 union { VACC vector; ACC lane[VEC]; } u;
