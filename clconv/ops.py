@@ -37,10 +37,12 @@ Padding = Union[Literal["SAME", "VALID"], Sequence[Sequence[int]]]
 DataFormat = Literal["NHWC", "NCHW"]
 
 # --------------------------------------------------------------------------- call memo
-# A loop that calls an op with the same numpy shapes and arguments pays TF's
-# argument checks and the plan look-up once: successful calls are remembered by
-# everything those checks read (failures are never remembered, so every bad call
-# raises afresh).
+# A loop that calls an op with the same shapes and arguments pays TF's argument
+# checks and the plan look-up once: successful calls are remembered by everything
+# those checks read (failures are never remembered, so every bad call raises
+# afresh).  For pyopencl arrays that is their shape, dtype and queue; the queue
+# object itself is in the key, so it stays alive while remembered and no later
+# queue can take its address (and with it another context's plan).
 
 CALL_MEMO_SIZE = 256  # remembered calls, least recently used dropped first
 _memo_lock = threading.Lock()
@@ -65,19 +67,30 @@ def _arg_key(value: Any) -> Any:
     raise _NoKey
 
 
-def _call_key(op: str, data: Any, filters: Any, *args: Any) -> Optional[tuple]:
-    if type(data) is not np.ndarray or type(filters) is not np.ndarray:
-        return None
+def operand_key(value: Any) -> Any:
+    """A numpy or pyopencl operand as a key of what the checks read (else _NoKey)."""
+    if type(value) is np.ndarray:
+        return ("ndarray", value.shape, value.dtype)
+    if tensors.is_device_array(value) and value.queue is not None:
+        return ("pyopencl", value.shape, value.dtype, value.queue)
+    raise _NoKey
+
+
+def call_key(op: str, data: Any, filters: Any, out: Any, *args: Any) -> Optional[tuple]:
+    """The memo key of one call, or None where the call is not remembered (operands of
+    other kinds, arguments that are not plain values).  ``out`` counts by its queue:
+    with host operands it chooses the device."""
     try:
+        operands = (operand_key(data), operand_key(filters),
+                    None if out is None else operand_key(out)[3])
         attrs = tuple(_arg_key(a) for a in args)
     except _NoKey:
         return None
-    return (op, data.shape, data.dtype, filters.shape, filters.dtype, attrs,
-            os.environ.get(ENV_DEVICE), default_token(), tuning_db.generation(),
-            os.environ.get(tuning_db.ENV_DB))
+    return (op, operands, attrs, os.environ.get(ENV_DEVICE), default_token(),
+            tuning_db.generation(), os.environ.get(tuning_db.ENV_DB))
 
 
-def _recall(key: Optional[tuple]) -> Optional[tuple]:
+def recall(key: Optional[tuple]) -> Optional[tuple]:
     if key is None:
         return None
     with _memo_lock:
@@ -87,7 +100,7 @@ def _recall(key: Optional[tuple]) -> Optional[tuple]:
         return found
 
 
-def _remember(key: Optional[tuple], value: tuple) -> None:
+def remember(key: Optional[tuple], value: tuple) -> None:
     if key is None:
         return
     with _memo_lock:
@@ -174,9 +187,9 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
     -------
     numpy.ndarray, or pyopencl.array.Array when ``input`` is one.
     """
-    key = _call_key("conv2d", input, filters, strides, padding, data_format, dilations,
-                    device, algorithm)
-    known = _recall(key)
+    key = call_key("conv2d", input, filters, out, strides, padding, data_format, dilations,
+                   device, algorithm)
+    known = recall(key)
     if known is not None:
         plan, x_shape, lead = known
         result = plan.execute(_reshaped(input, x_shape), filters, out=out)
@@ -194,7 +207,7 @@ def conv2d(input: Tensor, filters: Tensor, strides: IntOrInts, padding: Padding,
     check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, "conv2d", g, dtype, algorithm)
     result = plan.execute(_reshaped(input, x_shape), filters, out=out, queue=rt.queue)
-    _remember(key, (plan, x_shape, lead))
+    remember(key, (plan, x_shape, lead))
     if lead is not None:
         result = result.reshape(lead + tuple(result.shape[1:]))
     return result
@@ -235,9 +248,9 @@ def conv2d_backprop_input(input_sizes: Shape, filters: Tensor, out_backprop: Ten
     numpy.ndarray shaped ``input_sizes``, or pyopencl.array.Array when
     ``out_backprop`` is one.
     """
-    key = _call_key("conv2d_backprop_input", out_backprop, filters, input_sizes, strides,
-                    padding, data_format, dilations, device, algorithm)
-    known = _recall(key)
+    key = call_key("conv2d_backprop_input", out_backprop, filters, out, input_sizes, strides,
+                   padding, data_format, dilations, device, algorithm)
+    known = recall(key)
     if known is not None:
         return known[0].execute(out_backprop, filters, out=out)
     attrs = parse_attrs(strides, padding, data_format, dilations)
@@ -271,9 +284,9 @@ def conv2d_transpose(input: Tensor, filters: Tensor, output_shape: Shape, stride
     -------
     numpy.ndarray of shape output_shape, or pyopencl.array.Array when ``input`` is one.
     """
-    key = _call_key("conv2d_transpose", input, filters, output_shape, strides, padding,
-                    data_format, dilations, device, algorithm)
-    known = _recall(key)
+    key = call_key("conv2d_transpose", input, filters, out, output_shape, strides, padding,
+                   data_format, dilations, device, algorithm)
+    known = recall(key)
     if known is not None:
         return known[0].execute(input, filters, out=out)
     attrs = parse_attrs(strides, padding, data_format, dilations)
@@ -293,7 +306,7 @@ def _backprop(key: Optional[tuple], op: str, input_sizes: Any, filters: Any, dy_
     check_device_dtype(rt, dtype)
     plan = plans.get_plan(rt, op, g, dtype, algorithm)
     result = plan.execute(dy_value, filters, out=out, queue=rt.queue)
-    _remember(key, (plan,))
+    remember(key, (plan,))
     return result
 
 

@@ -255,6 +255,22 @@ class ConvPlan:
             return target.as_array(queue)
         return target.get(queue, [event] if event is not None else None)
 
+    def run_on_device(self, src: tensors.DeviceTensor, filters: tensors.DeviceTensor,
+                      queue: cl.CommandQueue) -> tensors.DeviceTensor:
+        """``execute`` for a front end that remembered this very call (clconv.ops.call_key:
+        the operands' shapes, dtypes and queue were checked when it was first made):
+        device tensors shaped as this plan's in, a new device tensor out, no checks
+        repeated and no pyopencl array made on the way."""
+        check_process()
+        target = tensors.empty_output(self.output_shape, self.dtype, queue, self.device,
+                                      zero=False, checked=True)
+        if self._serial is not None:
+            with self._serial:
+                self.enqueue(queue, src, filters, target)
+        else:
+            self.enqueue(queue, src, filters, target)
+        return target
+
     def enqueue(self, queue: cl.CommandQueue, src: tensors.DeviceTensor, filters: Any,
                 out: tensors.DeviceTensor, timeline: Optional[list] = None
                 ) -> Optional[cl.Event]:

@@ -161,6 +161,15 @@ class DeviceTensor:
         """Offset and kh, kw, in, out strides of a filter (TF's layout)."""
         return self.view_args((0, 1, 2, 3))
 
+    def with_unit_axis(self, at: int) -> "DeviceTensor":
+        """The same elements with a unit axis inserted before axis ``at`` (as a
+        reshape of a pyopencl array would give, without making one: a front end's 1-D
+        operand seen as 2-D).  Its ``array`` stays the caller's, for its place in the
+        buffer (``reach``), not its shape."""
+        return DeviceTensor(self.buffer, self.shape[:at] + (1,) + self.shape[at:], self.dtype,
+                            self.offset, self.strides[:at] + (0,) + self.strides[at:],
+                            self.array)
+
     def as_array(self, queue: cl.CommandQueue) -> cl_array.Array:
         """A pyopencl array of this (C-contiguous, unborrowed) tensor on ``queue``."""
         if self.array is not None:

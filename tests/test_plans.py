@@ -348,3 +348,113 @@ def test_prepared_filters_never_pass_to_a_plan_built_later(spec):
             np.float32, "direct")
         with pytest.raises(clconv.InvalidArgumentError, match="another plan"):
             other.execute(random_array((1, 6, 6, 4)), packed)
+
+
+# --------------------------------------------------------------------------- call memo
+
+ONE_D_CALLS = {  # name -> (op, data shape, filter shape, output_shape or None, kwargs)
+    "conv1d_nwc": ("conv1d", (2, 9, 5), (3, 5, 4), None, dict(stride=2, padding="SAME")),
+    "conv1d_ncw": ("conv1d", (2, 5, 9), (3, 5, 4), None,
+                   dict(stride=1, padding="VALID", data_format="NCW")),
+    "transpose_nwc": ("conv1d_transpose", (1, 6, 8), (16, 4, 8), [1, 48, 4],
+                      dict(strides=8, padding="SAME")),
+    "transpose_ncw": ("conv1d_transpose", (2, 6, 5), (4, 3, 6), [2, 3, 10],
+                      dict(strides=2, padding="SAME", data_format="NCW")),
+}
+
+
+def _one_d(op, data, filters, output_shape, kwargs, spec):
+    if op == "conv1d":
+        return clconv.conv1d(data, filters, **kwargs, device=None if _on_device(data) else spec)
+    return clconv.conv1d_transpose(data, filters, output_shape, **kwargs,
+                                   device=None if _on_device(data) else spec)
+
+
+def _on_device(value):
+    import pyopencl.array as cl_array
+
+    return isinstance(value, cl_array.Array)
+
+
+def _one_d_reference(op, data, filters, output_shape, kwargs):
+    """float64, through the 2-D references on a height-1 view (channels last)."""
+    ncw = kwargs.get("data_format") == "NCW"
+    x = np.swapaxes(data, 1, 2) if ncw else data
+    x4 = x[:, None]
+    w4 = filters[None]
+    if op == "conv1d":
+        g = conv2d_case(x4.shape, w4.shape, [1, kwargs["stride"]], kwargs["padding"])
+        y = conv2d_reference(x4, w4, g)[:, 0]
+    else:
+        size = [output_shape[0], *(output_shape[:0:-1] if ncw else output_shape[1:])]
+        g = backprop_case([size[0], 1, *size[1:]], w4.shape, x4.shape, [1, kwargs["strides"]],
+                          kwargs["padding"])
+        y = backprop_input_reference(x4, w4, g)[:, 0]
+    return np.swapaxes(y, 1, 2) if ncw else y
+
+
+@pytest.mark.parametrize("case", list(ONE_D_CALLS), ids=list(ONE_D_CALLS))
+def test_remembered_1d_calls_go_straight_to_the_plan(device, spec, case, monkeypatch):
+    """After one call through the 2-D ops, the same 1-D call (numpy or pyopencl
+    operands) runs its remembered plan: it no longer reaches the 2-D ops, reads the
+    operands' current values (a filter changed in place on the device counts), and
+    returns the same kind of array on the same queue."""
+    import pyopencl.array as cl_array
+
+    op, x_shape, w_shape, output_shape, kwargs = ONE_D_CALLS[case]
+    queue = clconv.runtime(spec).queue
+    x, w = random_array(x_shape, seed=21), random_array(w_shape, seed=22)
+    x_dev, w_dev = cl_array.to_device(queue, x), cl_array.to_device(queue, w)
+    reduction = w_shape[0] * (w_shape[1] if op == "conv1d" else w_shape[2])
+    first_host = _one_d(op, x, w, output_shape, kwargs, spec)
+    first_dev = _one_d(op, x_dev, w_dev, output_shape, kwargs, spec)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a remembered 1-D call went through the 2-D op")
+
+    monkeypatch.setattr(clconv.ops, "conv2d", refused)
+    monkeypatch.setattr(clconv.ops, "conv2d_backprop_input", refused)
+    exact = _one_d_reference(op, x.astype(np.float64), w.astype(np.float64), output_shape,
+                             kwargs)
+    again_host = _one_d(op, x, w, output_shape, kwargs, spec)
+    again_dev = _one_d(op, x_dev, w_dev, output_shape, kwargs, spec)
+    assert type(again_dev) is cl_array.Array and again_dev.queue == queue
+    assert again_dev.shape == first_dev.shape == exact.shape
+    assert np.array_equal(again_host, first_host)
+    assert np.array_equal(again_dev.get(), first_dev.get())
+    assert_close(again_dev.get(), exact, np.float32, reduction)
+
+    w_dev.set(-w)  # in place: the next call must see it
+    negated = _one_d(op, x_dev, w_dev, output_shape, kwargs, spec)
+    assert_close(negated.get(), -exact, np.float32, reduction)
+
+
+def test_the_call_memo_tells_queues_of_two_contexts_apart(device, spec):
+    """The same shapes on two contexts of one device: each call computes on its own
+    operands' context (the memo holds the queue, not an address a later queue could
+    take)."""
+    import gc
+
+    import pyopencl as cl
+    import pyopencl.array as cl_array
+
+    from clconv.device_select import find_device
+
+    cl_device = find_device(spec)[0]
+    x, w = random_array((1, 5, 5, 3), seed=31), random_array((3, 3, 2, 3), seed=32)
+    g = backprop_case((1, 10, 10, 2), w.shape, x.shape, 2, "SAME")
+    exact = backprop_input_reference(x, w, g)
+    for _ in range(3):  # contexts made and dropped: a new one may reuse an old address
+        queue = cl.CommandQueue(cl.Context([cl_device]))
+        x_dev, w_dev = cl_array.to_device(queue, x), cl_array.to_device(queue, w)
+        for _ in range(2):
+            got = clconv.conv2d_transpose(x_dev, w_dev, [1, 10, 10, 2], 2, "SAME")
+            assert got.queue == queue and got.context == queue.context
+            assert_close(got.get(), exact, np.float32, 3 * 3 * 3)
+        w1_dev = cl_array.to_device(queue, np.ascontiguousarray(w[0]))  # [k, in 2, out 3]
+        for _ in range(2):  # the 1-D path's own memo too
+            x1 = np.ascontiguousarray(x[0, :, :, :2])
+            got = clconv.conv1d(cl_array.to_device(queue, x1), w1_dev, 1, "VALID")
+            assert got.queue == queue and got.shape == (5, 3, 3)
+        del x_dev, w_dev, w1_dev, got, queue
+        gc.collect()
