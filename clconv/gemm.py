@@ -158,18 +158,19 @@ def tile_rule(info: DeviceInfo) -> Optional[str]:
         return "FMA chains: not measured (the probe did not run); 6 x 16 GEMM tiles"
     return (f"FMA chains: 12 independent chains ran {ratio:.2f}x as fast as 6 "
             f"(clconv.fma_probe; >= {TWO_PIPES_RATIO} means two 512-bit pipes): "
-            + ("6 x 32 GEMM tiles for 17-32 channels and multiples of 32"
+            + ("6 x 32 GEMM tiles for 17-32 channels and multiples of 32, 6 x 48 for other "
+               "multiples of 48"
                if _two_wide_fma_pipes(info) else "6 x 16 GEMM tiles"))
 
 
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, Any]:
     """Fill TM/TN/VEC left as "auto".
 
-    TN: the narrowest tile that wastes little on n_out channels, or 32 on cores with two
-    512-bit FMA pipes; VEC: the device's vector width (``vector_width``), never wider
-    than TN; TM: 6 pixels.  Measured by the tuner over the suite on both PoCL builds:
-    TM=6 beat TM=12 by 1.4-1.7x on narrow layers (Cout = 3) and was the most frequent
-    winner elsewhere.
+    TN: the narrowest tile that wastes little on n_out channels, or on cores with two
+    512-bit FMA pipes 32 (48 for multiples of 48 that are not of 32); VEC: the device's
+    vector width (``vector_width``), never wider than TN; TM: 6 pixels.  Measured by the
+    tuner over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on narrow
+    layers (Cout = 3) and was the most frequent winner elsewhere.
     """
     config = dict(config)
     width = vector_width(info)
@@ -184,6 +185,14 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
             # counts: 0.67-0.80, one at 0.96; 21 channels (fcn8s_up8) 0.69, where
             # TN 24 / VEC 8 ran 0.92 (docs/cpu-performance.md).
             config["TN"] = 32
+        elif n_out % 48 == 0 and config.get("VEC", "auto") == "auto" and width >= 16 \
+                and _two_wide_fma_pipes(info):
+            # 48, 144, 240 ... channels (multiples of 16, not of 32): 6 x 48, eighteen
+            # accumulators and no channel padding, where 6 x 16 kept six and read each
+            # input row three times.  Zen 5, Debian PoCL, time relative to 6 x 16: a 1x1
+            # 32 -> 48 0.56-0.92, a 1x1 144 -> 48 0.48, a 3x3 64 -> 48 0.66, a k4 s2
+            # transpose to 48 0.70.
+            config["TN"] = 48
         elif 16 < n_out < 32 and width >= 8 and config.get("VEC", "auto") == "auto" \
                 and _fits_registers(6, -(-n_out // 8) * 8, 8, info):
             # A few more channels than a 16-wide tile: one tile of 8-wide vectors covers

@@ -379,9 +379,15 @@ def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
     avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
     auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
     tiles = {n: (gemm.tile_for(auto, n, avx512)["TM"], gemm.tile_for(auto, n, avx512)["TN"],
-                 gemm.tile_for(auto, n, avx512)["VEC"]) for n in (3, 16, 21, 48, 64, 96, 256)}
-    assert tiles == {3: (6, 4, 4), 16: (6, 16, 16), 21: (6, 32, 16), 48: (6, 16, 16),
-                     64: (6, 32, 16), 96: (6, 32, 16), 256: (6, 32, 16)}
+                 gemm.tile_for(auto, n, avx512)["VEC"])
+             for n in (3, 16, 21, 48, 64, 96, 144, 256)}
+    # 48 and 144: one 48-wide tile row (18 accumulators), no padded channels.
+    assert tiles == {3: (6, 4, 4), 16: (6, 16, 16), 21: (6, 32, 16), 48: (6, 48, 16),
+                     64: (6, 32, 16), 96: (6, 32, 16), 144: (6, 48, 16), 256: (6, 32, 16)}
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 48), parse_attrs(1, "SAME", "NHWC", None))
+    context = search_space.context(g, avx512, "conv2d", "gemm")
+    assert space.problem({**gemm.tile_for(auto, 48, avx512), "LOCAL_SIZE": None}, context) is None
     # A caller's own VEC keeps the channel rule.
     assert gemm.tile_for({**auto, "VEC": 8}, 256, avx512)["TN"] == 16
     space = search_space.shipped_spaces()["gemm_implicit"]
