@@ -458,3 +458,20 @@ def test_the_call_memo_tells_queues_of_two_contexts_apart(device, spec):
             assert got.queue == queue and got.shape == (5, 3, 3)
         del x_dev, w_dev, w1_dev, got, queue
         gc.collect()
+
+
+def test_remembered_1d_calls_read_strided_device_views(device, spec):
+    """A pyopencl view with a step along the width (not contiguous) keeps its strides
+    through the remembered path's unit axis."""
+    import pyopencl.array as cl_array
+
+    queue = clconv.runtime(spec).queue
+    x, w = random_array((2, 12, 8), seed=41), random_array((4, 5, 8), seed=42)
+    x_view = cl_array.to_device(queue, x)[:, ::2, :]
+    w_dev = cl_array.to_device(queue, w)
+    kwargs = dict(strides=2, padding="SAME")
+    exact = _one_d_reference("conv1d_transpose", x[:, ::2].astype(np.float64),
+                             w.astype(np.float64), [2, 12, 5], kwargs)
+    for _ in range(3):  # the first call through the 2-D op, then remembered
+        got = clconv.conv1d_transpose(x_view, w_dev, [2, 12, 5], **kwargs)
+        assert_close(got.get(), exact, np.float32, 4 * 8)
