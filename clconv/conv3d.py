@@ -172,7 +172,11 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
                algorithm: Optional[str]) -> Any:
     """Conv3DBackpropInputV2's checks, in its order, and the computation."""
     padding = _padding(padding)
-    dy, w = _activation(input, data_format), depth.host(filters)
+    dy = _activation(input, data_format)
+    # A pyopencl filter beside a pyopencl input stays on the device (clconv.depth reads
+    # it back only where a depth phase stacks several taps).
+    on_device = tensors.is_device_array(filters) and tensors.is_device_array(dy)
+    w = filters if on_device else depth.host(filters)
     dtype = tensors.resolve_dtype("Conv3DBackpropInputV2", [(w, "filter"), (dy, "out_backprop")])
     _window_checks(strides, dilations, data_format)
     sizes = [int(v) for v in np.asarray(output_shape).reshape(-1)]
@@ -198,8 +202,9 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
     tensors.check_computable(dtype)
     g = transpose_geometry(dy5.shape, w.shape, dx_shape, _spatial(strides, data_format),
                            _spatial(dilations, data_format), padding)
-    dx = depth.backprop_input(dy5, np.ascontiguousarray(w.astype(dtype, copy=False)), g,
-                              device, algorithm)
+    if not on_device:
+        w = np.ascontiguousarray(w.astype(dtype, copy=False))
+    dx = depth.backprop_input(dy5, w, g, device, algorithm)
     return _returned(dx, data_format, input)
 
 

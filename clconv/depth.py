@@ -174,14 +174,27 @@ def forward(x: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
     return _returned(y.reshape(n, *g.out_size, g.out_c), x)
 
 
-def backprop_input(dy: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
+def _phase_filter(w: Any, taps: list[int], g: Geometry3d) -> Any:
+    """The taps' filter planes [T, kh, kw, C_in/g, C_out] as [kh, kw, C_in/g, T * C_out]
+    in the stacked order: [group][tap][its output channels].  For one tap that is its
+    plane itself, a view (of a pyopencl filter too: no round trip through the host)."""
+    if len(taps) == 1:
+        return w[taps[0]]
+    per_out = g.out_c // g.groups
+    planes = w[taps].reshape(len(taps), *g.kernel[1:], g.in_c // g.groups, g.groups, per_out)
+    return np.ascontiguousarray(planes.transpose(1, 2, 3, 4, 0, 5)).reshape(
+        *g.kernel[1:], g.in_c // g.groups, len(taps) * g.out_c)
+
+
+def backprop_input(dy: Any, w: Any, g: Geometry3d, device: DeviceSpec,
                    algorithm: Optional[str]) -> Any:
     """dx[N, D, H, W, C_in] of the conv ``g`` from dy[N, Do, Ho, Wo, C_out], one 2-D
     input gradient per depth phase: the input depths id = r (mod stride) receive
     exactly the depth taps a with (r + pad - a * dilation) divisible by the stride,
     from dy depth (id + pad - a * dilation) / stride; those dy depths are stacked along
     the channels (zeros past dy's ends), so the device sums all of a phase's taps and
-    no work goes to the zeros a depth stride would insert."""
+    no work goes to the zeros a depth stride would insert.  ``w`` is a host array, or a
+    pyopencl array on dy's queue (read back only where a phase stacks several taps)."""
     dtype = dy.dtype
     rt = choose_runtime([dy], device)
     check_device_dtype(rt, dtype)
@@ -190,6 +203,8 @@ def backprop_input(dy: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
     groups = g.groups
     per_out = g.out_c // groups
     phases = backprop_phases(g)
+    if tensors.is_device_array(w) and any(len(taps) > 1 for _, taps, _ in phases):
+        w = host(w)  # stacked taps need their planes rearranged (on the host)
     reached = sum(len(in_depths) for in_depths, _, _ in phases) == depth
     dx = _new(rt, (n, *g.in_size, g.in_c), dtype, "the output", not reached)
     if not dx.size:
@@ -228,11 +243,7 @@ def backprop_input(dy: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
                                            channel=group * per_out),
                                     hi - lo, per_out)
             src = stacked.reshape(plane.y_shape())
-        # The taps' filter planes [T, kh, kw, C_in/g, C_out] as [kh, kw, C_in/g, T * C_out]
-        # in the stacked order: [group][tap][its output channels].
-        planes = w[taps].reshape(len(taps), *g.kernel[1:], g.in_c // groups, groups, per_out)
-        w2 = np.ascontiguousarray(planes.transpose(1, 2, 3, 4, 0, 5)).reshape(
-            *g.kernel[1:], g.in_c // groups, len(taps) * g.out_c)
+        w2 = _phase_filter(w, taps, g)
         plan = plans.get_plan(rt, "conv2d_backprop_input", plane, dtype, algorithm)
         if planes_in_place:  # the phase's dx depths, written through a strided view
             flat = dx.reshape(n * depth, *g.in_size[1:], g.in_c)

@@ -152,6 +152,35 @@ def test_depth_stacks_zero_their_own_padding(device, spec, case, monkeypatch):
     assert_close(got, want, np.float32, int(reduction))
 
 
+@pytest.mark.parametrize("case", ["unet_up_batch2", "same_x2", "valid_batch2_odd_depth"])
+def test_a_pyopencl_filter_stays_on_the_device_where_phases_have_one_tap(device, spec, case,
+                                                                          monkeypatch):
+    """conv3d_transpose with pyopencl input and filter: TF's values, and a filter read
+    back to the host only where a depth phase stacks several taps (k3 s2), never for the
+    one-tap phases of a k2 s2 U-Net up-sampling."""
+    import pyopencl.array as cl_array
+
+    from clconv import depth
+
+    queue = clconv.runtime(spec).queue
+    dy_shape, f_shape, output_shape, strides, padding = TRANSPOSE[case]
+    dy, f = _random(dy_shape, 5), _random(f_shape, 6)
+    real_host, read_back = depth.host, []
+
+    def host(value):
+        if isinstance(value, cl_array.Array) and value.shape == f.shape:
+            read_back.append(value.shape)
+        return real_host(value)
+
+    monkeypatch.setattr(depth, "host", host)
+    got = clconv.conv3d_transpose(cl_array.to_device(queue, dy), cl_array.to_device(queue, f),
+                                  output_shape, strides, padding)
+    assert isinstance(got, cl_array.Array)
+    want = tf.nn.conv3d_transpose(dy, f, output_shape, strides, padding).numpy()
+    assert_close(got.get(), want, np.float32, int(np.prod(f_shape[:3])) * f_shape[4])
+    assert bool(read_back) == (f_shape[0] > 2)  # k3 s2: phases of two depth taps
+
+
 def test_conv3d_backprop_input_is_the_v2_op(device, spec):
     dy, f = _random((1, 3, 4, 3, 5), 16), _random((3, 3, 2, 4, 5), 17)
     sizes = [1, 6, 8, 6, 4]
