@@ -76,13 +76,21 @@ def operand_key(value: Any) -> Any:
     raise _NoKey
 
 
+def _out_queue(out: Any) -> Any:
+    """An ``out`` operand's queue; anything else is not remembered (the op then says
+    what ``out`` must be)."""
+    if tensors.is_device_array(out) and out.queue is not None:
+        return out.queue
+    raise _NoKey
+
+
 def call_key(op: str, data: Any, filters: Any, out: Any, *args: Any) -> Optional[tuple]:
     """The memo key of one call, or None where the call is not remembered (operands of
     other kinds, arguments that are not plain values).  ``out`` counts by its queue:
     with host operands it chooses the device."""
     try:
-        operands = (operand_key(data), operand_key(filters),
-                    None if out is None else operand_key(out)[3])
+        operands = (operand_key(data), operand_key(filters), None if out is None else
+                    _out_queue(out))
         attrs = tuple(_arg_key(a) for a in args)
     except _NoKey:
         return None

@@ -224,6 +224,10 @@ def test_out_writes_into_the_callers_array(spec):
     with pytest.raises(clconv.InvalidArgumentError, match=r"out has shape \[1, 9, 9, 2\]"):
         clconv.conv2d_transpose(x, w, [1, 10, 10, 2], 2, "SAME", device=spec,
                                 out=cl_array.empty(queue, (1, 9, 9, 2), np.float32))
+    for _ in range(2):  # a numpy out is refused with the rule, remembered call or not
+        with pytest.raises(clconv.InvalidArgumentError, match="out must be a pyopencl array"):
+            clconv.conv2d_transpose(x, w, [1, 10, 10, 2], 2, "SAME", device=spec,
+                                    out=np.zeros((1, 10, 10, 2), np.float32))
 
 
 @pytest.fixture
