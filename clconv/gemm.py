@@ -190,7 +190,7 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
             # 48, 144, 240 ... channels (multiples of 16, not of 32): 6 x 48, eighteen
             # accumulators and no channel padding, where 6 x 16 kept six and read each
             # input row three times.  Zen 5, Debian PoCL, time relative to 6 x 16: a 1x1
-            # 32 -> 48 0.56-0.92, a 1x1 144 -> 48 0.48, a 3x3 64 -> 48 0.66, a k4 s2
+            # 32 -> 48 0.67-0.92, a 1x1 144 -> 48 0.48, a 3x3 64 -> 48 0.66, a k4 s2
             # transpose to 48 0.70.
             config["TN"] = 48
         elif 16 < n_out < 32 and width >= 8 and config.get("VEC", "auto") == "auto" \
