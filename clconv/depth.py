@@ -24,7 +24,7 @@ import numpy as np
 import pyopencl.array as cl_array
 
 from clconv import buffer_pool, plans, tensors
-from clconv.depth_copies import Depths, copy_depths
+from clconv.depth_copies import Depths, contiguous_copy, copy_depths
 from clconv.device_select import DeviceSpec, Runtime
 from clconv.ops import check_device_dtype, choose_runtime
 from clconv.shapes import ConvGeometry
@@ -90,11 +90,14 @@ def _accumulator(dtype: np.dtype) -> np.dtype:
 
 
 def _on_device(value: Any, rt: Runtime) -> cl_array.Array:
-    """A C-contiguous pyopencl array of ``value`` (the array itself if it is one)."""
+    """A C-contiguous pyopencl array of ``value`` (the array itself if it is one; a
+    strided view copied on the device)."""
     if tensors.is_device_array(value):
         if value.flags.c_contiguous:
             return value
-        value = value.get()  # a strided view: once through the host
+        copy = _new(rt, tuple(value.shape), value.dtype, "a contiguous copy", False)
+        contiguous_copy(rt.queue, value, copy)
+        return copy
     return cl_array.to_device(rt.queue, np.ascontiguousarray(value))
 
 
@@ -301,6 +304,10 @@ def conv_transpose_ncdhw(x: Any, w: Any, bias: Any, strides: Sequence[int],
 def host(value: Any) -> np.ndarray:
     """Any operand as a host array (a pyopencl array is read back: filters and the
     channels-first layouts are rearranged on the host)."""
-    if hasattr(value, "get") and hasattr(value, "queue"):
+    if tensors.is_device_array(value):
+        if not value.flags.c_contiguous:  # pyopencl reads back contiguous arrays only
+            copy = cl_array.empty(value.queue, value.shape, value.dtype)
+            contiguous_copy(value.queue, value, copy)
+            value = copy
         return value.get()
     return np.asarray(value)

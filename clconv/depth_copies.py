@@ -13,8 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyopencl as cl
 import pyopencl.array as cl_array
+
+from clconv.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -92,3 +95,40 @@ def copy_depths(queue: cl.CommandQueue, dst: Depths, src: Depths, count: int,
                         region=(run, pixels, count),
                         src_pitches=(src_pixel, src.step * pixels * src_pixel),
                         dst_pitches=(dst_pixel, dst.step * pixels * dst_pixel))
+
+
+def contiguous_copy(queue: cl.CommandQueue, view: cl_array.Array,
+                    out: cl_array.Array) -> None:
+    """Copy a strided pyopencl view into ``out``, a C-contiguous array of its shape and
+    dtype (pyopencl copies contiguous arrays only).  The view's last axis must be
+    contiguous and its strides positive: rows are runs of that axis, and each
+    rectangular copy takes the two axes before it, once per index of the others."""
+    item = view.dtype.itemsize
+    if not view.size:
+        return
+    shape, strides = tuple(view.shape), tuple(view.strides)
+    if (shape[-1] > 1 and strides[-1] != item) or any(
+            s <= 0 for n, s in zip(shape, strides) if n > 1):
+        raise InvalidArgumentError(
+            f"a strided pyopencl view with strides {list(strides)} (bytes) cannot be read "
+            f"here: the 3-D ops take views whose last axis is contiguous and whose strides "
+            f"are positive")
+    shape = (1, 1) + shape  # at least three axes: a row, its rows, their slices
+    strides = (0, 0) + strides
+    row = shape[-1] * item
+    rows, slices = shape[-2], shape[-3]
+    row_pitch = strides[-2] if rows > 1 else row
+    slice_pitch = strides[-3] if slices > 1 else row_pitch * rows
+    one_copy = slice_pitch % row_pitch == 0 and slice_pitch >= rows * row_pitch
+    dst_offset = out.offset
+    for lead in np.ndindex(*shape[:-3]):
+        src_offset = view.offset + sum(i * s for i, s in zip(lead, strides[:-3]))
+        for k in ([0] if one_copy else range(slices)):  # else one 2-D copy per slice
+            count = slices if one_copy else 1
+            cl.enqueue_copy(queue, out.base_data, view.base_data,
+                            src_origin=(src_offset + k * slice_pitch, 0, 0),
+                            dst_origin=(dst_offset, 0, 0),
+                            region=(row, rows, count),
+                            src_pitches=(row_pitch, slice_pitch if one_copy else row_pitch * rows),
+                            dst_pitches=(row, row * rows))
+            dst_offset += row * rows * count

@@ -119,3 +119,27 @@ def test_3d_results_survive_later_calls(device, spec, shape):
         clconv.conv3d_transpose(cl_array.to_device(queue, _random(shape, 20 + seed)), w, out, 2,
                                 "VALID")
     np.testing.assert_array_equal(kept.get(), want)
+
+
+@pytest.mark.parametrize("view", ["depth_step", "width_offset", "swapped_hw", "one_row",
+                                  "leading_step"])
+def test_contiguous_copies_of_strided_views(device, spec, view):
+    """clconv.depth_copies.contiguous_copy against numpy's own slicing: rectangular copies
+    of two axes at a time, one per slice where the slice pitch is no multiple of the row
+    pitch (a transposed view)."""
+    from clconv.depth_copies import contiguous_copy
+
+    queue = clconv.runtime(spec).queue
+    host = _random((2, 5, 4, 6, 3), 40)
+    whole = cl_array.to_device(queue, host)
+    views = {
+        "depth_step": (whole[:, ::2], host[:, ::2]),
+        "width_offset": (whole[:, :, :, 1:5], host[:, :, :, 1:5]),
+        "swapped_hw": (whole.transpose((0, 1, 3, 2, 4)), host.transpose(0, 1, 3, 2, 4)),
+        "one_row": (whole[:, 1:2, 2:3], host[:, 1:2, 2:3]),
+        "leading_step": (whole[::2, 1:, ::3], host[::2, 1:, ::3]),
+    }
+    source, expected = views[view]
+    out = cl_array.empty(queue, source.shape, source.dtype)
+    contiguous_copy(queue, source, out)
+    np.testing.assert_array_equal(out.get(), expected)

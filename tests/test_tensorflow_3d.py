@@ -181,6 +181,34 @@ def test_a_pyopencl_filter_stays_on_the_device_where_phases_have_one_tap(device,
     assert bool(read_back) == (f_shape[0] > 2)  # k3 s2: phases of two depth taps
 
 
+def test_strided_pyopencl_views_are_read_in_place_or_refused_clearly(device, spec):
+    """Views with a step along the depth and an offset along the width (as a caller's
+    slicing makes them), as input and as filter: TF's values.  A view whose channels
+    are not contiguous: InvalidArgumentError naming its strides (pyopencl itself can
+    neither copy nor read back such a view)."""
+    import pyopencl.array as cl_array
+
+    queue = clconv.runtime(spec).queue
+    x_full, w = _random((2, 8, 6, 7, 4), 31), _random((2, 2, 2, 4, 3), 32)
+    x_view = cl_array.to_device(queue, x_full)[:, ::2, :, 1:]
+    x = np.ascontiguousarray(x_full[:, ::2, :, 1:])
+    got = clconv.conv3d(x_view, w, [1, 1, 1, 1, 1], "VALID")
+    want = tf.nn.conv3d(x, w, [1, 1, 1, 1, 1], "VALID").numpy()
+    assert_close(got.get(), want, np.float32, 2 * 2 * 2 * 4)
+    # A filter view of every other input channel: the k2 s2 phases read it in place.
+    f_full = _random((2, 2, 2, 5, 8), 33)
+    f = np.ascontiguousarray(f_full[..., ::2])
+    got = clconv.conv3d_transpose(x_view, cl_array.to_device(queue, f_full)[..., ::2],
+                                  [2, 8, 12, 12, 5], 2, "VALID")
+    want = tf.nn.conv3d_transpose(x, f, [2, 8, 12, 12, 5], 2, "VALID").numpy()
+    assert_close(got.get(), want, np.float32, 2 * 2 * 2 * 4)
+    # An input of every other channel has to be copied for the depth stacking: refused.
+    wide = cl_array.to_device(queue, _random((2, 4, 6, 7, 8), 34))[..., ::2]
+    with pytest.raises(clconv.InvalidArgumentError,
+                       match=r"strides \[.*\] \(bytes\).*last axis is contiguous"):
+        clconv.conv3d(wide, w, [1, 1, 1, 1, 1], "VALID")
+
+
 def test_conv3d_backprop_input_is_the_v2_op(device, spec):
     dy, f = _random((1, 3, 4, 3, 5), 16), _random((3, 3, 2, 4, 5), 17)
     sizes = [1, 6, 8, 6, 4]
