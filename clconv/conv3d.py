@@ -116,7 +116,11 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
     strides = _attr_list(strides, "strides", "conv3d")
     dilations = [1] * 5 if dilations is None else _attr_list(dilations, "dilations", "conv3d")
     padding, data_format = _padding(padding), _format(data_format)
-    x, w = _activation(input, data_format), depth.host(filters)
+    x = _activation(input, data_format)
+    # A pyopencl filter beside a pyopencl input stays on the device (clconv.depth
+    # stacks its depth taps there).
+    on_device = tensors.is_device_array(filters) and tensors.is_device_array(x)
+    w = filters if on_device else depth.host(filters)
     dtype = tensors.resolve_dtype("Conv3D", [(x, "input"), (w, "filter")])
     _window_checks(strides, dilations, data_format)
     if x.ndim != 5:
@@ -131,8 +135,9 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
     tensors.check_computable(dtype)
     g = forward_geometry(x5.shape, w.shape, _spatial(strides, data_format),
                          _spatial(dilations, data_format), padding)
-    y = depth.forward(x5, np.ascontiguousarray(w.astype(dtype, copy=False)), g, device,
-                      algorithm)
+    if not on_device:
+        w = np.ascontiguousarray(w.astype(dtype, copy=False))
+    y = depth.forward(x5, w, g, device, algorithm)
     return _returned(y, data_format, input)
 
 

@@ -127,7 +127,26 @@ def _returned(result: cl_array.Array, like: Any) -> Any:
     return result if tensors.is_device_array(like) else result.get()
 
 
-def forward(x: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
+def _stacked_filter(rt: Runtime, w: Any, g: Geometry3d) -> Any:
+    """The filter [kd, kh, kw, C_in/g, C_out] as [kh, kw, kd * C_in/g, C_out], in the
+    stacked order (tap-major within a group's input channels): on the host, or for a
+    pyopencl filter on the device, one band copy per depth tap (no read-back)."""
+    taps, (kh, kw) = g.kernel[0], g.kernel[1:]
+    per_group = g.in_c // g.groups
+    if not tensors.is_device_array(w):
+        return np.ascontiguousarray(w.transpose(1, 2, 0, 3, 4)).reshape(
+            kh, kw, taps * per_group, g.out_c)
+    source = _on_device(w, rt)
+    stacked = _new(rt, (kh, kw, taps * per_group, g.out_c), w.dtype, "the stacked filter",
+                   False)
+    band = per_group * g.out_c  # one tap's [C_in/g, C_out] at each of the kh x kw taps
+    for tap in range(taps):
+        copy_depths(rt.queue, Depths(stacked, 1, kh * kw, taps * band, 0, channel=tap * band),
+                    Depths(source, taps, kh * kw, band, tap), 1, band)
+    return stacked
+
+
+def forward(x: Any, w: Any, g: Geometry3d, device: DeviceSpec,
             algorithm: Optional[str]) -> Any:
     """y[N, Do, Ho, Wo, C_out] = conv3d(x, w), as ONE 2-D conv: the input depths each
     depth tap reads are stacked along the channels (zeros where a tap reads padding),
@@ -168,10 +187,7 @@ def forward(x: Any, w: np.ndarray, g: Geometry3d, device: DeviceSpec,
                                 Depths(source, g.in_size[0], pixels, g.in_c, int(in_depths[0]),
                                        g.strides[0], group * per_group),
                                 len(out_depths), per_group)
-    # The filter [kd, kh, kw, C_in/g, C_out] as [kh, kw, kd * C_in/g, C_out], in the
-    # stacked order (tap-major within a group's input channels).
-    w2 = np.ascontiguousarray(w.transpose(1, 2, 0, 3, 4)).reshape(
-        g.kernel[1], g.kernel[2], taps * per_group, g.out_c)
+    w2 = _stacked_filter(rt, w, g)
     plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
     y = plan.execute(stacked.reshape(plane.x_shape()), w2)
     return _returned(y.reshape(n, *g.out_size, g.out_c), x)

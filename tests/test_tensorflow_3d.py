@@ -181,6 +181,39 @@ def test_a_pyopencl_filter_stays_on_the_device_where_phases_have_one_tap(device,
     assert bool(read_back) == (f_shape[0] > 2)  # k3 s2: phases of two depth taps
 
 
+@pytest.mark.parametrize("case", ["same", "valid_strided", "grouped"])
+def test_conv3d_stacks_a_pyopencl_filter_on_the_device(device, spec, case, monkeypatch):
+    """conv3d with pyopencl input and filter: the filter's depth taps are stacked on the
+    device (never read back), with TF's values (the float64 reference for groups, which
+    TF's CPU kernels refuse)."""
+    import pyopencl.array as cl_array
+
+    from clconv import depth
+
+    queue = clconv.runtime(spec).queue
+    if case == "grouped":
+        x_shape, f_shape, strides, padding = (1, 5, 6, 5, 4), (3, 2, 2, 2, 6), [1] * 5, "SAME"
+    else:
+        x_shape, f_shape, strides, padding = CONV3D[case]
+    x, f = _random(x_shape, 1), _random(f_shape, 2)
+    real_host = depth.host
+
+    def host(value):
+        assert not isinstance(value, cl_array.Array), "a pyopencl operand was read back"
+        return real_host(value)
+
+    monkeypatch.setattr(depth, "host", host)
+    got = clconv.conv3d(cl_array.to_device(queue, x), cl_array.to_device(queue, f), strides,
+                        padding)
+    assert isinstance(got, cl_array.Array)
+    if case == "grouped":
+        pads = [((k - 1) // 2, k // 2) for k in f_shape[:3]]  # SAME at stride 1
+        want = _reference(x, f, [1, 1, 1], pads, [1, 1, 1], 2)
+    else:
+        want = tf.nn.conv3d(x, f, strides, padding).numpy()
+    assert_close(got.get(), want, np.float32, int(np.prod(f_shape[:4])))
+
+
 def test_strided_pyopencl_views_are_read_in_place_or_refused_clearly(device, spec):
     """Views with a step along the depth and an offset along the width (as a caller's
     slicing makes them), as input and as filter: TF's values.  A view whose channels
