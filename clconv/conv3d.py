@@ -90,6 +90,23 @@ def _activation(value: Any, data_format: str) -> Any:
     return depth.host(value)
 
 
+def _filter(filters: Any, data: Any) -> Any:
+    """A pyopencl filter beside a pyopencl data operand stays on the device (clconv.depth
+    rearranges it there, or reads it back only where a transpose's depth phase stacks
+    several taps); anything else is read as a host array."""
+    if tensors.is_device_array(filters) and tensors.is_device_array(data):
+        return filters
+    return depth.host(filters)
+
+
+def _filter_as(w: Any, dtype: np.dtype) -> Any:
+    """A host filter as a contiguous array of ``dtype``; a pyopencl one as it is (a typed
+    operand: resolve_dtype has checked that it is of ``dtype``)."""
+    if tensors.is_device_array(w):
+        return w
+    return np.ascontiguousarray(w.astype(dtype, copy=False))
+
+
 def _channels_last_as(x: Any, dtype: np.dtype, data_format: str) -> Any:
     if tensors.is_device_array(x):
         return x  # NDHWC, of the resolved dtype (a typed operand sets it)
@@ -117,10 +134,7 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
     dilations = [1] * 5 if dilations is None else _attr_list(dilations, "dilations", "conv3d")
     padding, data_format = _padding(padding), _format(data_format)
     x = _activation(input, data_format)
-    # A pyopencl filter beside a pyopencl input stays on the device (clconv.depth
-    # stacks its depth taps there).
-    on_device = tensors.is_device_array(filters) and tensors.is_device_array(x)
-    w = filters if on_device else depth.host(filters)
+    w = _filter(filters, x)
     dtype = tensors.resolve_dtype("Conv3D", [(x, "input"), (w, "filter")])
     _window_checks(strides, dilations, data_format)
     if x.ndim != 5:
@@ -135,9 +149,7 @@ def conv3d(input: Any, filters: Any, strides: Sequence[int], padding: str,
     tensors.check_computable(dtype)
     g = forward_geometry(x5.shape, w.shape, _spatial(strides, data_format),
                          _spatial(dilations, data_format), padding)
-    if not on_device:
-        w = np.ascontiguousarray(w.astype(dtype, copy=False))
-    y = depth.forward(x5, w, g, device, algorithm)
+    y = depth.forward(x5, _filter_as(w, dtype), g, device, algorithm)
     return _returned(y, data_format, input)
 
 
@@ -178,10 +190,7 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
     """Conv3DBackpropInputV2's checks, in its order, and the computation."""
     padding = _padding(padding)
     dy = _activation(input, data_format)
-    # A pyopencl filter beside a pyopencl input stays on the device (clconv.depth reads
-    # it back only where a depth phase stacks several taps).
-    on_device = tensors.is_device_array(filters) and tensors.is_device_array(dy)
-    w = filters if on_device else depth.host(filters)
+    w = _filter(filters, dy)
     dtype = tensors.resolve_dtype("Conv3DBackpropInputV2", [(w, "filter"), (dy, "out_backprop")])
     _window_checks(strides, dilations, data_format)
     sizes = [int(v) for v in np.asarray(output_shape).reshape(-1)]
@@ -207,9 +216,7 @@ def _transpose(input: Any, filters: Any, output_shape: Any, strides: list[int], 
     tensors.check_computable(dtype)
     g = transpose_geometry(dy5.shape, w.shape, dx_shape, _spatial(strides, data_format),
                            _spatial(dilations, data_format), padding)
-    if not on_device:
-        w = np.ascontiguousarray(w.astype(dtype, copy=False))
-    dx = depth.backprop_input(dy5, w, g, device, algorithm)
+    dx = depth.backprop_input(dy5, _filter_as(w, dtype), g, device, algorithm)
     return _returned(dx, data_format, input)
 
 

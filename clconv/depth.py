@@ -89,15 +89,23 @@ def _accumulator(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if dtype == np.float16 else dtype
 
 
+def _contiguous(array: cl_array.Array) -> cl_array.Array:
+    """A C-contiguous pyopencl array of ``array``'s values on its queue: the array itself,
+    or for a strided view a copy made on the device (pyopencl copies and reads back
+    contiguous arrays only)."""
+    if array.flags.c_contiguous:
+        return array
+    copy = cl_array.empty(array.queue, array.shape, array.dtype,
+                          allocator=buffer_pool.allocator(array.queue))
+    contiguous_copy(array.queue, array, copy)
+    return copy
+
+
 def _on_device(value: Any, rt: Runtime) -> cl_array.Array:
     """A C-contiguous pyopencl array of ``value`` (the array itself if it is one; a
     strided view copied on the device)."""
     if tensors.is_device_array(value):
-        if value.flags.c_contiguous:
-            return value
-        copy = _new(rt, tuple(value.shape), value.dtype, "a contiguous copy", False)
-        contiguous_copy(rt.queue, value, copy)
-        return copy
+        return _contiguous(value)
     return cl_array.to_device(rt.queue, np.ascontiguousarray(value))
 
 
@@ -111,16 +119,28 @@ def _new(rt: Runtime, shape: tuple[int, ...], dtype: np.dtype, what: str,
     return array
 
 
-def _zero_depths(rt: Runtime, dst: Depths, count: int, channels: int) -> None:
-    """Zero ``count`` consecutive depths from ``dst.first`` in ``dst``'s band of
-    ``channels`` channels: where a stacked tap reads padding.  A copy from a small
-    zeroed tensor, instead of zeroing the whole stacked tensor first (the 25 MB stack
-    of unet3d_conv_b1 took 2.5-2.9 ms to zero, longer than its copies)."""
-    if count <= 0:
-        return
-    zeros = _new(rt, (dst.batch, count, dst.pixels, channels), dst.array.dtype,
-                 "the padding of a depth stack", True)
-    copy_depths(rt.queue, dst, Depths(zeros, count, dst.pixels, channels, 0), count, channels)
+class _Padding:
+    """Zeroes the slices of a depth stack where a tap reads padding: copies from one
+    small zeroed tensor, made at the first need and shared by every band of the stack,
+    instead of zeroing the whole stack before the copies overwrite most of it (the 25 MB
+    stack of unet3d_conv_b1 took 2.5-2.9 ms to zero, longer than its copies)."""
+
+    def __init__(self, rt: Runtime, stack: Depths, most: int, channels: int) -> None:
+        self.rt, self.stack, self.most, self.channels = rt, stack, most, channels
+        self.zeros: Optional[Depths] = None
+
+    def zero(self, first: int, count: int, channel: int) -> None:
+        """``count`` depths from ``first`` of the stack's band from ``channel``."""
+        if count <= 0:
+            return
+        if self.zeros is None:
+            stack = self.stack
+            array = _new(self.rt, (stack.batch, self.most, stack.pixels, self.channels),
+                         stack.array.dtype, "the padding of a depth stack", True)
+            self.zeros = Depths(array, self.most, stack.pixels, self.channels, 0)
+        copy_depths(self.rt.queue, dataclasses.replace(self.stack, first=first,
+                                                       channel=channel),
+                    self.zeros, count, self.channels)
 
 
 def _returned(result: cl_array.Array, like: Any) -> Any:
@@ -170,6 +190,8 @@ def forward(x: Any, w: Any, g: Geometry3d, device: DeviceSpec,
     else:
         stacked = _new(rt, (n, d_out, *g.in_size[1:], taps * g.in_c), dtype,
                        "the depth-stacked input", False)
+        padding = _Padding(rt, Depths(stacked, d_out, pixels, taps * g.in_c, 0), d_out,
+                           per_group)
         for tap, (out_depths, in_depths) in enumerate(reads):
             # A tap reads real depths for one run of output depths (the read depth grows
             # with the output depth); before and after it, padding.
@@ -177,9 +199,8 @@ def forward(x: Any, w: Any, g: Geometry3d, device: DeviceSpec,
             end = first + len(out_depths)
             for group in range(groups):
                 band = (group * taps + tap) * per_group
-                for lo, hi in ((0, first), (end, d_out)):
-                    _zero_depths(rt, Depths(stacked, d_out, pixels, taps * g.in_c, lo,
-                                            channel=band), hi - lo, per_group)
+                padding.zero(0, first, band)
+                padding.zero(end, d_out - end, band)
                 if len(out_depths):
                     copy_depths(rt.queue,
                                 Depths(stacked, d_out, pixels, taps * g.in_c, first,
@@ -245,15 +266,15 @@ def backprop_input(dy: Any, w: Any, g: Geometry3d, device: DeviceSpec,
         else:
             stacked = _new(rt, (n, count, *g.out_size[1:], len(taps) * g.out_c), dtype,
                            "the depth-stacked out_backprop", False)
+            padding = _Padding(rt, Depths(stacked, count, out_pixels, len(taps) * g.out_c, 0),
+                               count, per_out)
             for t, (shift, lo, hi) in enumerate(zip(shifts, first, last)):
                 lo = min(lo, count)
                 hi = max(lo, hi)  # a tap past dy's ends reads nothing: all padding
                 for group in range(groups):
                     band = (group * len(taps) + t) * per_out
-                    for begin, end in ((0, lo), (hi, count)):
-                        _zero_depths(rt, Depths(stacked, count, out_pixels,
-                                                len(taps) * g.out_c, begin, channel=band),
-                                     end - begin, per_out)
+                    padding.zero(0, lo, band)
+                    padding.zero(hi, count - hi, band)
                     if hi > lo:
                         copy_depths(rt.queue,
                                     Depths(stacked, count, out_pixels, len(taps) * g.out_c,
@@ -321,9 +342,5 @@ def host(value: Any) -> np.ndarray:
     """Any operand as a host array (a pyopencl array is read back: filters and the
     channels-first layouts are rearranged on the host)."""
     if tensors.is_device_array(value):
-        if not value.flags.c_contiguous:  # pyopencl reads back contiguous arrays only
-            copy = cl_array.empty(value.queue, value.shape, value.dtype)
-            contiguous_copy(value.queue, value, copy)
-            value = copy
-        return value.get()
+        return _contiguous(value).get()
     return np.asarray(value)
