@@ -26,8 +26,8 @@ from __future__ import annotations
 import collections
 import functools
 import hashlib
-import os
 import logging
+import os
 import threading
 import warnings
 from dataclasses import dataclass
