@@ -488,7 +488,8 @@ class Session:
 
     def _expected_seconds(self, candidate: Candidate) -> float:
         """What evaluating ``candidate`` should take at least: a build (unless its
-        program exists), a first launch and a timed run.  An algorithm not run yet in
+        program exists), a first launch (before any, as long as the build) and a timed
+        run.  An algorithm not run yet in
         this case is assumed as fast per multiply-add as the slowest one that has,
         scaled by the multiply-adds its kernels do (via_forward's stride-1 conv over
         the dilated input does s_h*s_w times those of the others)."""
@@ -497,16 +498,16 @@ class Session:
         run = max([best.ms if best else 0.0] + [
             t.ms for t in self.result.trials
             if t.ms is not None and t.candidate.algorithm == candidate.algorithm]) / 1e3
+        needs_build = self._program_key(candidate) not in self.built
+        build = max(COLD_BUILD_S, _slowest_build.get((self.rt.info.spec, candidate.family),
+                                                      0.0)) if needs_build else 0.0
         if first is None:
-            first = max(self.firsts, default=0.0)
+            first = max(self.firsts, default=build)  # none yet: a compile, as its build
             if self.first_by_algorithm:
                 scale = max(1.0, self._work(candidate.algorithm) / min(
                     self._work(a) for a in self.first_by_algorithm))
                 first, run = first * scale, run * scale
-        needs_build = self._program_key(candidate) not in self.built
-        build = max(COLD_BUILD_S, _slowest_build.get((self.rt.info.spec, candidate.family),
-                                                      0.0))
-        return (build if needs_build else 0.0) + first + run
+        return build + first + run
 
     def hopeless(self, algorithm: str) -> bool:
         """True when even the fastest run of ``algorithm`` so far is HOPELESS_FACTOR
@@ -545,7 +546,11 @@ class Session:
                 _slowest_build[key] = max(_slowest_build.get(key, 0.0),
                                           time.monotonic() - started)
         # The first launch compiles for the work-group size too: only with time for it.
-        first = self.first_by_algorithm.get(candidate.algorithm, max(self.firsts, default=0.0))
+        # Before any first launch of this case, expect one to take as long as this build
+        # (both are compiles, or both come from PoCL's cache): a cold first launch of
+        # the default ran 0.45 s past a busy machine's budget when it counted as free.
+        first = self.first_by_algorithm.get(
+            candidate.algorithm, max(self.firsts, default=time.monotonic() - started))
         if self.time_left() <= first:
             return Trial(candidate, "untimed", detail="the budget ran out after its build")
         # Check before timing: NaN in the output shows any element the kernel skips.
