@@ -63,7 +63,8 @@ class Conv2dDirect:
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.out_c // g.groups) // int(setup.defines["CO_BLOCK"]))
         self.range = ndrange((blocks, g.batch * g.out_h * g.out_w), setup.local,
-                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1))
+                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1),
+                             units=setup.info.compute_units)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -91,7 +92,8 @@ class BackpropDirect:
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.in_c // g.groups) // int(setup.defines["CI_BLOCK"]))
         self.range = ndrange((blocks, g.batch * g.in_h * g.in_w), setup.local,
-                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1))
+                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1),
+                             units=setup.info.compute_units)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters

@@ -323,7 +323,7 @@ class GemmLaunch:
         self.gemm_range = ndrange(
             (self.n_padded // tn, -(-self.plan.max_pixels(self.g.batch) // tm),
              len(self.plan.phases)),
-            setup.local, info.kind, axis=1, max_group=info.group_limit(1))
+            setup.local, info.kind, axis=1, max_group=info.group_limit(1), units=info.compute_units)
         self.careful_range = self.gemm_range
 
     @property

@@ -68,7 +68,8 @@ class GroupedLaunch:
             local = setup.local if width == vec else None
             self.builds.append((kernel, ndrange((channels // width, runs), local,
                                                 setup.info.kind, axis=1,
-                                                max_group=setup.info.group_limit(1))))
+                                                max_group=setup.info.group_limit(1),
+                                                units=setup.info.compute_units)))
         self.kernels = tuple(kernel for kernel, _ in self.builds)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:

@@ -404,7 +404,7 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
         raise InvalidArgumentError(f"config for {space.family}: {problem}")
     if problem is not None:
         # A shipped default this device cannot run (a work-group past its limits): the
-        # kernel's own defaults, which leave the group to the runtime, never fail so.
+        # kernel's own defaults, which fix no group shape, never fail so.
         config_source = f"kernel defaults ({config_source} {problem})"
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in alg.resolve(
             space.default_config(), op, g, rt.info).items()}

@@ -103,15 +103,15 @@ GPU_GROUP = 64  # work-items of a GPU group clconv picks: an AMD wave, two NVIDI
 
 
 def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CPU",
-            axis: int = 0, max_group: int = GPU_GROUP
+            axis: int = 0, max_group: int = GPU_GROUP, units: int = 1
             ) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
     """(global size, local size) of a launch over ``work`` items.  OpenCL 1.2 needs the
     global size to be a multiple of the work-group size, so with a ``local`` shape
     (truncated or padded with 1s to the range's dimensions) the range is rounded up;
     kernels return early for items past ``work``.
 
-    Without a ``local`` shape a CPU runtime chooses (PoCL does well) unless the range
-    would fit in one group (see ``cpu_local_size``), but a GPU never
+    Without a ``local`` shape a CPU launch gets clconv's groups (``cpu_local_size``,
+    for ``units`` compute units), but a GPU never
     launches with a NULL local size: its runtime must then pick a divisor of the global
     size, which for a prime count of tiles is a group of one or a few work-items (a
     few percent of a wave).  There a group of GPU_GROUP (at most ``max_group``)
@@ -121,7 +121,7 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
         local = [1] * len(work)
         local[axis] = max(1, min(GPU_GROUP, max_group))
     if not local and kind == "CPU" and CPU_GROUPING:
-        local = cpu_local_size(work, axis, max_group)
+        local = cpu_local_size(work, axis, max_group, units)
     if not local:
         return tuple(int(n) for n in work), None
     local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
@@ -132,29 +132,59 @@ CPU_GROUPING = True  # False: leave every CPU launch's group to the runtime (A/B
 # Below this many work-items a launch is a few microseconds of work: one group on one
 # thread beats waking the others (a 1x8x8x16 conv2d's 11 GEMM tiles).
 CPU_SPLIT_MIN_ITEMS = 256
+# Groups per compute unit (clconv's groups, see cpu_local_size): the last chunks PoCL
+# deals out are then a few groups, so a thread that starts late is caught up.
+GROUPS_PER_UNIT = 128
+MIN_GROUPS_PER_UNIT = 32  # fewer, and stride phases are not grouped
+# Work-items per CPU group at most: longer groups gained nothing measurable (a group
+# of 128 against one of 32: 0.96x the time), and a runtime may build a kernel for a
+# smaller group than its device's maximum (CL_KERNEL_WORK_GROUP_SIZE).
+CPU_MAX_GROUP = 1024
 
 
-def cpu_local_size(work: Sequence[int], axis: int, max_group: int
+def cpu_local_size(work: Sequence[int], axis: int, max_group: int, units: int = 1
                    ) -> Optional[tuple[int, ...]]:
     """The work-group shape clconv gives a CPU runtime instead of a NULL local size, or
     None to leave the choice to the runtime.
 
-    A CPU runtime runs each work-group on one thread.  Given a NULL local size, PoCL
-    takes the largest group that divides the range and splits it for more compute
-    units only when the split divides evenly: hifigan_res_k7's 8 x 342 GEMM tiles ran
-    as one group, on one of two cores (the process's CPU time showed 1.01 cores busy
-    against 1.9), and so did a 6 x 523 input gradient and a 8 x 43 x 8 transpose.
-    That happens only when the whole range fits in one group; then each group here
-    is one pixel position's items along dimension 0 (the channel blocks of a pixel
-    tile, which read the same input), one group per index of the other dimensions.
-    Larger ranges stay with the runtime: PoCL's choice for them measured as well as
-    or better than any fixed rule tried (docs/cpu-performance.md); so do tiny ones
-    (CPU_SPLIT_MIN_ITEMS).
+    A CPU runtime runs each work-group on one thread, and PoCL's threads take a
+    launch's groups in chunks of up to 1/threads of those left (at most 64 or 512),
+    so a launch of a few groups is split between the threads before either has
+    started.  PoCL's own choice for a NULL local size is the largest group that
+    divides the range, split only until there is one group per compute unit:
+    hifigan_res_k7's 8 x 342 GEMM tiles ran as one group, on one of two cores (1.01
+    cores busy against 1.9); resnet_3x3_fwd's 2 x 4,182 as three, 1.48 cores (a
+    thread that starts late, or shares its core, leaves the other nothing to take
+    over).  Where the range has odd sizes PoCL drops to groups of one pixel tile.
+
+    So each group here holds, for some pixel tiles along ``axis``, every index of the
+    other dimensions that fits: the channel tiles along dimension 0 and, in a GEMM's
+    range, the stride phases along dimension 2.  They read the same input rows: a
+    transpose whose four 1x1 phases ran in groups of one phase took 1.4-1.5x as long
+    as with all four in a group.  The phases stay apart where grouping them would
+    leave fewer than MIN_GROUPS_PER_UNIT groups per compute unit (a 1-D transpose of
+    43 pixel tiles and 8 phases: 1.65 ms on 1.4 cores grouped, 1.33 ms on 1.8 apart).
+    The pixel tiles per group make about GROUPS_PER_UNIT groups per compute unit:
+    enough that the last chunks dealt out are small, with a group's start-up (about
+    a microsecond) still negligible.  Tiny ranges (CPU_SPLIT_MIN_ITEMS) and ranges
+    without a pixel axis stay with the runtime.
     """
     items = math.prod(int(n) for n in work)
-    if axis == 0 or items > max_group or items < CPU_SPLIT_MIN_ITEMS:
+    if axis == 0 or items < CPU_SPLIT_MIN_ITEMS:
         return None
-    return (max(1, min(int(work[0]), max_group)),) + (1,) * (len(work) - 1)
+    max_group = min(max_group, CPU_MAX_GROUP)
+    pixel_tiles = int(work[axis])
+    local = [1] * len(work)
+    for dim in range(len(work)):
+        if dim == axis or math.prod(local) * int(work[dim]) > max_group:
+            continue
+        groups = items // math.prod(local) // int(work[dim])  # with one pixel tile each
+        if dim == 0 or groups >= MIN_GROUPS_PER_UNIT * max(1, units):
+            local[dim] = int(work[dim])
+    groups_per_pixel_tile = items // pixel_tiles // math.prod(local)
+    per_group = pixel_tiles * groups_per_pixel_tile // (GROUPS_PER_UNIT * max(1, units))
+    local[axis] = max(1, min(pixel_tiles, max_group // math.prod(local), per_group))
+    return tuple(local)
 
 
 # An element offset or stride in a kernel's argument types: int32, or int64 in a build

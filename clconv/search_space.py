@@ -35,7 +35,7 @@ from clconv.resources import config_names, config_text
 from clconv.shapes import ConvGeometry
 
 OPS = ("conv2d", "conv2d_backprop_input", "conv2d_transpose")
-LOCAL_SIZE = "LOCAL_SIZE"  # the work-group shape: null (the runtime chooses) or [l0, l1(, l2)]
+LOCAL_SIZE = "LOCAL_SIZE"  # the work-group shape: null (auto: programs.ndrange) or [l0, l1(, l2)]
 
 GEOMETRY_NAMES = ("batch", "in_h", "in_w", "in_c", "k_h", "k_w", "out_h", "out_w", "out_c",
                   "stride_h", "stride_w", "dil_h", "dil_w", "pad_top", "pad_bottom", "pad_left",
@@ -334,8 +334,8 @@ class Pruned:
 
 def format_config(config: Optional[Mapping[str, Any]]) -> str:
     """``TM=6 TN=16 VEC=16 LOCAL_SIZE=1x16``, one way everywhere; a LOCAL_SIZE of None
-    (no fixed shape: the OpenCL runtime chooses the work-group, except where clconv
-    must, see programs.ndrange) reads ``LOCAL_SIZE=runtime``."""
+    (no fixed shape: clconv picks each launch's groups on CPUs and GPUs, a simulator's
+    runtime picks its own, see programs.ndrange) reads ``LOCAL_SIZE=auto``."""
     if not config:
         return "(kernel defaults)"
     parts = []
@@ -343,7 +343,7 @@ def format_config(config: Optional[Mapping[str, Any]]) -> str:
         if isinstance(value, (list, tuple)):
             value = "x".join(map(str, value))
         elif value is None and name == LOCAL_SIZE:
-            value = "runtime"
+            value = "auto"
         parts.append(f"{name}={value}")
     return " ".join(parts)
 

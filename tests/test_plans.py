@@ -269,18 +269,31 @@ def test_gpu_launches_never_leave_the_group_size_to_the_runtime(device, spec, la
     assert all(n % size == 0 for _, glob, local in launches for n, size in zip(glob, local))
 
 
-def test_a_cpu_range_that_fits_one_group_is_split_by_pixel():
-    """PoCL, given a NULL local size, makes a range that fits one group into one group:
-    one thread, one core.  clconv then groups each pixel tile's channel blocks and
-    leaves larger ranges, tiny ones, and ranges without a pixel axis, to the runtime."""
-    from clconv.programs import cpu_local_size, ndrange
+def test_cpu_ranges_get_groups_of_whole_pixel_tiles_enough_for_every_thread():
+    """PoCL, given a NULL local size, makes as few groups as it can (one for a range
+    that fits one group) and its threads split a few groups before either starts.
+    clconv groups all channel tiles (and, where enough groups remain, all stride phases)
+    of some pixel tiles, about GROUPS_PER_UNIT groups per compute unit, and leaves tiny
+    ranges and ranges without a pixel axis to the runtime."""
+    from clconv.programs import GROUPS_PER_UNIT, cpu_local_size, ndrange
 
-    # hifigan_res_k7's GEMM: 8 channel tiles x 342 pixel tiles, PoCL's 4096-item groups.
-    assert cpu_local_size((8, 342, 1), axis=1, max_group=4096) == (8, 1, 1)
-    assert ndrange((8, 342, 1), None, "CPU", axis=1, max_group=4096) == ((8, 342, 1), (8, 1, 1))
-    assert ndrange((6, 523), None, "CPU", axis=1, max_group=4096) == ((6, 523), (6, 1))
-    assert cpu_local_size((4, 1046, 4), axis=1, max_group=4096) is None  # 16,736 items
-    assert ndrange((4, 1046, 4), None, "CPU", axis=1, max_group=4096) == ((4, 1046, 4), None)
+    assert GROUPS_PER_UNIT == 128  # the figures below assume it
+    # hifigan_res_k7's GEMM: 8 channel tiles x 342 pixel tiles, one group in PoCL's hands.
+    assert cpu_local_size((8, 342, 1), axis=1, max_group=4096, units=2) == (8, 1, 1)
+    assert ndrange((8, 342, 1), None, "CPU", axis=1, max_group=4096, units=2) == (
+        (8, 342, 1), (8, 1, 1))
+    # resnet_3x3_fwd: 2 x 4,182 tiles (three groups of PoCL's) -> 16 pixel tiles a group,
+    # the range rounded up to whole groups (the kernel checks its pixel-tile bound).
+    assert ndrange((2, 4182, 1), None, "CPU", axis=1, max_group=4096, units=2) == (
+        (2, 4192, 1), (2, 16, 1))
+    # Four 1x1 phases of a transpose read the same input: grouped with their pixel tile.
+    assert cpu_local_size((2, 10923, 4), axis=1, max_group=4096, units=2) == (2, 42, 4)
+    # ... unless that left fewer than MIN_GROUPS_PER_UNIT groups per unit (43 tiles).
+    assert cpu_local_size((4, 43, 8), axis=1, max_group=4096, units=2) == (4, 1, 1)
+    # More compute units, more groups; groups never past the device's or CPU_MAX_GROUP.
+    assert cpu_local_size((2, 4182, 1), axis=1, max_group=4096, units=16) == (2, 2, 1)
+    assert cpu_local_size((2, 10 ** 6, 1), axis=1, max_group=4096, units=1) == (2, 512, 1)
+    assert cpu_local_size((2, 10 ** 6, 1), axis=1, max_group=64, units=1) == (2, 32, 1)
     assert cpu_local_size((3000,), axis=0, max_group=4096) is None
     assert cpu_local_size((1, 11, 1), axis=1, max_group=4096) is None  # microseconds of work
     # An explicit LOCAL_SIZE, and simulators, are never overridden.
@@ -301,7 +314,9 @@ def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, launche
     plan = plans.build_plan(rt, "conv2d", g, np.float32, "gemm")
     assert_close(plan.execute(x, w), conv2d_reference(x, w, g), np.float32, 7 * 12)
     gemm = [(glob, local) for name, glob, local in launches if name == "gemm_implicit"]
-    assert gemm and all(local is not None and local[1:] == (1, 1) and local[0] == glob[0]
+    # All channel tiles of a pixel tile in a group, groups enough for every unit.
+    assert gemm and all(local is not None and local[0] == glob[0] and local[2] == glob[2]
+                        and glob[1] // local[1] >= 2 * rt.info.compute_units
                         for glob, local in gemm), gemm
 
 
