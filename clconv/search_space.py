@@ -503,8 +503,11 @@ def load_space(text: str, origin: str) -> SearchSpace:
                                 default, str(spec.get("doc", ""))))
     names = {t.name for t in tunables}
     rule_names = names | set(GEOMETRY_NAMES) | set(OTHER_NAMES)
-    constraints = _rules(data.get("constraints"), origin, "constraints", rule_names,
-                         "the tunables, the geometry, op, algorithm and dtype_size")
+    # A constraint may read the device (what is worth timing can depend on it) but not
+    # the built kernel: constraints prune the candidates before anything is built.
+    constraints = _rules(data.get("constraints"), origin, "constraints",
+                         rule_names | set(DEVICE_NAMES),
+                         "the tunables, the geometry, op, algorithm, dtype_size and the device")
     limits = _rules(data.get("device_limits"), origin, "device_limits",
                     rule_names | set(DEVICE_NAMES) | set(KERNEL_NAMES),
                     "constraints and the device and kernel limits")

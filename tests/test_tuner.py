@@ -117,12 +117,44 @@ def test_malformed_space_file_names_file_key_and_expectation(text, key, expected
     assert key in message and expected in message, message
 
 
-def test_constraints_cannot_read_device_values():
-    text = space_text("leaky").replace("device_limits:", "constraints:\n  - {name: wg, expr: "
-                                       "\"max_work_group_size > 1\", reason: r}\ndevice_limits:")
+def test_constraints_read_the_device_but_not_the_built_kernel():
+    """Constraints prune candidates before anything is built: the device's values they
+    may read (what is worth timing can depend on it), the built kernel's they may not."""
+    device_rule = ("constraints:\n  - {name: wg, expr: \"max_work_group_size > 1\", "
+                   "reason: r}\ndevice_limits:")
+    load_space(space_text("leaky").replace("device_limits:", device_rule), "configs/test.yaml")
+    kernel_rule = ("constraints:\n  - {name: wg, expr: \"kernel_work_group_size > 1\", "
+                   "reason: r}\ndevice_limits:")
     with pytest.raises(SearchSpaceError, match=r"constraints\[0\].expr.*unknown: "
-                                               r"max_work_group_size"):
-        load_space(text, "configs/test.yaml")
+                                               r"kernel_work_group_size"):
+        load_space(space_text("leaky").replace("device_limits:", kernel_rule),
+                   "configs/test.yaml")
+
+
+def test_cpu_candidates_keep_enough_groups_for_every_thread():
+    """A fixed group shape that leaves fewer than 32 groups per compute unit is not
+    worth timing on a CPU (its threads split them before a late one could take any
+    over); on a GPU the same shape stays a candidate, and null (clconv's groups) stays
+    everywhere.  u_mobilenet_1x1's GEMM: 1,568 pixels, 256 channels."""
+    g = conv2d_geometry((8, 14, 14, 256), (1, 1, 256, 256), parse_attrs(1, "VALID", "NHWC", None))
+    space = search_space.spaces_for("conv2d")
+    gemm = dict(space)["gemm"]
+    base = DEVICES[0]
+    cpu = dataclasses.replace(base, kind="CPU", compute_units=2)
+    gpu = dataclasses.replace(base, kind="GPU", compute_units=2)
+
+    def rule_broken(info, local, tm=4, tn=64):
+        config = {"TM": tm, "TN": tn, "VEC": 16, "LOCAL_SIZE": local}
+        rule = gemm.violated(config, search_space.context(g, info, "conv2d", "gemm"),
+                             gemm.constraints)
+        return None if rule is None else rule.name
+
+    # 4 x 392 tiles = 1,568 work-items: groups of 4 x 8 make 49, fewer than 64.
+    assert rule_broken(cpu, [4, 8]) == "groups_for_every_thread"
+    assert rule_broken(cpu, [1, 16]) is None and rule_broken(cpu, [4, 4]) is None  # 98
+    assert rule_broken(cpu, None) is None
+    assert rule_broken(dataclasses.replace(cpu, compute_units=1), [4, 8]) is None  # 49 >= 32
+    assert rule_broken(gpu, [4, 8]) is None
 
 
 def test_pruning_by_device_limits_before_building():
