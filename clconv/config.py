@@ -46,7 +46,8 @@ logger = logging.getLogger("clconv")
 DEFAULTS_FILE = "defaults.yaml"
 FALLBACK_ALGORITHM = UNIVERSAL  # every op has one
 LEVELS = ("exact", "nearest", "device defaults", "generic")
-_SECTION_KEYS = ("algorithm",)
+_SECTION_KEYS = ("algorithm", "algorithm_rules")
+RULE_KEYS = {"op", "when", "use", "reason"}
 
 
 class DefaultsError(ValueError):
@@ -73,6 +74,9 @@ def _check_section(section: Any, where: str) -> dict[str, Any]:
                             f"families to configurations, got {section!r}")
     for key, value in section.items():
         if key in ("match", "kind") and where.startswith("vendors"):
+            continue
+        if key == "algorithm_rules":  # checked and parsed once, here
+            section[key] = _parse_rules(value, f"{where}.{key}")
             continue
         if not isinstance(value, dict):
             raise DefaultsError(f"configs/{DEFAULTS_FILE}: key '{where}.{key}': expected a "
@@ -139,13 +143,67 @@ def shipped_algorithm(op: str, info: DeviceInfo) -> str:
     return _shipped_algorithm(op, info)[0]
 
 
-def _shipped_algorithm(op: str, info: DeviceInfo) -> tuple[str, str]:
+def _shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None
+                       ) -> tuple[str, str]:
+    """The sections' algorithm for ``op``, the most specific section winning; then, for
+    a ``geometry``, their algorithm_rules: the last rule for ``op`` whose ``when`` holds
+    for the shape overrides (a transpose to a few channels runs another algorithm than
+    a wide one)."""
     algorithm, source = FALLBACK_ALGORITHM, "generic"
-    for i, section in enumerate(_device_sections(info)):
+    sections = _device_sections(info)
+    for i, section in enumerate(sections):
         chosen = (section.get("algorithm") or {}).get(op)
         if chosen:
             algorithm, source = chosen, ("device defaults" if i > 0 else "generic")
+    if geometry is not None:
+        values = {name: getattr(geometry, name) for name in search_space.GEOMETRY_NAMES}
+        for i, section in enumerate(sections):
+            for rule in section.get("algorithm_rules", ()):
+                if rule.op == op and rule.when.evaluate(values):
+                    algorithm, source = rule.use, ("device defaults" if i > 0 else "generic")
     return algorithm, source
+
+
+@dataclass(frozen=True)
+class AlgorithmRule:
+    """defaults.yaml: run ``use`` for ``op`` where ``when`` (an expression over the
+    forward conv's geometry, as the search spaces' constraints) holds."""
+
+    op: str
+    when: search_space.Expression
+    use: str
+    reason: str
+
+
+def _parse_rules(raw: Any, where: str) -> tuple[AlgorithmRule, ...]:
+    prefix = f"configs/{DEFAULTS_FILE}: key {where!r}"
+    if not isinstance(raw, list):
+        raise DefaultsError(f"{prefix}: expected a list of {{op, when, use, reason}}, "
+                            f"got {raw!r}")
+    rules = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or set(item) != RULE_KEYS or not all(
+                isinstance(item[k], str) for k in RULE_KEYS):
+            raise DefaultsError(f"{prefix}[{i}]: expected a mapping of exactly op, when, use "
+                                f"and reason to strings, got {item!r}")
+        if item["op"] not in search_space.OPS:
+            raise DefaultsError(f"{prefix}[{i}].op: expected one of "
+                                f"{', '.join(search_space.OPS)}, got {item['op']!r}")
+        if item["use"] not in _known_algorithms(item["op"]):
+            raise DefaultsError(f"{prefix}[{i}].use: expected an algorithm computing "
+                                f"{item['op']} ({', '.join(sorted(_known_algorithms(item['op'])))})"
+                                f", got {item['use']!r}")
+        try:
+            when = search_space.Expression.parse(item["when"])
+        except ValueError as exc:
+            raise DefaultsError(f"{prefix}[{i}].when: {exc}: {item['when']!r}") from None
+        unknown = sorted(when.names - set(search_space.GEOMETRY_NAMES))
+        if unknown:
+            raise DefaultsError(f"{prefix}[{i}].when: reads only the geometry "
+                                f"({', '.join(search_space.GEOMETRY_NAMES)}); unknown: "
+                                f"{', '.join(unknown)}")
+        rules.append(AlgorithmRule(item["op"], when, item["use"], item["reason"]))
+    return tuple(rules)
 
 
 def default_config(family: str, info: DeviceInfo) -> dict[str, Any]:
@@ -330,7 +388,7 @@ def explain_algorithm(op: str, info: DeviceInfo, geometry: Any, db: Any = None) 
         found = _database(op, info, geometry, path, lambda e: e.get("algorithm") in known)
         if found is not None:
             return Choice(found.entry["algorithm"], found.source, found.entry)
-        algorithm, source = _shipped_algorithm(op, info)
+        algorithm, source = _shipped_algorithm(op, info, geometry)
         return Choice(algorithm, source)
 
     return _memoised(key, compute)

@@ -185,8 +185,20 @@ def _via_forward_unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: De
     return None
 
 
+def _resolve_direct(config: dict, op: str, g: ConvGeometry, info: DeviceInfo) -> dict:
+    """CI_BLOCK "auto": the fewest channels a work-item computes that cover a group's dx
+    channels, at most AUTO_CI_BLOCK (a transpose to 3 channels computes 4, not 8)."""
+    if config.get("CI_BLOCK") == "auto":
+        per_group = g.in_c // max(g.groups, 1)
+        config = {**config, "CI_BLOCK": next(
+            (n for n in (1, 2, 4) if n >= per_group), AUTO_CI_BLOCK)}
+    return config
+
+
+AUTO_CI_BLOCK = 8
+
 DIRECT = register(Algorithm(
-    name="direct", prepare=_prepare_direct,
+    name="direct", prepare=_prepare_direct, resolve=_resolve_direct,
     doc="the gather form: each output sums only the taps that land on real input pixels"))
 VIA_FORWARD = register(Algorithm(
     name="via_forward", prepare=BackpropViaForward, unsupported=_via_forward_unsupported,

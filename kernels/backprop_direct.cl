@@ -23,6 +23,73 @@
 #error "CI_BLOCK must be 1 to 64 channels (its accumulators live in registers)"
 #endif
 
+// CO_VEC > 1: the sum over dy channels runs CO_VEC channels at a time, in vectors
+// (vloadN, or vload_halfN for half storage: any alignment, as in a borrowed numpy
+// array), where dy's and the filter's channels are contiguous and each group's count
+// is a multiple of CO_VEC; otherwise the scalar loop runs.  A transpose to a few
+// channels (a GAN's last layer to RGB: 128 dy channels, 3 dx channels) spends nearly
+// all its time in this sum.
+#ifndef CO_VEC
+#define CO_VEC 1
+#endif
+#if CO_VEC != 1 && CO_VEC != 2 && CO_VEC != 4 && CO_VEC != 8 && CO_VEC != 16
+#error "CO_VEC must be an OpenCL vector width: 1, 2, 4, 8 or 16"
+#endif
+#if CO_VEC > 1
+#define CO_VECTORS
+#define BD_CAT_(a, b) a##b
+#define BD_CAT(a, b) BD_CAT_(a, b)
+#define VCO BD_CAT(ACC, CO_VEC)
+#ifdef REAL_IS_HALF
+#define VLOAD_CO BD_CAT(vload_half, CO_VEC)
+#else
+#define VLOAD_CO BD_CAT(vload, CO_VEC)
+#endif
+
+// The sum of a vector's lanes, halving it.
+static inline ACC lane_sum(VCO v)
+{
+#if CO_VEC == 16
+    const BD_CAT(ACC, 8) v8 = v.lo + v.hi;
+#elif CO_VEC == 8
+    const BD_CAT(ACC, 8) v8 = v;
+#endif
+#if CO_VEC >= 8
+    const BD_CAT(ACC, 4) v4 = v8.lo + v8.hi;
+#elif CO_VEC == 4
+    const BD_CAT(ACC, 4) v4 = v;
+#endif
+#if CO_VEC >= 4
+    const BD_CAT(ACC, 2) v2 = v4.lo + v4.hi;
+#else
+    const BD_CAT(ACC, 2) v2 = v;
+#endif
+    return v2.x + v2.y;
+}
+#endif
+
+// The first filter tap t of a dx row (or column) at `pos` that lands on a real dy row,
+// i.e. pos + pad - t*dil a multiple of stride, and the step between such taps: t*dil
+// mod stride repeats every `step` taps, so one tap per period qualifies, or none (then
+// the first is `k`, past the filter).  One search per work-item instead of a
+// division and a remainder per tap: those cost several times the sum itself for a
+// transpose to a few channels.
+static inline int tap_step(int dil, int stride)
+{
+    int step = 1;
+    while ((step * dil) % stride != 0)
+        ++step;
+    return step;
+}
+
+static inline int first_tap(int pos, int pad, int dil, int stride, int step, int k)
+{
+    for (int t = 0; t < step && t < k; ++t)
+        if ((pos + pad - t * dil) % stride == 0)
+            return t;
+    return k;
+}
+
 __kernel void backprop_direct(
     __global REAL *dx, TENSOR_ARGS(dx), int in_h, int in_w, int in_c,
     __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
@@ -45,37 +112,69 @@ __kernel void backprop_direct(
     const int n = pixel / (in_w * in_h);
 
     int row[CI_BLOCK]; // each channel's row of the filter's in axis
-    ACC acc[CI_BLOCK];
+    ACC acc[CI_BLOCK]; // `#pragma unroll` on every loop over them keeps them in registers
+    #pragma unroll
     for (int j = 0; j < CI_BLOCK; ++j) {
         row[j] = min(ci0 + j, group_ci + in_per_group - 1) - group_ci;
         acc[j] = (ACC)0;
     }
+#ifdef CO_VECTORS
+    // Whole vectors of contiguous channels, or the scalar loop (the same answer for
+    // every work-item of a launch).
+    const bool vectors = dy_s3 == 1 && w_s3 == 1 && out_per_group % CO_VEC == 0;
+    VCO part[CI_BLOCK];
+    #pragma unroll
+    for (int j = 0; j < CI_BLOCK; ++j)
+        part[j] = (VCO)0;
+#endif
 
-    for (int a = 0; a < k_h; ++a) {
-        const int th = ih + pad_top - a * dil_h; // = oh * stride_h for a real dy row
-        if (th < 0 || th % stride_h != 0)
-            continue;
+    // Taps in increasing order, as the plain loop over every tap visited them; th and
+    // tw fall as the tap grows, so the first one below zero ends its loop.
+    const int a_step = tap_step(dil_h, stride_h), b_step = tap_step(dil_w, stride_w);
+    const int b_first = first_tap(iw, pad_left, dil_w, stride_w, b_step, k_w);
+    for (int a = first_tap(ih, pad_top, dil_h, stride_h, a_step, k_h); a < k_h; a += a_step) {
+        const int th = ih + pad_top - a * dil_h; // = oh * stride_h: a real dy row
+        if (th < 0)
+            break;
         const int oh = th / stride_h;
         if (oh >= out_h)
             continue;
-        for (int b = 0; b < k_w; ++b) {
+        for (int b = b_first; b < k_w; b += b_step) {
             const int tw = iw + pad_left - b * dil_w;
-            if (tw < 0 || tw % stride_w != 0)
-                continue;
+            if (tw < 0)
+                break;
             const int ow = tw / stride_w;
             if (ow >= out_w)
                 continue;
             const IDX dy_base = AT(dy, n, oh, ow, 0);
             const IDX w_base = AT(w, a, b, 0, 0);
+#ifdef CO_VECTORS
+            if (vectors) {
+                for (int co = co_begin; co < co_begin + out_per_group; co += CO_VEC) {
+                    const VCO g = VLOAD_CO(0, dy + dy_base + co);
+                    #pragma unroll
+                    for (int j = 0; j < CI_BLOCK; ++j)
+                        part[j] += g * VLOAD_CO(0, w + w_base + co + row[j] * w_s2);
+                }
+                continue;
+            }
+#endif
             for (int co = co_begin; co < co_begin + out_per_group; ++co) {
                 const ACC g = LOAD(dy, dy_base + co * dy_s3);
                 const IDX w_col = w_base + co * w_s3;
+                #pragma unroll
                 for (int j = 0; j < CI_BLOCK; ++j)
                     acc[j] += g * LOAD(w, w_col + row[j] * w_s2);
             }
         }
     }
 
+#ifdef CO_VECTORS
+    #pragma unroll
+    for (int j = 0; j < CI_BLOCK; ++j)
+        acc[j] += lane_sum(part[j]);
+#endif
+    #pragma unroll
     for (int j = 0; j < CI_BLOCK; ++j)
         if (ci0 + j < group_ci + in_per_group)
             STORE(acc[j], dx, AT(dx, n, ih, iw, ci0 + j));

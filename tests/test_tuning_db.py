@@ -138,6 +138,68 @@ def test_vendor_defaults_override_the_device_kind(monkeypatch, db):
     assert (choice.source, choice.value["CO_BLOCK"]) == ("device defaults", 16)
 
 
+def transpose_geometry(dx_channels, dy_channels, groups=1):
+    """The forward conv of a k5 s2 transpose from dy_channels to dx_channels."""
+    return conv2d_geometry((1, 16, 16, dx_channels), (5, 5, dx_channels // groups, dy_channels),
+                           parse_attrs(2, "SAME", "NHWC", None))
+
+
+def test_a_cpu_transpose_to_a_few_channels_runs_the_gather_form(db):
+    """The shipped CPU rule: to four channels or fewer from whole vectors of 16 dy
+    channels, conv2d_transpose and the input gradient run "direct" (a GEMM tile there is
+    mostly padding); wider outputs, other channel counts, other ops and a GPU keep the
+    op's algorithm, and a tuned entry still wins."""
+    config.invalidate()
+    for op in ("conv2d_transpose", "conv2d_backprop_input"):
+        choice = config.explain_algorithm(op, FAKE, transpose_geometry(3, 128))
+        assert (choice.value, choice.source) == ("direct", "device defaults"), choice
+        for g in (transpose_geometry(8, 128), transpose_geometry(3, 24),
+                  transpose_geometry(3, 8)):
+            assert config.choose_algorithm(op, FAKE, g) == "gemm", g
+    assert config.choose_algorithm("conv2d", FAKE, transpose_geometry(3, 128)) == "gemm"
+    gpu = dataclasses.replace(FAKE, kind="GPU")
+    assert config.choose_algorithm("conv2d_transpose", gpu, transpose_geometry(3, 128)) != \
+        "direct"
+    # CI_BLOCK "auto" covers the 3 channels with 4, not the CPU's 8.
+    from clconv import registry
+
+    direct = registry.get("direct")
+    shipped = config.choose_config("backprop_direct", FAKE, "conv2d_transpose",
+                                   transpose_geometry(3, 128))
+    assert shipped["CI_BLOCK"] == "auto" and shipped["CO_VEC"] == 16
+    for channels, block in ((1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (64, 8)):
+        g = transpose_geometry(channels, 128)
+        assert direct.resolve(shipped, "conv2d_transpose", g, FAKE)["CI_BLOCK"] == block
+    # A tuning database entry for the shape wins over the rule.
+    g = transpose_geometry(3, 128)
+    tuned = entry(g, op="conv2d_transpose", algorithm="gemm", family="gemm_implicit",
+                  config_={"TM": 6, "TN": 4, "VEC": 4, "LOCAL_SIZE": None})
+    tuning_db.record([tuned], db)
+    config.invalidate()
+    assert config.explain_algorithm("conv2d_transpose", FAKE, g, db=db).value == "gemm"
+
+
+@pytest.mark.parametrize("rule, problem", [
+    ({"op": "conv2d_transpose", "when": "in_c <= 4", "use": "direct"}, "exactly op, when"),
+    ({"op": "conv3d", "when": "in_c <= 4", "use": "direct", "reason": "r"}, ".op"),
+    ({"op": "conv2d", "when": "in_c <= 4", "use": "nope", "reason": "r"}, ".use"),
+    ({"op": "conv2d", "when": "in_c <= TN", "use": "direct", "reason": "r"}, "unknown: TN"),
+    ({"op": "conv2d", "when": "__import__('os')", "use": "direct", "reason": "r"}, ".when"),
+])
+def test_a_malformed_algorithm_rule_is_refused_with_its_key(monkeypatch, rule, problem):
+    loaded = yaml.safe_load(config.config_text(config.DEFAULTS_FILE))
+    loaded["CPU"]["algorithm_rules"] = [rule]
+    monkeypatch.setattr(config, "config_text", lambda name: yaml.safe_dump(loaded))
+    config._shipped_defaults.cache_clear()
+    try:
+        with pytest.raises(config.DefaultsError, match="CPU.algorithm_rules") as raised:
+            config._shipped_defaults()
+        assert problem in str(raised.value)
+    finally:
+        monkeypatch.undo()
+        config._shipped_defaults.cache_clear()
+
+
 # --------------------------------------------------------------------------- staleness
 
 

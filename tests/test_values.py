@@ -173,6 +173,48 @@ def test_algorithms_agree_on_a_larger_case(device, spec):
         assert_close(got, expected, np.float32, 5 * 5 * 16)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_direct_transpose_sums_dy_channels_in_vectors(device, spec, dtype):
+    """backprop_direct with CO_VEC sums the dy channels in vectors where they are
+    contiguous and whole vectors (a transpose to RGB from 32 channels), from host
+    memory at any alignment, device arrays, and a view whose channels start at an odd
+    offset; other channel counts run the scalar sum.  Each against float64; half is
+    storage (vload_halfN), summed in float."""
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip(f"{device.name} has no fp64")
+    rt = runtime(spec)
+    cases = [  # dy, filter (kh, kw, dx channels, dy channels), output, strides, dilations
+        ((2, 5, 6, 32), (5, 5, 3, 32), (2, 10, 12, 3), 2, None),
+        ((1, 4, 4, 16), (3, 3, 2, 16), (1, 12, 12, 2), 3, None),
+        ((1, 6, 5, 32), (3, 3, 3, 32), (1, 6, 5, 3), 1, 2),
+        ((1, 4, 4, 20), (4, 4, 3, 20), (1, 8, 8, 3), 2, None),  # 20: not whole vectors of 8
+    ]
+    for dy_shape, w_shape, out_shape, strides, dilations in cases:
+        dy, w = random_array(dy_shape, dtype, seed=31), random_array(w_shape, dtype, seed=32)
+        g = backprop_case(out_shape, w_shape, dy_shape, strides, "SAME", "NHWC", dilations)
+        expected = backprop_input_reference(dy, w, g)
+        reduction = reduction_length(g, transpose=True)
+        # Host memory one element past an aligned address: no vector is aligned.
+        shifted = np.empty(dy.size + 1, dtype)[1:].reshape(dy.shape)
+        shifted[...] = dy
+        # A device view whose channels start at offset 1 of a wider tensor.
+        wide = np.zeros(dy_shape[:3] + (dy_shape[3] + 2,), dtype)
+        wide[..., 1:-1] = dy
+        view = cl_array.to_device(rt.queue, wide)[..., 1:-1]
+        for config in ({"CI_BLOCK": 4, "CO_VEC": 16}, {"CI_BLOCK": 2, "CO_VEC": 8},
+                       {"CI_BLOCK": 1, "CO_VEC": 4}, {"CI_BLOCK": 4, "CO_VEC": 1}):
+            plan = clconv.plan("conv2d_transpose", dy_shape, w_shape, strides, "SAME",
+                               output_shape=out_shape, dilations=dilations, dtype=dtype,
+                               device=spec, algorithm="direct",
+                               config={**config, "LOCAL_SIZE": None})
+            assert_close(plan.execute(shifted, w), expected, dtype, reduction)
+            on_device = plan.execute(cl_array.to_device(rt.queue, dy),
+                                     cl_array.to_device(rt.queue, w))
+            assert_close(on_device.get(), expected, dtype, reduction)
+            assert_close(plan.execute(view, cl_array.to_device(rt.queue, w)).get(), expected,
+                         dtype, reduction)
+
+
 @pytest.mark.parametrize("algorithm", [None, *algorithms_computing("conv2d")])
 @pytest.mark.parametrize("dtype", [np.float64, np.float16])
 def test_other_dtypes(device, spec, dtype, algorithm):
