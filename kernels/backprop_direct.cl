@@ -68,28 +68,6 @@ static inline ACC lane_sum(VCO v)
 }
 #endif
 
-// The first filter tap t of a dx row (or column) at `pos` that lands on a real dy row,
-// i.e. pos + pad - t*dil a multiple of stride, and the step between such taps: t*dil
-// mod stride repeats every `step` taps, so one tap per period qualifies, or none (then
-// the first is `k`, past the filter).  One search per work-item instead of a
-// division and a remainder per tap: those cost several times the sum itself for a
-// transpose to a few channels.
-static inline int tap_step(int dil, int stride)
-{
-    int step = 1;
-    while ((step * dil) % stride != 0)
-        ++step;
-    return step;
-}
-
-static inline int first_tap(int pos, int pad, int dil, int stride, int step, int k)
-{
-    for (int t = 0; t < step && t < k; ++t)
-        if ((pos + pad - t * dil) % stride == 0)
-            return t;
-    return k;
-}
-
 __kernel void backprop_direct(
     __global REAL *dx, TENSOR_ARGS(dx), int in_h, int in_w, int in_c,
     __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
@@ -128,21 +106,17 @@ __kernel void backprop_direct(
         part[j] = (VCO)0;
 #endif
 
-    // Taps in increasing order, as the plain loop over every tap visited them; th and
-    // tw fall as the tap grows, so the first one below zero ends its loop.
-    const int a_step = tap_step(dil_h, stride_h), b_step = tap_step(dil_w, stride_w);
-    const int b_first = first_tap(iw, pad_left, dil_w, stride_w, b_step, k_w);
-    for (int a = first_tap(ih, pad_top, dil_h, stride_h, a_step, k_h); a < k_h; a += a_step) {
-        const int th = ih + pad_top - a * dil_h; // = oh * stride_h: a real dy row
-        if (th < 0)
-            break;
+    for (int a = 0; a < k_h; ++a) {
+        const int th = ih + pad_top - a * dil_h; // = oh * stride_h for a real dy row
+        if (th < 0 || th % stride_h != 0)
+            continue;
         const int oh = th / stride_h;
         if (oh >= out_h)
             continue;
-        for (int b = b_first; b < k_w; b += b_step) {
+        for (int b = 0; b < k_w; ++b) {
             const int tw = iw + pad_left - b * dil_w;
-            if (tw < 0)
-                break;
+            if (tw < 0 || tw % stride_w != 0)
+                continue;
             const int ow = tw / stride_w;
             if (ow >= out_w)
                 continue;
