@@ -46,7 +46,6 @@ logger = logging.getLogger("clconv")
 DEFAULTS_FILE = "defaults.yaml"
 FALLBACK_ALGORITHM = UNIVERSAL  # every op has one
 LEVELS = ("exact", "nearest", "device defaults", "generic")
-_SECTION_KEYS = ("algorithm", "algorithm_rules")
 RULE_KEYS = {"op", "when", "use", "reason"}
 
 

@@ -24,7 +24,7 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.device_select import DeviceInfo
-from clconv.programs import INDEX, TypedKernel, ndrange
+from clconv.programs import INDEX, TypedKernel, launch_range
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
@@ -62,9 +62,8 @@ class Conv2dDirect:
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, CONV2D_ARGS)
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.out_c // g.groups) // int(setup.defines["CO_BLOCK"]))
-        self.range = ndrange((blocks, g.batch * g.out_h * g.out_w), setup.local,
-                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1),
-                             units=setup.info.compute_units)
+        self.range = launch_range(setup.info, (blocks, g.batch * g.out_h * g.out_w),
+                                  setup.local, axis=1)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -91,9 +90,8 @@ class BackpropDirect:
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, BACKPROP_ARGS)
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.in_c // g.groups) // int(setup.defines["CI_BLOCK"]))
-        self.range = ndrange((blocks, g.batch * g.in_h * g.in_w), setup.local,
-                             setup.info.kind, axis=1, max_group=setup.info.group_limit(1),
-                             units=setup.info.compute_units)
+        self.range = launch_range(setup.info, (blocks, g.batch * g.in_h * g.in_w),
+                                  setup.local, axis=1)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters
@@ -136,8 +134,7 @@ class BackpropViaForward:
         self.dilate = TypedKernel(setup.context, source, name, setup.defines, DILATE_ARGS)
         self.kernels = (self.conv.kernel, self.dilate)
         self.padded_shape = (g.batch, fg.in_h, fg.in_w, g.out_c)
-        self.range = ndrange((int(np.prod(self.padded_shape)),), None, setup.info.kind,
-                             max_group=setup.info.group_limit(0))
+        self.range = launch_range(setup.info, (int(np.prod(self.padded_shape)),), None)
         self.dtype, self.info = setup.dtype, setup.info
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:

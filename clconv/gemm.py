@@ -22,7 +22,7 @@ import pyopencl as cl
 
 from clconv import tensors
 from clconv.device_select import DeviceInfo
-from clconv.programs import INDEX, TypedKernel, ndrange
+from clconv.programs import INDEX, TypedKernel, launch_range
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
@@ -319,11 +319,9 @@ class GemmLaunch:
         if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
-        info = setup.info
-        self.gemm_range = ndrange(
-            (self.n_padded // tn, -(-self.plan.max_pixels(self.g.batch) // tm),
-             len(self.plan.phases)),
-            setup.local, info.kind, axis=1, max_group=info.group_limit(1), units=info.compute_units)
+        self.gemm_range = launch_range(
+            setup.info, (self.n_padded // tn, -(-self.plan.max_pixels(self.g.batch) // tm),
+                         len(self.plan.phases)), setup.local, axis=1)
         self.careful_range = self.gemm_range
 
     @property
@@ -368,9 +366,9 @@ class GemmLaunch:
                                        careful_defines or setup.defines, CAREFUL_ARGS)
         pack_source, pack_name = setup.space.helper_kernels["pack"]
         self.packer = TypedKernel(context, pack_source, pack_name, pack_defines, PACK_ARGS)
-        self.pack_range = ndrange((self.ch_count, self.n_padded // tn, len(self.plan.taps)),
-                                  _pack_local(self.ch_count, info), info.kind,
-                                  max_group=info.group_limit(0))
+        self.pack_range = launch_range(
+            info, (self.ch_count, self.n_padded // tn, len(self.plan.taps)),
+            _pack_local(self.ch_count, info))
 
     def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:
         offset, s_a, s_b, s_in, s_out = filters.filter_view()

@@ -20,7 +20,7 @@ from clconv import tensors
 from clconv.device_select import DeviceInfo
 from clconv.direct import BACKPROP_ARGS, window_args
 from clconv.errors import InvalidArgumentError
-from clconv.programs import TypedKernel, ndrange
+from clconv.programs import TypedKernel, launch_range
 from clconv.registry import Algorithm, Setup, register
 from clconv.shapes import ConvGeometry
 
@@ -66,10 +66,8 @@ class GroupedLaunch:
             kernel = TypedKernel(setup.context, source, name, {**setup.defines, "VEC": width},
                                  ARGS)
             local = setup.local if width == vec else None
-            self.builds.append((kernel, ndrange((channels // width, runs), local,
-                                                setup.info.kind, axis=1,
-                                                max_group=setup.info.group_limit(1),
-                                                units=setup.info.compute_units)))
+            self.builds.append((kernel, launch_range(setup.info, (channels // width, runs),
+                                                      local, axis=1)))
         self.kernels = tuple(kernel for kernel, _ in self.builds)
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:

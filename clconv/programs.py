@@ -14,7 +14,7 @@ import hashlib
 import math
 import threading
 import warnings
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 import numpy as np
 import pyopencl as cl
@@ -22,6 +22,9 @@ import pyopencl as cl
 from clconv.errors import KernelBuildError
 from clconv.llvm_guard import conflict_error
 from clconv.resources import kernel_source
+
+if TYPE_CHECKING:
+    from clconv.device_select import DeviceInfo
 
 COMMON_HEADER = "common.cl"
 
@@ -126,6 +129,14 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
         return tuple(int(n) for n in work), None
     local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
     return tuple(-(-int(n) // size) * size for n, size in zip(work, local)), local
+
+
+def launch_range(info: "DeviceInfo", work: Sequence[int], local: Optional[Sequence[int]],
+                 axis: int = 0) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
+    """``ndrange`` on the device ``info`` describes: its kind, its group limit along
+    ``axis`` (the dimension the kernel checks its bounds in) and its compute units."""
+    return ndrange(work, local, info.kind, axis=axis, max_group=info.group_limit(axis),
+                   units=info.compute_units)
 
 
 CPU_GROUPING = True  # False: leave every CPU launch's group to the runtime (A/B runs)
