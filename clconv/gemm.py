@@ -159,12 +159,20 @@ def tile_rule(info: DeviceInfo) -> Optional[str]:
     return (f"FMA chains: 12 independent chains ran {ratio:.2f}x as fast as 6 "
             f"(clconv.fma_probe; >= {TWO_PIPES_RATIO} means two 512-bit pipes): "
             + ("6 x 32 GEMM tiles for 17-32 channels and multiples of 32, 6 x 48 for other "
-               "multiples of 48"
+               f"multiples of 48, 4 x 64 for multiples of 64 from <= {FEW_SOURCE_CHANNELS} "
+               "channels"
                if _two_wide_fma_pipes(info) else "6 x 16 GEMM tiles"))
 
 
-def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, Any]:
-    """Fill TM/TN/VEC left as "auto".
+# Source channels per tap up to which a GEMM with few channels gets 4 x 64 tiles (see
+# tile_for).
+FEW_SOURCE_CHANNELS = 16
+
+
+def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
+             ch_count: Optional[int] = None) -> dict[str, Any]:
+    """Fill TM/TN/VEC left as "auto" for a GEMM of ``n_out`` output channels that reads
+    ``ch_count`` source channels per tap (None: not known).
 
     TN: the narrowest tile that wastes little on n_out channels, or on cores with two
     512-bit FMA pipes 32 (48 for multiples of 48 that are not of 32); VEC: the device's
@@ -174,6 +182,19 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo) -> dict[str, 
     """
     config = dict(config)
     width = vector_width(info)
+    if (all(config.get(key, "auto") == "auto" for key in ("TM", "TN", "VEC"))
+            and ch_count is not None and ch_count <= FEW_SOURCE_CHANNELS and n_out % 64 == 0
+            and width >= 16 and _two_wide_fma_pipes(info)):
+        # Few channels per tap (a stem over RGB, an early layer): each tap's channel
+        # loop is short, so what a tile pays per tap (a row pointer and bounds for each
+        # of its TM pixels) and per channel step (TM broadcasts for TM x TN/VEC FMAs)
+        # weighs.  4 x 64 halves both per FMA against 6 x 32.  Zen 5, Debian PoCL,
+        # prepared filters, ten alternated rounds, time relative to 6 x 32: a 7x7 s2 stem
+        # 3 -> 64 0.59-0.62, 3x3 3 -> 64 0.57, 4 -> 128 0.76, 8 -> 64 0.72, 16 -> 64 0.83,
+        # a 1x1 8 -> 64 0.62; from 32 source channels on 0.96-0.98 (and 0.65-1.61 from one
+        # run to the next in an earlier sweep: no rule there).
+        config.update(TM=4, TN=64, VEC=16)
+        return config
     if config.get("TN", "auto") == "auto":
         if n_out <= 4:
             config["TN"] = 4
@@ -445,7 +466,9 @@ def unsupported_by_gemms(op: str, dtype: np.dtype, g: ConvGeometry, info: Device
 
 def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
              ) -> dict[str, Any]:
-    return tile_for(config, g.out_c if op == "conv2d" else g.in_c, info)
+    forward = op == "conv2d"
+    return tile_for(config, g.out_c if forward else g.in_c, info,
+                    g.in_c if forward else g.out_c)
 
 
 ALGORITHM = register(Algorithm(

@@ -396,6 +396,9 @@ def test_gemm_tiles_follow_the_devices_vector_width_and_registers(monkeypatch):
     assert (gemm.tile_for(auto, 21, avx512)["VEC"], gemm.tile_for(auto, 21, avx2)["TN"]) == (8, 8)
     assert gemm.tile_for(auto, 256, avx512)["VEC"] == 16
     assert gemm.tile_for(auto, 256, avx2)["VEC"] == 8
+    # 4 x 64 for few source channels is for cores with two 512-bit FMA pipes only.
+    assert (gemm.tile_for(auto, 64, avx512, 3)["TM"], gemm.tile_for(auto, 64, avx512, 3)["TN"]) \
+        == (6, 16)
     space = search_space.shipped_spaces()["gemm_implicit"]
     g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 64), parse_attrs(1, "SAME", "NHWC", None))
     for info, fits in ((avx512, True), (avx2, False)):  # 6 x 24/8 + 3 + 1 = 22 registers
@@ -422,6 +425,18 @@ def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
     assert space.problem({**gemm.tile_for(auto, 48, avx512), "LOCAL_SIZE": None}, context) is None
     # A caller's own VEC keeps the channel rule.
     assert gemm.tile_for({**auto, "VEC": 8}, 256, avx512)["TN"] == 16
+    # Few source channels per tap (an RGB stem): 4 x 64 where the channels are whole
+    # 64-wide tiles; more source channels, or other counts, keep the rules above.
+    few = {(n, ch): tuple(gemm.tile_for(auto, n, avx512, ch)[key] for key in ("TM", "TN", "VEC"))
+           for n in (32, 64, 128) for ch in (3, 16, 17)}
+    assert few == {(32, 3): (6, 32, 16), (32, 16): (6, 32, 16), (32, 17): (6, 32, 16),
+                   (64, 3): (4, 64, 16), (64, 16): (4, 64, 16), (64, 17): (6, 32, 16),
+                   (128, 3): (4, 64, 16), (128, 16): (4, 64, 16), (128, 17): (6, 32, 16)}
+    assert gemm.tile_for({**auto, "TM": 6}, 64, avx512, 3)["TN"] == 32  # a caller's TM
+    stem = conv2d_geometry((1, 16, 16, 3), (7, 7, 3, 64), parse_attrs(2, "SAME", "NHWC", None))
+    context = search_space.context(stem, avx512, "conv2d", "gemm")
+    assert space.problem({**gemm.tile_for(auto, 64, avx512, 3), "LOCAL_SIZE": None},
+                         context) is None
     space = search_space.shipped_spaces()["gemm_implicit"]
     g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 21), parse_attrs(1, "SAME", "NHWC", None))
     context = search_space.context(g, avx512, "conv2d", "gemm")
