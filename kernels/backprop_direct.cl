@@ -106,18 +106,36 @@ __kernel void backprop_direct(
         part[j] = (VCO)0;
 #endif
 
-    for (int a = 0; a < k_h; ++a) {
-        const int th = ih + pad_top - a * dil_h; // = oh * stride_h for a real dy row
-        if (th < 0 || th % stride_h != 0)
-            continue;
-        const int oh = th / stride_h;
+    // The taps whose dy pixel is real.  With unit dilation along an axis they are every
+    // stride-th tap from (ih + pad_top) % stride_h, one dy row apart: one division per
+    // work-item and axis instead of two per tap, which is most of a work-item's time
+    // where there are few channels to sum (a transpose from 32 channels to 1).
+    const int th0 = ih + pad_top, tw0 = iw + pad_left;
+    const bool unit_h = dil_h == 1, unit_w = dil_w == 1;
+    const int a_step = unit_h ? stride_h : 1, b_step = unit_w ? stride_w : 1;
+    const int a0 = unit_h ? th0 % stride_h : 0, b0 = unit_w ? tw0 % stride_w : 0;
+    int oh = unit_h ? th0 / stride_h : 0; // the dy row of tap a (unit dilation)
+    for (int a = a0; a < k_h; a += a_step, --oh) {
+        const int th = th0 - a * dil_h; // = oh * stride_h for a real dy row
+        if (th < 0) // th falls as a grows
+            break;
+        if (!unit_h) {
+            if (th % stride_h != 0)
+                continue;
+            oh = th / stride_h;
+        }
         if (oh >= out_h)
             continue;
-        for (int b = 0; b < k_w; ++b) {
-            const int tw = iw + pad_left - b * dil_w;
-            if (tw < 0 || tw % stride_w != 0)
-                continue;
-            const int ow = tw / stride_w;
+        int ow = unit_w ? tw0 / stride_w : 0;
+        for (int b = b0; b < k_w; b += b_step, --ow) {
+            const int tw = tw0 - b * dil_w;
+            if (tw < 0)
+                break;
+            if (!unit_w) {
+                if (tw % stride_w != 0)
+                    continue;
+                ow = tw / stride_w;
+            }
             if (ow >= out_w)
                 continue;
             const IDX dy_base = AT(dy, n, oh, ow, 0);

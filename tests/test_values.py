@@ -73,6 +73,10 @@ TRANSPOSE_CASES = {
                                        [[0, 0], [2, 2], [2, 2], [0, 0]], None),
     "dilation2": ((1, 5, 5, 2), (3, 3, 2, 2), (1, 5, 5, 2), 1, "SAME", 2),
     "dilation2_s2": ((1, 4, 4, 2), (3, 3, 2, 2), (1, 11, 11, 2), 2, "VALID", 2),
+    # A stride on both axes, a dilation on one: backprop_direct steps through the taps
+    # of a unit-dilation axis by the stride and tests each tap of the other.
+    "dilation_one_axis_s2x3": ((1, 4, 5, 2), (3, 2, 3, 2), (1, 11, 14, 3), [2, 3], "VALID",
+                               [2, 1]),
     "kernel_larger_than_output": ((1, 1, 1, 2), (5, 5, 3, 2), (1, 2, 2, 3), 2, "SAME", None),
     "fcn_like_s4_k8": ((1, 3, 3, 3), (8, 8, 3, 3), (1, 12, 12, 3), 4, "SAME", None),
     "empty_batch": ((0, 3, 3, 2), (3, 3, 2, 2), (0, 6, 6, 2), 2, "SAME", None),
