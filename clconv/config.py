@@ -137,9 +137,10 @@ def _shipped_config(family: str, info: DeviceInfo) -> tuple[dict[str, Any], str]
     return config, source
 
 
-def shipped_algorithm(op: str, info: DeviceInfo) -> str:
-    """Levels 3-4 of choose_algorithm."""
-    return _shipped_algorithm(op, info)[0]
+def shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None) -> str:
+    """Levels 3-4 of choose_algorithm: with a ``geometry``, defaults.yaml's
+    algorithm_rules for it included."""
+    return _shipped_algorithm(op, info, geometry)[0]
 
 
 def _shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None

@@ -391,9 +391,10 @@ def _resolved(candidate: Candidate, launcher: Launcher, case: TuneCase,
 
 
 def default_candidate(case: TuneCase, info: DeviceInfo, pools: Sequence[Pool]) -> Candidate:
-    """What the op runs untuned: the shipped algorithm (or the first one tunable here)
-    with its family's shipped configuration."""
-    algorithm = config_module.shipped_algorithm(case.op, info)
+    """What the op runs untuned: the shipped algorithm for its shape (defaults.yaml's
+    algorithm_rules too; else the first one tunable here) with its family's shipped
+    configuration."""
+    algorithm = config_module.shipped_algorithm(case.op, info, case.geometry)
     for pool in pools:
         if pool.algorithm == algorithm:
             return pool.start

@@ -310,6 +310,27 @@ def test_ops_run_the_tuned_configuration(one_rt, db, monkeypatch):
     assert "exact" in plan.describe() and best.algorithm in plan.describe()
 
 
+def test_the_baseline_is_what_the_op_runs_untuned(one_rt, db):
+    """The default a tuning run measures against (and keeps unless beaten) is the
+    shipped choice for the shape, defaults.yaml's algorithm_rules included: on a CPU a
+    transpose from 128 channels to 3 runs direct untuned, so that is the baseline."""
+    info = one_rt.info
+    chosen = {}
+    for dx_channels in (3, 64):
+        g = conv2d_geometry((1, 16, 16, dx_channels), (5, 5, dx_channels, 128),
+                            parse_attrs(2, "SAME", "NHWC", None))
+        case = tuner.TuneCase("t", "conv2d_transpose", g)
+        pools, _ = tuner.pools_for(case, info)
+        default = tuner.default_candidate(case, info, pools)
+        assert default.algorithm == config.choose_algorithm("conv2d_transpose", info, g)
+        plan = clconv.plan("conv2d_transpose", (1, 8, 8, 128), (5, 5, dx_channels, 128), 2,
+                           "SAME", (1, 16, 16, dx_channels), device=info.spec)
+        assert (plan.algorithm, plan.config) == (default.algorithm, dict(default.config))
+        chosen[dx_channels] = default.algorithm
+    if info.kind == "CPU":
+        assert chosen == {3: "direct", 64: "gemm"}
+
+
 # --------------------------------------------------------------------------- the command
 
 
