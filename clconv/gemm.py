@@ -174,9 +174,11 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
     """Fill TM/TN/VEC left as "auto" for a GEMM of ``n_out`` output channels that reads
     ``ch_count`` source channels per tap (None: not known).
 
-    TN: the narrowest tile that wastes little on n_out channels, or on cores with two
-    512-bit FMA pipes 32 (48 for multiples of 48 that are not of 32); VEC: the device's
-    vector width (``vector_width``), never wider than TN; TM: 6 pixels.  Measured by the
+    On cores with two 512-bit FMA pipes, 4 x 64 for multiples of 64 read from at most
+    FEW_SOURCE_CHANNELS channels per tap.  Otherwise TN: the narrowest tile that wastes
+    little on n_out channels, or on such cores 32 (48 for multiples of 48 that are not
+    of 32); VEC: the device's vector width (``vector_width``), never wider than TN;
+    TM: 6 pixels.  Measured by the
     tuner over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on narrow
     layers (Cout = 3) and was the most frequent winner elsewhere.
     """
