@@ -37,21 +37,24 @@ class GemmPlan:
 
     phases: tuple[tuple[int, ...], ...]  # rows, cols, row_start, row_step, col_start, col_step,
     #                                      tap_begin, tap_count
-    taps: tuple[tuple[int, ...], ...]  # off_h, off_w, a, b, phase tap_begin, phase tap_count
+    taps: tuple[tuple[int, ...], ...]  # off_h, off_w, a, b, phase tap_begin, phase tap_count,
+    #                                    off_d
     src_mul_h: int
     src_mul_w: int
+    src_mul_d: int = 0  # output depth o reads input depth o * src_mul_d + off_d
 
     def max_pixels(self, batch: int) -> int:
         return max((batch * p[0] * p[1] for p in self.phases), default=0)
 
 
-def _tables(phase_taps: list[list[tuple[int, int, int, int]]]) -> tuple[list, list]:
-    """Concatenate per-phase tap lists into tap-table rows; return them and each
-    phase's (tap_begin, tap_count)."""
+def _tables(phase_taps: list[list[tuple[int, ...]]]) -> tuple[list, list]:
+    """Concatenate per-phase tap lists, (off_h, off_w, a, b[, off_d]) each, into
+    tap-table rows; return them and each phase's (tap_begin, tap_count)."""
     taps, spans = [], []
     for plist in phase_taps:
         begin = len(taps)
-        taps.extend(tap + (begin, len(plist)) for tap in plist)
+        taps.extend(tap[:4] + (begin, len(plist), tap[4] if len(tap) > 4 else 0)
+                    for tap in plist)
         spans.append((begin, len(plist)))
     return taps, spans
 
@@ -59,12 +62,18 @@ def _tables(phase_taps: list[list[tuple[int, int, int, int]]]) -> tuple[list, li
 @functools.lru_cache(maxsize=512)
 def forward_plan(g: ConvGeometry) -> GemmPlan:
     """conv2d: one phase over all output pixels; tap (a, b) reads row
-    oh*stride - pad + a*dilation."""
-    taps = [(-g.pad_top + a * g.dil_h, -g.pad_left + b * g.dil_w, a, b)
-            for a in range(g.k_h) for b in range(g.k_w)]
+    oh*stride - pad + a*dilation.  A 3-D conv (g.depth) has kd x kh x kw taps, depth
+    tap e reading depth od*stride - pad + e*dilation; the kernel sees the filter
+    [kd, kh, kw, ...] as [kd * kh, kw, ...], so its row tap is e * kh + a.  The depth
+    taps are innermost: the packed panels then hold K in the order of a 2-D conv over
+    the depth-stacked input (clconv.depth), whose tuning the plan shares."""
+    d = g.depth
+    depth_taps = [(-d.pad_front + e * d.dil_d, e) for e in range(d.k_d)] if d else [(0, 0)]
+    taps = [(-g.pad_top + a * g.dil_h, -g.pad_left + b * g.dil_w, e * g.k_h + a, b, off_d)
+            for a in range(g.k_h) for b in range(g.k_w) for off_d, e in depth_taps]
     rows, spans = _tables([taps])
     phase = (g.out_h, g.out_w, 0, 1, 0, 1) + spans[0]
-    return GemmPlan((phase,), tuple(rows), g.stride_h, g.stride_w)
+    return GemmPlan((phase,), tuple(rows), g.stride_h, g.stride_w, d.stride_d if d else 0)
 
 
 def _residue_taps(residue: int, pad: int, k: int, dil: int, stride: int) -> list[tuple[int, int]]:
@@ -250,7 +259,8 @@ def uses_channel_index_loop(kind: str, tn: int, vec: int) -> bool:
 _I = np.int32
 _VIEW = [INDEX] * 5  # TENSOR_ARGS: offset and four strides
 PACK_ARGS = [None, *_VIEW, None, None, _I, _I, _I, None, _I]
-GEMM_ARGS = [None, *_VIEW, _I, _I, _I, None, None, None, *_VIEW, _I, _I, _I, _I, _I, None, None]
+GEMM_ARGS = [None, *_VIEW, _I, _I, _I, None, None, None, *_VIEW, _I, _I, _I, _I, _I, _I, _I,
+             _I, None, None]
 CAREFUL_ARGS = [*GEMM_ARGS, None, _I]
 SCRATCH_KEEP_BYTES = 64 << 20  # larger packed filters are not kept between calls
 SCRATCH_KEEP_COUNT = 2  # packed-filter buffers a plan keeps for reuse
@@ -342,9 +352,10 @@ class GemmLaunch:
         if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
+        pixels = self.plan.max_pixels(self.g.batch * self.g.out_planes)
         self.gemm_range = launch_range(
-            setup.info, (self.n_padded // tn, -(-self.plan.max_pixels(self.g.batch) // tm),
-                         len(self.plan.phases)), setup.local, axis=1)
+            setup.info, (self.n_padded // tn, -(-pixels // tm), len(self.plan.phases)),
+            setup.local, axis=1)
         self.careful_range = self.gemm_range
 
     @property
@@ -372,7 +383,7 @@ class GemmLaunch:
         self.phases = cl.Buffer(context, flags,
                                 hostbuf=np.array(self.plan.phases, np.int32).reshape(-1))
         self.taps = cl.Buffer(context, flags, hostbuf=np.array(
-            self.plan.taps or [(0,) * 6], np.int32).reshape(-1))
+            self.plan.taps or [(0,) * 7], np.int32).reshape(-1))
         self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(max(4, self.ch_count), setup.dtype))
         packed_dtype = PACKED_DTYPE.get(setup.dtype, setup.dtype)
         self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
@@ -394,6 +405,8 @@ class GemmLaunch:
             _pack_local(self.ch_count, info))
 
     def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:
+        if self.g.depth is not None:
+            filters = filters.merged(0)  # [kd, kh, ...] as [kd * kh, ...]: see forward_plan
         offset, s_a, s_b, s_in, s_out = filters.filter_view()
         # The input gradient reads the filter with in/out swapped:
         # B[k=(tap, co), n=ci] = w[a, b, ci, co].
@@ -438,11 +451,14 @@ class GemmLaunch:
             event = self._pack_into(queue, filters, packing, stamp)
             if timeline is not None and event is not None:
                 timeline.append(("pack filter", event))
-        layout = self.g.data_format
+        layout, g = self.g.data_format, self.g
+        if g.depth is not None:  # images of depth planes seen as a batch of planes
+            src, out = src.merged(0), out.merged(0)
         args = [src.buffer, *src.activation_view(layout), *self.src_hw, self.ch_count,
                 packing.buffer, self.zero, out.buffer, *out.activation_view(layout),
-                self.g.batch, self.n_out, self.n_padded, self.plan.src_mul_h,
-                self.plan.src_mul_w, self.phases, self.taps]
+                g.batch * g.out_planes, self.n_out, self.n_padded, self.plan.src_mul_h,
+                self.plan.src_mul_w, g.in_planes, g.out_planes, self.plan.src_mul_d,
+                self.phases, self.taps]
         event = self.gemm.enqueue(queue, *self.gemm_range, args)
         if timeline is not None:
             timeline.append(("gemm", event))
@@ -463,6 +479,8 @@ def unsupported_by_gemms(op: str, dtype: np.dtype, g: ConvGeometry, info: Device
         return f"the GEMM kernels compute float16/32/64 only (got {dtype.name})"
     if g.groups != 1:
         return f"the GEMM kernels compute ungrouped convolutions only (got {g.groups} groups)"
+    if g.depth is not None and (op != "conv2d" or g.data_format != "NHWC"):
+        return "the GEMM reads depth taps in the forward conv of channels-last tensors only"
     return None
 
 
@@ -475,6 +493,6 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
 
 ALGORITHM = register(Algorithm(
     name="gemm", prepare=GemmLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
-    fallback="grouped",
+    fallback="grouped", depth_taps=True,
     doc="per stride phase, a register-blocked implicit GEMM over the taps that land on "
         "real input pixels"))

@@ -94,8 +94,9 @@ class ConvPlan:
         forward = op == "conv2d"
         self.input_shape = g.x_shape() if forward else g.y_shape()
         self.output_shape = g.y_shape() if forward else g.x_shape()
-        self.filter_shape = (g.k_h, g.k_w, g.in_c // g.groups, g.out_c)
-        sums = g.k_h * g.k_w > 0 and (g.x_size() > 0 if forward else g.y_size() > 0) \
+        self.filter_shape = g.w_shape()
+        sums = g.depth_taps * g.k_h * g.k_w > 0 \
+            and (g.x_size() > 0 if forward else g.y_size() > 0) \
             and (g.out_c > 0 if forward else True)
         self.launches = sums and int(np.prod(self.output_shape)) > 0
         for shape, what in ((self.input_shape, "input"), (self.filter_shape, "filters"),
@@ -112,6 +113,8 @@ class ConvPlan:
             defines.update(dtype_defines(self.dtype))
             if wide:
                 defines["INDEX_64"] = 1
+            if g.depth is not None:
+                defines["DEPTH_TAPS"] = 1  # the kernels read depth taps (clconv.depth)
             local = config.get(search_space.LOCAL_SIZE)
             setup = Setup(rt.context, rt.info, op, g, self.dtype, space, config,
                           defines, tuple(int(v) for v in local) if local else None)
@@ -344,7 +347,7 @@ def needs_wide_index(g: ConvGeometry) -> bool:
     offsets reach: input, output, filter, and via_forward's padded copy of dy (at
     most the input grown by the effective filter on each side)."""
     padded = g.batch * (g.in_h + g.k_eff_h) * (g.in_w + g.k_eff_w) * max(g.in_c, g.out_c)
-    return max(g.x_size(), g.y_size(), g.k_h * g.k_w * (g.in_c // max(g.groups, 1)) * g.out_c,
+    return max(g.x_size(), g.y_size(), int(np.prod(g.w_shape())),
                padded) > tensors.WIDE_INDEX_ABOVE
 
 
@@ -352,9 +355,12 @@ def _check_index_range(op: str, g: ConvGeometry) -> None:
     """The kernels compute pixel rows and columns in 32-bit ints (row * stride - pad +
     tap * dilation, and their differences): a call whose arithmetic could pass 2^31 - 1
     is refused here, never launched to wrap around."""
-    for axis, size, out, stride, dil, k, before, after in (
+    d = g.depth
+    depth_axis = [("depth", d.in_d, d.out_d, d.stride_d, d.dil_d, d.k_d, d.pad_front,
+                   d.pad_back)] if d else []
+    for axis, size, out, stride, dil, k, before, after in depth_axis + [
             ("height", g.in_h, g.out_h, g.stride_h, g.dil_h, g.k_h, g.pad_top, g.pad_bottom),
-            ("width", g.in_w, g.out_w, g.stride_w, g.dil_w, g.k_w, g.pad_left, g.pad_right)):
+            ("width", g.in_w, g.out_w, g.stride_w, g.dil_w, g.k_w, g.pad_left, g.pad_right)]:
         reach = size + out * stride + before + after + max(k - 1, 0) * dil
         if reach > tensors.INT32_LIMIT:
             raise UnimplementedError(
@@ -363,13 +369,13 @@ def _check_index_range(op: str, g: ConvGeometry) -> None:
                 f"clconv's kernels index with 32-bit integers (at most {tensors.INT32_LIMIT})")
     # Element offsets go 64-bit past 2^31 - 1 (needs_wide_index); pixel counts and the
     # packed filter's panels stay int.
-    for what, pixels in (("input", g.batch * g.in_h * g.in_w),
-                         ("output", g.batch * g.out_h * g.out_w)):
+    for what, pixels in (("input", g.batch * g.in_planes * g.in_h * g.in_w),
+                         ("output", g.batch * g.out_planes * g.out_h * g.out_w)):
         if pixels > tensors.INT32_LIMIT:
             raise UnimplementedError(
-                f"{op}: the {what} has {pixels} pixels (batch x height x width); clconv's "
+                f"{op}: the {what} has {pixels} pixels (batch x depth x height x width); clconv's "
                 f"kernels count pixels in 32-bit integers (at most {tensors.INT32_LIMIT})")
-    weights = g.k_h * g.k_w * (g.in_c // max(g.groups, 1)) * g.out_c
+    weights = int(np.prod(g.w_shape()))
     if weights > tensors.INT32_LIMIT // 2:
         raise UnimplementedError(
             f"{op}: the filter has {weights} elements; the GEMM's packed filter panels (up "

@@ -65,7 +65,9 @@ class Algorithm:
     tuned kernel itself computes (what the search space's constraints read);
     ``resolve(config, op, g, device)`` fills in values left as "auto";
     ``prepare(setup)`` builds the plan's kernels, tables and buffers;
-    ``kernel_defines`` says what each of them is built with (offline compiles read it).
+    ``kernel_defines`` says what each of them is built with (offline compiles read it);
+    ``depth_taps``: it computes 3-D geometries (ConvGeometry.depth) of the ops whose
+    ``unsupported`` lets them through.
     """
 
     name: str
@@ -81,6 +83,7 @@ class Algorithm:
     # file's helper_kernels) is built with, from the plan's (tunables + dtype macros).
     kernel_defines: Callable[[str, dict, np.dtype], dict] = \
         lambda role, defines, dtype: defines
+    depth_taps: bool = False
 
 
 # The algorithm that computes every op, dtype and grouping: the end of every
@@ -139,7 +142,10 @@ def unsupported(name: str, op: str, dtype: np.dtype, g: ConvGeometry,
     """Why algorithm ``name`` cannot compute this call, or None."""
     if name not in algorithms_for(op):
         return f"algorithm {name!r} does not compute {op}"
-    return get(name).unsupported(op, np.dtype(dtype), g, info)
+    algorithm = get(name)
+    if g.depth is not None and not algorithm.depth_taps:
+        return f"algorithm {name!r} computes 2-D convolutions only"
+    return algorithm.unsupported(op, np.dtype(dtype), g, info)
 
 
 def runnable(requested: str, op: str, dtype: np.dtype, g: ConvGeometry,

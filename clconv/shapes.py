@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import collections.abc
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -23,8 +23,29 @@ DATA_FORMATS = ("NHWC", "NCHW")
 
 
 @dataclass(frozen=True)
+class DepthAxis:
+    """The depth of a 3-D conv whose depth taps a kernel reads itself (ConvGeometry.depth):
+    output depth o reads input depth o * stride - pad_front + tap * dilation."""
+
+    in_d: int
+    out_d: int
+    k_d: int
+    stride_d: int
+    dil_d: int
+    pad_front: int
+    pad_back: int
+
+
+@dataclass(frozen=True)
 class ConvGeometry:
-    """The forward conv  x[N,H,W,Cin] (*) w[kh,kw,Cin,Cout] -> y[N,Ho,Wo,Cout]."""
+    """The forward conv  x[N,H,W,Cin] (*) w[kh,kw,Cin,Cout] -> y[N,Ho,Wo,Cout].
+
+    With ``depth`` (NHWC only) it is the 3-D conv x[N,D,H,W,Cin] (*)
+    w[kd,kh,kw,Cin,Cout] -> y[N,Do,Ho,Wo,Cout]: the other fields keep their 2-D
+    meaning (batch N, one depth plane's height and width, the channels), and the
+    shapes, sizes and multiply-adds below are the 3-D ones.  Only algorithms that
+    declare depth taps (registry.Algorithm.depth_taps) compute such a geometry.
+    """
 
     data_format: str
     batch: int
@@ -45,6 +66,7 @@ class ConvGeometry:
     pad_left: int
     pad_right: int
     groups: int = 1
+    depth: Optional[DepthAxis] = None
 
     @property
     def k_eff_h(self) -> int:
@@ -54,22 +76,45 @@ class ConvGeometry:
     def k_eff_w(self) -> int:
         return (self.k_w - 1) * self.dil_w + 1
 
-    def x_shape(self) -> tuple[int, int, int, int]:
+    @property
+    def in_planes(self) -> int:
+        """Input depth planes per image (1 for a 2-D conv)."""
+        return self.depth.in_d if self.depth else 1
+
+    @property
+    def out_planes(self) -> int:
+        """Output depth planes per image (1 for a 2-D conv)."""
+        return self.depth.out_d if self.depth else 1
+
+    @property
+    def depth_taps(self) -> int:
+        return self.depth.k_d if self.depth else 1
+
+    def x_shape(self) -> tuple[int, ...]:
+        if self.depth:
+            return (self.batch, self.depth.in_d, self.in_h, self.in_w, self.in_c)
         return to_format((self.batch, self.in_h, self.in_w, self.in_c), self.data_format)
 
-    def y_shape(self) -> tuple[int, int, int, int]:
+    def y_shape(self) -> tuple[int, ...]:
+        if self.depth:
+            return (self.batch, self.depth.out_d, self.out_h, self.out_w, self.out_c)
         return to_format((self.batch, self.out_h, self.out_w, self.out_c), self.data_format)
 
+    def w_shape(self) -> tuple[int, ...]:
+        """The filter's shape, TF's layout ([kd,] kh, kw, C_in / groups, C_out)."""
+        plane = (self.k_h, self.k_w, self.in_c // max(self.groups, 1), self.out_c)
+        return (self.depth.k_d, *plane) if self.depth else plane
+
     def x_size(self) -> int:
-        return self.batch * self.in_h * self.in_w * self.in_c
+        return self.batch * self.in_planes * self.in_h * self.in_w * self.in_c
 
     def y_size(self) -> int:
-        return self.batch * self.out_h * self.out_w * self.out_c
+        return self.batch * self.out_planes * self.out_h * self.out_w * self.out_c
 
     def macs(self) -> int:
         """Multiply-adds of the forward conv (padding taps included)."""
-        return (self.batch * self.out_h * self.out_w * self.k_h * self.k_w
-                * (self.in_c // self.groups) * self.out_c)
+        return (self.batch * self.out_planes * self.out_h * self.out_w * self.depth_taps
+                * self.k_h * self.k_w * (self.in_c // self.groups) * self.out_c)
 
 
 def to_format(nhwc: Sequence[int], data_format: str) -> tuple[int, int, int, int]:

@@ -161,6 +161,23 @@ class DeviceTensor:
         """Offset and kh, kw, in, out strides of a filter (TF's layout)."""
         return self.view_args((0, 1, 2, 3))
 
+    def merged(self, axis: int) -> "DeviceTensor":
+        """The same elements with axes ``axis`` and ``axis + 1`` seen as one (a 3-D
+        tensor's batch and depth as a batch of planes, a filter's depth and height taps
+        as one axis of taps), which the strides must allow, as they do in any
+        C-contiguous tensor."""
+        shape, strides = self.shape, self.strides
+        if shape[axis] > 1 and shape[axis + 1] > 1 \
+                and strides[axis] != shape[axis + 1] * strides[axis + 1]:
+            raise InvalidArgumentError(
+                f"a tensor of shape {list(shape)} and strides {list(strides)} (elements) "
+                f"cannot be read with axes {axis} and {axis + 1} as one")
+        step = strides[axis + 1] if shape[axis + 1] > 1 else strides[axis]
+        return DeviceTensor(self.buffer, shape[:axis] + (shape[axis] * shape[axis + 1],)
+                            + shape[axis + 2:], self.dtype, self.offset,
+                            strides[:axis] + (step,) + strides[axis + 2:], self.array,
+                            self.borrowed)
+
     def with_unit_axis(self, at: int) -> "DeviceTensor":
         """The same elements with a unit axis inserted before axis ``at`` (as a
         reshape of a pyopencl array would give, without making one: a front end's 1-D

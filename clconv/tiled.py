@@ -45,7 +45,7 @@ class TiledLaunch(GemmLaunch):
                               kernel_defines("careful", d, setup.dtype))
         source, name = setup.space.kernel
         self.gemm = TypedKernel(setup.context, source, name, d, GEMM_ARGS)
-        pixel_tiles = -(-self.plan.max_pixels(self.g.batch) // mwg)
+        pixel_tiles = -(-self.plan.max_pixels(self.g.batch * self.g.out_planes) // mwg)
         # reqd_work_group_size fixes the group; the range is whole groups by construction.
         self.gemm_range = ((self.n_padded // nwg * ndimc, pixel_tiles * mdimc,
                             len(self.plan.phases)), (ndimc, mdimc, 1))
@@ -68,6 +68,6 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
 
 ALGORITHM = register(Algorithm(
     name="tiled", prepare=TiledLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
-    fallback="grouped", kernel_defines=kernel_defines,
+    fallback="grouped", kernel_defines=kernel_defines, depth_taps=True,
     doc="per stride phase, an implicit GEMM tiled per work-group through local memory, "
         "with coalesced loads (the GPU family)"))

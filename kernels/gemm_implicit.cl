@@ -17,10 +17,19 @@
 // SRC_MUL = 1, and the filter view has in/out swapped.  A phase with no taps writes 0
 // (pixels no input reaches).
 //
+// A 3-D forward conv (clconv.gemm.forward_plan; built with DEPTH_TAPS) is the same
+// GEMM over depth planes: src and y are seen as batches of planes [N * D, H, W, C] and
+// [N * Do, Ho, Wo, Cout], and each tap also has a depth offset: output plane (img, od)
+// reads input depth od * src_mul_d + off_d[t] of image img, 0 outside [0, src_depth).
+// So conv3d reads x in place instead of stacking the depths each tap reads into a
+// kd times larger copy.  2-D builds ignore src_depth, out_depth, src_mul_d and off_d,
+// and compile exactly the 2-D code (the depth arithmetic sits in the tap loop, which
+// the few-channel layers feel).
+//
 // Tables (int buffers):
 //   phases[p*PHASE_INTS + ...] = rows, cols, row_start, row_step, col_start, col_step,
 //                                tap_begin, tap_count
-//   taps[t*TAP_INTS + ...]     = off_h, off_w, a, b, phase tap_begin, phase tap_count
+//   taps[t*TAP_INTS + ...]     = off_h, off_w, a, b, phase tap_begin, phase tap_count, off_d
 // The packed filter of phase p starts at tap_begin * CH * n_padded.
 //
 // Each work-item computes a TM x TN tile (TM pixels x TN channels) held in TM*TN/VEC
@@ -63,7 +72,7 @@
 #endif
 
 #define PHASE_INTS 8
-#define TAP_INTS 6
+#define TAP_INTS 7
 
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
@@ -125,6 +134,7 @@ static inline void gemm_tile(
     __global const ACC *packed, __global const REAL *zero,
     __global REAL *y, TENSOR_ARGS(y),
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w,
+    int src_depth, int out_depth, int src_mul_d,
     __global const int *phases, __global const int *taps, const bool careful)
 {
     const int nb = (int)get_global_id(0);
@@ -137,12 +147,20 @@ static inline void gemm_tile(
     const int tap_begin = phase[6], tap_count = phase[7];
     const int k_phase = tap_count * ch_count;
 
-    // Where each of the tile's TM pixels lives.
+    // Where each of the tile's TM pixels lives: its image (with depth taps, the
+    // image's first source plane and the depth its depth taps start from), row, column.
     int img[TM], r[TM], c[TM];
+#ifdef DEPTH_TAPS
+    int depth0[TM];
+#endif
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int m = min(mb * TM + i, m_count - 1); // rows past the end are computed, not stored
         img[i] = m / (rows * cols);
+#ifdef DEPTH_TAPS
+        depth0[i] = img[i] % out_depth * src_mul_d;
+        img[i] = img[i] / out_depth * src_depth;
+#endif
         r[i] = (m / cols) % rows;
         c[i] = m % cols;
     }
@@ -165,9 +183,17 @@ static inline void gemm_tile(
         for (int i = 0; i < TM; ++i) {
             const int sh = r[i] * src_mul_h + tap[0];
             const int sw = c[i] * src_mul_w + tap[1];
+#ifdef DEPTH_TAPS
+            const int sd = depth0[i] + tap[6];
+            const int plane = img[i] + sd;
+            inside[i] = sd >= 0 && sd < src_depth && sh >= 0 && sh < src_h && sw >= 0
+                        && sw < src_w;
+#else
+            const int plane = img[i];
             inside[i] = sh >= 0 && sh < src_h && sw >= 0 && sw < src_w;
+#endif
             all_inside = all_inside && inside[i];
-            row[i] = inside[i] ? src + AT(src, img[i], sh, sw, 0) : zero;
+            row[i] = inside[i] ? src + AT(src, plane, sh, sw, 0) : zero;
             step[i] = inside[i] ? src_s3 : 0;
         }
         // In the careful kernel, rows of this tap that fall outside the source add
@@ -224,7 +250,12 @@ static inline void gemm_tile(
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
         if (mb * TM + i < m_count) {
-            __global REAL *out = y + AT(y, img[i], row_start + r[i] * row_step,
+#ifdef DEPTH_TAPS
+            const int out_plane = (mb * TM + i) / (rows * cols);
+#else
+            const int out_plane = img[i];
+#endif
+            __global REAL *out = y + AT(y, out_plane, row_start + r[i] * row_step,
                                         col_start + c[i] * col_step, 0);
             if (y_s3 == 1 && nb * TN + TN <= n_out) {
                 // A whole tile of contiguous channels: stores without a bound per lane,
@@ -260,11 +291,12 @@ static inline void gemm_tile(
     __global const ACC *packed, __global const REAL *zero, \
     __global REAL *y, TENSOR_ARGS(y), \
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w, \
+    int src_depth, int out_depth, int src_mul_d, \
     __global const int *phases, __global const int *taps
 #define GEMM_ARGS_PASS \
     src, src_off, src_s0, src_s1, src_s2, src_s3, src_h, src_w, ch_count, packed, zero, \
     y, y_off, y_s0, y_s1, y_s2, y_s3, batch, n_out, n_padded, src_mul_h, src_mul_w, \
-    phases, taps
+    src_depth, out_depth, src_mul_d, phases, taps
 
 // Every tap's rows multiplied as they are: outside rows read zero.  What conv2d is
 // (TF multiplies its zero padding), and the input gradient's answer whenever the

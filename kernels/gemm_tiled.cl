@@ -61,12 +61,19 @@
 #define NWI (NWG / NDIMC) // channels per work-item
 #define GROUP (MDIMC * NDIMC)
 #define PHASE_INTS 8
-#define TAP_INTS 6
+#define TAP_INTS 7
+// With DEPTH_TAPS (a 3-D forward conv: see gemm_implicit.cl) each tile pixel also
+// keeps the depth its depth taps start from.
+#ifdef DEPTH_TAPS
+#define DEPTH_TAPS_MWG MWG
+#else
+#define DEPTH_TAPS_MWG 1
+#endif
 
 // Local memory of one work-group, declared by each kernel (OpenCL C allows __local
 // variables only at kernel scope) and passed to tiled_gemm.
 #define TILED_LOCALS \
-    __local int pix_img[MWG], pix_r[MWG], pix_c[MWG]; \
+    __local int pix_img[MWG], pix_depth[DEPTH_TAPS_MWG], pix_r[MWG], pix_c[MWG]; \
     __local ACC a_tile[KWG][MWG + PAD]; \
     __local ACC b_tile[KWG][NWG + PAD]
 
@@ -78,8 +85,9 @@ static inline void tiled_gemm(
     __global const REAL *src, TENSOR_ARGS(src), int src_h, int src_w, int ch_count,
     __global const ACC *packed, __global REAL *y, TENSOR_ARGS(y),
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w,
+    int src_depth, int out_depth, int src_mul_d,
     __global const int *phases, __global const int *taps,
-    __local int *pix_img, __local int *pix_r, __local int *pix_c,
+    __local int *pix_img, __local int *pix_depth, __local int *pix_r, __local int *pix_c,
     __local ACC (*a_tile)[MWG + PAD], __local ACC (*b_tile)[NWG + PAD],
     __local uchar (*a_in)[MWG + PAD], bool active, const bool careful)
 {
@@ -97,11 +105,18 @@ static inline void tiled_gemm(
     const int tap_begin = phase[6], tap_count = phase[7];
     const int k_phase = active ? tap_count * ch_count : 0;
 
-    // Each tile pixel's image, row and column in the phase (img -1: past the end).
+    // Each tile pixel's image (-1: past the end; with depth taps, the image's first
+    // source plane, and the depth its depth taps start from), row and column.
     for (int i = lid; i < MWG; i += GROUP) {
         const int m = mb * MWG + i;
         const bool real = active && m < m_count;
+#ifdef DEPTH_TAPS
+        const int out_plane = m / (rows * cols);
+        pix_img[i] = real ? out_plane / out_depth * src_depth : -1;
+        pix_depth[i] = real ? out_plane % out_depth * src_mul_d : 0;
+#else
         pix_img[i] = real ? m / (rows * cols) : -1;
+#endif
         pix_r[i] = real ? (m / cols) % rows : 0;
         pix_c[i] = real ? m % cols : 0;
     }
@@ -132,9 +147,17 @@ static inline void tiled_gemm(
                 __global const int *tap = taps + (tap_begin + t) * TAP_INTS;
                 const int sh = pix_r[ml] * src_mul_h + tap[0];
                 const int sw = pix_c[ml] * src_mul_w + tap[1];
+#ifdef DEPTH_TAPS
+                const int sd = pix_depth[ml] + tap[6];
+                const int plane = img + sd;
+                inside = sd >= 0 && sd < src_depth && sh >= 0 && sh < src_h && sw >= 0
+                         && sw < src_w;
+#else
+                const int plane = img;
                 inside = sh >= 0 && sh < src_h && sw >= 0 && sw < src_w;
+#endif
                 if (inside)
-                    v = LOAD(src, AT(src, img, sh, sw, k - t * ch_count));
+                    v = LOAD(src, AT(src, plane, sh, sw, k - t * ch_count));
             }
             a_tile[kl][ml] = v;
             if (careful)
@@ -175,10 +198,14 @@ static inline void tiled_gemm(
     #pragma unroll
     for (int i = 0; i < MWI; ++i) {
         const int ml = ly + i * MDIMC;
-        const int img = pix_img[ml];
-        if (img < 0)
+        if (pix_img[ml] < 0)
             continue;
-        __global REAL *out = y + AT(y, img, row_start + pix_r[ml] * row_step,
+#ifdef DEPTH_TAPS
+        const int out_plane = (mb * MWG + ml) / (rows * cols);
+#else
+        const int out_plane = pix_img[ml];
+#endif
+        __global REAL *out = y + AT(y, out_plane, row_start + pix_r[ml] * row_step,
                                     col_start + pix_c[ml] * col_step, 0);
         #pragma unroll
         for (int j = 0; j < NWI; ++j) {
@@ -194,11 +221,13 @@ static inline void tiled_gemm(
     __global const ACC *packed, __global const REAL *zero, \
     __global REAL *y, TENSOR_ARGS(y), \
     int batch, int n_out, int n_padded, int src_mul_h, int src_mul_w, \
+    int src_depth, int out_depth, int src_mul_d, \
     __global const int *phases, __global const int *taps
 #define TILED_ARGS_PASS \
     src, src_off, src_s0, src_s1, src_s2, src_s3, src_h, src_w, ch_count, packed, \
     y, y_off, y_s0, y_s1, y_s2, y_s3, batch, n_out, n_padded, src_mul_h, src_mul_w, \
-    phases, taps, pix_img, pix_r, pix_c, a_tile, b_tile
+    src_depth, out_depth, src_mul_d, phases, taps, pix_img, pix_depth, pix_r, pix_c, a_tile, \
+    b_tile
 
 // One kernel per program (the host builds the careful pass with TILED_CAREFUL defined):
 // Oclgrind charges a program's every __local array to each of its kernels.

@@ -167,6 +167,27 @@ def test_an_algorithm_that_cannot_compute_the_call_is_refused_with_the_reason(sp
                     algorithm="via_forward")
 
 
+def test_only_algorithms_that_read_depth_taps_get_a_3d_geometry(spec):
+    """A geometry with depth taps (clconv.depth's conv3d read in place) is refused by
+    the 2-D-only algorithms, with the reason, and by the GEMM for the input gradient."""
+    from clconv.depth import Geometry3d, depth_geometry
+
+    g = depth_geometry(Geometry3d(1, (4, 5, 5), 3, (3, 3, 3), (4, 5, 5), 4, (1, 1, 1),
+                                  (1, 1, 1), ((1, 1), (1, 1), (1, 1))))
+    rt = clconv.runtime(spec)
+    for name in registry.algorithms_for("conv2d"):
+        reason = registry.unsupported(name, "conv2d", np.float32, g, rt.info)
+        assert (reason is None) == registry.get(name).depth_taps, (name, reason)
+        if not registry.get(name).depth_taps:
+            assert "2-D convolutions only" in reason
+    with pytest.raises(clconv.UnimplementedError, match="2-D convolutions only"):
+        plans.build_plan(rt, "conv2d", g, np.float32, registry.UNIVERSAL)
+    assert "forward conv" in registry.unsupported("gemm", "conv2d_backprop_input", np.float32,
+                                                  g, rt.info)
+    plan = plans.build_plan(rt, "conv2d", g, np.float32, "gemm")
+    assert plan.input_shape == (1, 4, 5, 5, 3) and plan.filter_shape == (3, 3, 3, 3, 4)
+
+
 def test_repeated_calls_reuse_one_plan(spec, monkeypatch):
     built = []
     real = plans.build_plan

@@ -77,6 +77,74 @@ def test_grouped_and_dilated_conv3d_match_the_reference(device, spec):
     assert_close(got, want, np.float32, 3 * 2 * 3 * 2)
 
 
+def _stack_sizes(monkeypatch):
+    """The sizes of the depth stacks the 3-D path makes, recorded as it makes them."""
+    from clconv import depth
+
+    real, made = depth._new, []
+
+    def recording(rt, shape, dtype, what, zero):
+        if "depth-stacked" in what:
+            made.append(tuple(shape))
+        return real(rt, shape, dtype, what, zero)
+
+    monkeypatch.setattr(depth, "_new", recording)
+    return made
+
+
+# Depth strides, dilations and padding of every kind, batch 2, odd sizes:
+# name -> (x shape, filter shape, strides, dilations, pads (before, after) per axis).
+DEPTH_TAPS = {
+    "pad_front_back": ((2, 5, 4, 6, 3), (3, 2, 3, 3, 5), [1, 1, 1], [1, 1, 1],
+                       [(1, 1), (1, 0), (1, 1)]),
+    "stride2_dilation2": ((2, 9, 5, 4, 4), (3, 3, 2, 4, 6), [2, 1, 2], [2, 1, 1],
+                          [(2, 1), (1, 1), (0, 1)]),
+    "stride3_uneven_pad": ((1, 8, 3, 5, 2), (2, 1, 3, 2, 7), [3, 1, 1], [1, 1, 2],
+                           [(0, 2), (0, 0), (2, 2)]),
+    "one_tap_reads_padding": ((2, 2, 3, 3, 3), (3, 3, 3, 3, 4), [1, 1, 1], [2, 1, 1],
+                              [(2, 2), (1, 1), (1, 1)]),
+}
+
+
+@pytest.mark.parametrize("case", list(DEPTH_TAPS), ids=list(DEPTH_TAPS))
+@pytest.mark.parametrize("algorithm", ["gemm", "tiled", "direct"])
+def test_depth_taps_read_in_place_or_stacked_match_the_reference(device, spec, case,
+                                                                  algorithm, monkeypatch):
+    """The GEMMs read a conv3d's depth taps from x in place (no depth stack); another
+    algorithm computes the depth-stacked 2-D conv.  Both against the float64 reference,
+    through the channels-first front end (explicit pads and dilations on every axis),
+    with every temporary of the 3-D path full of NaN before use."""
+    from clconv import depth
+
+    real = depth._new
+
+    def dirty(rt, shape, dtype, what, zero):
+        array = real(rt, shape, dtype, what, zero)
+        if not zero and array.size:
+            array.fill(np.nan)
+        return array
+
+    monkeypatch.setattr(depth, "_new", dirty)
+    stacks = _stack_sizes(monkeypatch)
+    x_shape, f_shape, strides, dilations, pads = DEPTH_TAPS[case]
+    x, f = _random(x_shape, 41), _random(f_shape, 42)
+    got = depth.conv_ncdhw(np.moveaxis(x, -1, 1), np.moveaxis(f, (3, 4), (1, 0)), None,
+                           strides, pads, dilations, 1, spec, algorithm)
+    want = _reference(x, f, strides, pads, dilations, groups=1)
+    assert_close(np.moveaxis(got, 1, -1), want, np.float32, int(np.prod(f_shape[:4])))
+    assert bool(stacks) == (algorithm == "direct"), stacks
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_depth_taps_in_place_in_half_and_double(device, spec, dtype):
+    x = np.random.default_rng(43).uniform(-1, 1, (2, 5, 6, 4, 3)).astype(dtype)
+    f = np.random.default_rng(44).uniform(-1, 1, (3, 3, 2, 3, 8)).astype(dtype)
+    got = clconv.conv3d(x, f, [1, 2, 1, 1, 1], "SAME", device=spec)
+    want = tf.nn.conv3d(x.astype(np.float64), f.astype(np.float64), [1, 2, 1, 1, 1],
+                        "SAME").numpy()
+    assert_close(got, want, dtype, 3 * 3 * 2 * 3)
+
+
 TRANSPOSE = {  # name -> (dy shape, filter shape, output_shape, strides, padding)
     "same_x2": ((1, 3, 4, 3, 5), (3, 3, 2, 4, 5), [1, 6, 8, 6, 4], [1, 2, 2, 2, 1], "SAME"),
     "valid_int_stride": ((1, 3, 4, 3, 5), (3, 3, 2, 4, 5), [1, 7, 9, 7, 4], 2, "VALID"),
@@ -182,10 +250,10 @@ def test_a_pyopencl_filter_stays_on_the_device_where_phases_have_one_tap(device,
 
 
 @pytest.mark.parametrize("case", ["same", "valid_strided", "grouped"])
-def test_conv3d_stacks_a_pyopencl_filter_on_the_device(device, spec, case, monkeypatch):
-    """conv3d with pyopencl input and filter: the filter's depth taps are stacked on the
-    device (never read back), with TF's values (the float64 reference for groups, which
-    TF's CPU kernels refuse)."""
+def test_conv3d_keeps_a_pyopencl_filter_on_the_device(device, spec, case, monkeypatch):
+    """conv3d with pyopencl input and filter: the filter is never read back (the GEMM
+    reads it as it is; for the grouped conv its depth taps are stacked on the device),
+    with TF's values (the float64 reference for groups, which TF's CPU kernels refuse)."""
     import pyopencl.array as cl_array
 
     from clconv import depth
