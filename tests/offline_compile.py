@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -212,18 +212,28 @@ def gpu_configurations() -> list[tuple[str, dict]]:
     return found
 
 
-# What each configuration is compiled as: float32 and float16, and float32 with 64-bit
-# offsets (INDEX_64, what a plan for tensors past 2^31 - 1 elements builds).
-VARIANTS = ((np.float32, False), (np.float16, False), (np.float32, True))
+# What each configuration is compiled as: float32 and float16, float32 with 64-bit
+# offsets (INDEX_64, what a plan for tensors past 2^31 - 1 elements builds), and for
+# the families that read depth taps float32 with them (DEPTH_TAPS: conv3d in place).
+VARIANTS = ((np.float32, False, False), (np.float16, False, False), (np.float32, True, False),
+            (np.float32, False, True))
+
+
+def variants(family: str) -> list[tuple[Any, bool, bool]]:
+    """VARIANTS that ``family`` is built as."""
+    space = search_space.shipped_spaces()[family]
+    reads_depth = any(registry.get(name).depth_taps for name in space.algorithms.values())
+    return [v for v in VARIANTS if reads_depth or not v[2]]
 
 
 def compile_family(target: Target, family: str, chosen: dict, dtype: np.dtype,
-                   wide: bool = False) -> list[KernelReport]:
+                   wide: bool = False, depth: bool = False) -> list[KernelReport]:
     """Every kernel a plan of ``family`` launches, built as the plan builds it (the
     registry's kernel_defines), for ``target``."""
     space = search_space.shipped_spaces()[family]
     algorithm = registry.get(next(iter(space.algorithms.values())))
-    own = {**chosen, **programs.dtype_defines(dtype), **({"INDEX_64": 1} if wide else {})}
+    own = {**chosen, **programs.dtype_defines(dtype), **({"INDEX_64": 1} if wide else {}),
+           **({"DEPTH_TAPS": 1} if depth else {})}
     reports = []
     for role, (source_name, kernel) in [("kernel", space.kernel),
                                         *space.helper_kernels.items()]:
@@ -234,7 +244,8 @@ def compile_family(target: Target, family: str, chosen: dict, dtype: np.dtype,
             source.write_text(programs.full_source(source_name))
             found = target.compile(source, programs.build_options(defines), work)
         reports.extend(KernelReport(target.name, family, search_space.format_config(chosen),
-                                    np.dtype(dtype).name + (" 64-bit index" if wide else ""),
+                                    np.dtype(dtype).name + (" 64-bit index" if wide else "")
+                                    + (" depth taps" if depth else ""),
                                     name, registers, spills, detail)
                        for name, registers, spills, detail in found if name == kernel)
     return reports
@@ -251,8 +262,9 @@ def main() -> int:
             print(f"| {target.name} | skipped: {missing} |||||||")
             continue
         for family, chosen in gpu_configurations():
-            for dtype, wide in VARIANTS:
-                for report in compile_family(target, family, chosen, np.dtype(dtype), wide):
+            for dtype, wide, depth in variants(family):
+                for report in compile_family(target, family, chosen, np.dtype(dtype), wide,
+                                             depth):
                     problem = report.problem(target.budget)
                     failed = failed or problem is not None
                     print(f"| {report.target} | {report.family} | {report.config} | "

@@ -1,6 +1,6 @@
 """Every shipped GPU configuration compiled offline for NVIDIA sm_80, AMD gfx90a and
-Intel DG2 (see offline_compile.py for the tool chains and the budgets), float32, float16
-and float32 with 64-bit offsets: no spills, and
+Intel DG2 (see offline_compile.py for the tool chains and the budgets), float32, float16,
+float32 with 64-bit offsets and (the GEMMs) float32 with depth taps: no spills, and
 register counts that keep the occupancy a GEMM kernel needs.  Each target is skipped,
 with the reason, where its compiler is absent; tests/run.sh installs them all."""
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from offline_compile import TARGETS, VARIANTS, compile_family, gpu_configurations
+from offline_compile import TARGETS, compile_family, gpu_configurations, variants
 
 CONFIGURATIONS = gpu_configurations()
 
@@ -22,8 +22,8 @@ def test_shipped_gpu_configurations_fit_the_register_budget(target, record_prope
     assert {family for family, _ in CONFIGURATIONS} >= {"gemm_tiled", "gemm_implicit"}
     problems, rows = [], []
     for family, chosen in CONFIGURATIONS:
-        for dtype, wide in VARIANTS:
-            reports = compile_family(target, family, chosen, np.dtype(dtype), wide)
+        for dtype, wide, depth in variants(family):
+            reports = compile_family(target, family, chosen, np.dtype(dtype), wide, depth)
             assert reports, f"{target.name} reported no kernel for {family} {chosen}"
             for report in reports:
                 rows.append(f"{report.kernel} {report.config} {report.dtype}: "
