@@ -655,7 +655,7 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     if algorithm not in op_algorithms(case.op) or registry.unsupported(
             algorithm, op2d, np.dtype(np.float32), plane, rt.info):
         algorithm = None  # e.g. via_forward forced on a suite that has conv2d cases
-    used = plans.get_plan(rt, op2d, plane, np.float32, algorithm).algorithm
+    used = plans.get_plan(rt, op2d, plane, np.float32, algorithm).runs(prepared=False)
 
     x_dev, w_dev = cl_array.to_device(rt.queue, x), cl_array.to_device(rt.queue, w)
     rt.queue.finish()

@@ -47,6 +47,10 @@ DEFAULTS_FILE = "defaults.yaml"
 FALLBACK_ALGORITHM = UNIVERSAL  # every op has one
 LEVELS = ("exact", "nearest", "device defaults", "generic")
 RULE_KEYS = {"op", "when", "use", "reason"}
+# A rule's optional `filters`: "any" (the default), or "unprepared": it holds only for
+# calls whose filter is not prepared (ConvPlan.prepare_filters), which pay for the
+# packing a GEMM reads.
+RULE_FILTERS = ("any", "unprepared")
 
 
 class DefaultsError(ValueError):
@@ -137,19 +141,32 @@ def _shipped_config(family: str, info: DeviceInfo) -> tuple[dict[str, Any], str]
     return config, source
 
 
-def shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None) -> str:
+def shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None,
+                      prepared: bool = True) -> str:
     """Levels 3-4 of choose_algorithm: with a ``geometry``, defaults.yaml's
-    algorithm_rules for it included."""
-    return _shipped_algorithm(op, info, geometry)[0]
+    algorithm_rules for it included (with ``prepared`` False, the rules for calls whose
+    filters are not prepared too: what an op call with a raw filter runs)."""
+    return _shipped_algorithm(op, info, geometry, prepared)[0]
 
 
-def _shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None
-                       ) -> tuple[str, str]:
-    """The sections' algorithm for ``op``, the most specific section winning; then, for
-    a ``geometry``, their algorithm_rules: the last rule for ``op`` whose ``when`` holds
-    for the shape overrides (a transpose to a few channels runs another algorithm than
-    a wide one)."""
-    algorithm, source = FALLBACK_ALGORITHM, "generic"
+def unprepared_algorithm(op: str, info: DeviceInfo, geometry: Any) -> Optional[tuple[str, str]]:
+    """(algorithm, reason) of the defaults.yaml rule that sends calls of this shape
+    whose filters are not prepared to another algorithm than prepared ones, or None."""
+    prepared = _shipped_algorithm(op, info, geometry)[0]
+    unprepared = _shipped_algorithm(op, info, geometry, prepared=False)
+    if unprepared[0] == prepared:
+        return None
+    return unprepared[0], unprepared[2]
+
+
+def _shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None,
+                       prepared: bool = True) -> tuple[str, str, str]:
+    """(algorithm, source, reason of the rule that chose it or ""): the sections'
+    algorithm for ``op``, the most specific section winning; then, for a ``geometry``,
+    their algorithm_rules: the last rule for ``op`` whose ``when`` holds for the shape
+    overrides (a transpose to a few channels runs another algorithm than a wide one),
+    rules for unprepared filters only where ``prepared`` is False."""
+    algorithm, source, reason = FALLBACK_ALGORITHM, "generic", ""
     sections = _device_sections(info)
     for i, section in enumerate(sections):
         chosen = (section.get("algorithm") or {}).get(op)
@@ -159,9 +176,11 @@ def _shipped_algorithm(op: str, info: DeviceInfo, geometry: Any = None
         values = {name: getattr(geometry, name) for name in search_space.GEOMETRY_NAMES}
         for i, section in enumerate(sections):
             for rule in section.get("algorithm_rules", ()):
-                if rule.op == op and rule.when.evaluate(values):
+                if rule.op == op and (rule.filters == "any" or not prepared) \
+                        and rule.when.evaluate(values):
                     algorithm, source = rule.use, ("device defaults" if i > 0 else "generic")
-    return algorithm, source
+                    reason = rule.reason
+    return algorithm, source, reason
 
 
 @dataclass(frozen=True)
@@ -173,6 +192,7 @@ class AlgorithmRule:
     when: search_space.Expression
     use: str
     reason: str
+    filters: str = "any"  # or "unprepared": only for calls with unprepared filters
 
 
 def _parse_rules(raw: Any, where: str) -> tuple[AlgorithmRule, ...]:
@@ -182,10 +202,13 @@ def _parse_rules(raw: Any, where: str) -> tuple[AlgorithmRule, ...]:
                             f"got {raw!r}")
     rules = []
     for i, item in enumerate(raw):
-        if not isinstance(item, dict) or set(item) != RULE_KEYS or not all(
-                isinstance(item[k], str) for k in RULE_KEYS):
-            raise DefaultsError(f"{prefix}[{i}]: expected a mapping of exactly op, when, use "
-                                f"and reason to strings, got {item!r}")
+        if not isinstance(item, dict) or not RULE_KEYS <= set(item) <= RULE_KEYS | {"filters"} \
+                or not all(isinstance(v, str) for v in item.values()):
+            raise DefaultsError(f"{prefix}[{i}]: expected a mapping of op, when, use, reason "
+                                f"(and optionally filters) to strings, got {item!r}")
+        if item.get("filters", "any") not in RULE_FILTERS:
+            raise DefaultsError(f"{prefix}[{i}].filters: expected one of "
+                                f"{', '.join(RULE_FILTERS)}, got {item['filters']!r}")
         if item["op"] not in search_space.OPS:
             raise DefaultsError(f"{prefix}[{i}].op: expected one of "
                                 f"{', '.join(search_space.OPS)}, got {item['op']!r}")
@@ -202,7 +225,8 @@ def _parse_rules(raw: Any, where: str) -> tuple[AlgorithmRule, ...]:
             raise DefaultsError(f"{prefix}[{i}].when: reads only the geometry "
                                 f"({', '.join(search_space.GEOMETRY_NAMES)}); unknown: "
                                 f"{', '.join(unknown)}")
-        rules.append(AlgorithmRule(item["op"], when, item["use"], item["reason"]))
+        rules.append(AlgorithmRule(item["op"], when, item["use"], item["reason"],
+                                   item.get("filters", "any")))
     return tuple(rules)
 
 
@@ -388,7 +412,7 @@ def explain_algorithm(op: str, info: DeviceInfo, geometry: Any, db: Any = None) 
         found = _database(op, info, geometry, path, lambda e: e.get("algorithm") in known)
         if found is not None:
             return Choice(found.entry["algorithm"], found.source, found.entry)
-        algorithm, source = _shipped_algorithm(op, info, geometry)
+        algorithm, source, _ = _shipped_algorithm(op, info, geometry)
         return Choice(algorithm, source)
 
     return _memoised(key, compute)

@@ -32,7 +32,7 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import registry, search_space, tensors, tuning_db
-from clconv.config import explain_algorithm, explain_config
+from clconv.config import explain_algorithm, explain_config, unprepared_algorithm
 from clconv.device_select import Runtime, check_process
 from clconv.errors import InvalidArgumentError, UnimplementedError
 from clconv.programs import dtype_defines
@@ -47,6 +47,9 @@ PLAN_CACHE_SIZE = 256  # plans kept per process (least recently used dropped fir
 # the caller with prepare_filters.
 AUTO_PACK_BYTES = 256 << 10
 OPS = search_space.OPS
+# Where an algorithm choice came from defaults.yaml (not a tuning database, a request
+# or a fallback): only then may a rule for unprepared filters send those elsewhere.
+SHIPPED_SOURCES = ("generic", "device defaults")
 
 logger = logging.getLogger("clconv")
 
@@ -76,13 +79,19 @@ class ConvPlan:
         level "exact" / "nearest", "device defaults", "generic", or a fallback)
     config, config_source : the kernel configuration (-D tunables and LOCAL_SIZE) and
         where it came from (the same levels, or "explicit")
+    unprepared_algorithm : the algorithm calls whose filters are not prepared run
+        instead (a defaults.yaml rule for unprepared filters: where packing the filter
+        for a GEMM costs more than the GEMM saves), or None: they run ``algorithm``
     input_shape, filter_shape, output_shape : in the op's data_format
     """
 
     def __init__(self, rt: Runtime, op: str, geometry: ConvGeometry, dtype: np.dtype,
                  algorithm: str, algorithm_source: str, config: dict[str, Any],
-                 config_source: str, family: str, wide: bool = False) -> None:
+                 config_source: str, family: str, wide: bool = False,
+                 unprepared: Optional[tuple[str, str]] = None) -> None:
         g = geometry
+        self.unprepared_algorithm, self._unprepared_reason = unprepared or (None, "")
+        self._unprepared_plan: Optional[ConvPlan] = None
         self.wide = wide  # kernels built with 64-bit offsets and strides (INDEX_64)
         self._rt, self._wide_twin = rt, None
         self.op, self.geometry, self.dtype = op, g, np.dtype(dtype)
@@ -146,7 +155,26 @@ class ConvPlan:
                 f"[{self.device.spec}] {self.device.name} ({self.device.platform}, "
                 f"{self.device.driver_version}): algorithm {self.algorithm} "
                 f"({self.algorithm_source}), {self.family} {format_config(self.config)} "
-                f"({self.config_source})" + (", 64-bit indices" if self.wide else ""))
+                f"({self.config_source})" + (", 64-bit indices" if self.wide else "")
+                + (f"; unprepared filters: algorithm {self.unprepared_algorithm} "
+                   f"({self._unprepared_reason})" if self.unprepared_algorithm else ""))
+
+    def runs(self, prepared: bool) -> str:
+        """The algorithm a call runs: with prepared filters (``prepare_filters``; a small
+        numpy filter the plan packs once counts as prepared), or without."""
+        return self.algorithm if prepared or not self.unprepared_algorithm \
+            else self.unprepared_algorithm
+
+    def _for_unprepared(self, filters: Any) -> Optional["ConvPlan"]:
+        """The plan that runs a call with these filters instead of this one, or None."""
+        if self.unprepared_algorithm is None or isinstance(filters, PreparedFilters) \
+                or self._packs_by_content(filters):
+            return None
+        plan = self._unprepared_plan
+        if plan is None:  # built at the first such call (two racing threads: one is kept)
+            plan = self._unprepared_plan = get_plan(self._rt, self.op, self.geometry,
+                                                    self.dtype, self.unprepared_algorithm)
+        return plan
 
     def __repr__(self) -> str:
         return f"<ConvPlan {self.describe()}>"
@@ -168,11 +196,16 @@ class ConvPlan:
                     "filters prepared by another plan: call prepare_filters on this plan")
             return filters.prepared
         self._check_shape(filters, self.filter_shape, "filters")
-        if type(filters) is np.ndarray and filters.dtype == self.dtype \
-                and filters.nbytes <= AUTO_PACK_BYTES and filters.flags.c_contiguous:
+        if self._packs_by_content(filters):
             return self._packed_by_content(filters, queue).prepared
         return tensors.to_device(filters, self.dtype, queue, self.device, "filters",
                                  borrow=borrow, checked=True)
+
+    def _packs_by_content(self, filters: Any) -> bool:
+        """Whether a filter is small host memory that the plan packs once and reuses
+        while its bytes are unchanged."""
+        return type(filters) is np.ndarray and filters.dtype == self.dtype \
+            and filters.nbytes <= AUTO_PACK_BYTES and filters.flags.c_contiguous
 
     def _packed_by_content(self, filters: np.ndarray, queue: cl.CommandQueue
                            ) -> PreparedFilters:
@@ -227,6 +260,9 @@ class ConvPlan:
 
     def _execute(self, input: Any, filters: Any, out: Any,
                  queue: Optional[cl.CommandQueue]) -> Any:
+        instead = self._for_unprepared(filters)
+        if instead is not None:
+            return instead._execute(input, filters, out, queue)
         queue = self._queue_for([input, filters, out], queue)
         self._check_shape(input, self.input_shape, "input")
         resident = tensors.is_device_array(input)
@@ -281,6 +317,10 @@ class ConvPlan:
         event of the last kernel, None when the op launches nothing."""
         if self.launch is None:
             return out.fill(queue, 0) if out.size else None
+        instead = self._for_unprepared(filters) \
+            if isinstance(filters, tensors.DeviceTensor) else None
+        if instead is not None:
+            return instead.enqueue(queue, src, filters, out, timeline)
         if isinstance(filters, PreparedFilters):
             filters = self._filters(filters, queue, False)
         return self._launch_for(src, filters, out).enqueue(queue, src, filters, out, timeline)
@@ -389,6 +429,12 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
     None takes the tuned / shipped configuration, a dict is used as given."""
     dtype = np.dtype(dtype)
     name, algorithm_source = _choose_algorithm(rt, op, g, dtype, algorithm)
+    unprepared = None
+    if algorithm is None and config is None and algorithm_source in SHIPPED_SOURCES:
+        unprepared = unprepared_algorithm(op, rt.info, g)
+        if unprepared is not None and registry.unsupported(unprepared[0], op, dtype, g,
+                                                           rt.info) is not None:
+            unprepared = None
     alg = registry.get(name)
     space = registry.space_for(name, op)
     if space is None:
@@ -420,7 +466,7 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
             config = _nearest_runnable(space, config, limits, name, rt.info.name)
             config_source = f"kernel defaults, nearest runnable candidate ({config_source})"
     plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
-                    space.family, wide=needs_wide_index(g))
+                    space.family, wide=needs_wide_index(g), unprepared=unprepared)
     logger.debug("plan built: %s", plan.describe())
     return plan
 

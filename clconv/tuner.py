@@ -392,9 +392,10 @@ def _resolved(candidate: Candidate, launcher: Launcher, case: TuneCase,
 
 def default_candidate(case: TuneCase, info: DeviceInfo, pools: Sequence[Pool]) -> Candidate:
     """What the op runs untuned: the shipped algorithm for its shape (defaults.yaml's
-    algorithm_rules too; else the first one tunable here) with its family's shipped
+    algorithm_rules too, those for unprepared filters included: a candidate is timed
+    with a raw filter; else the first one tunable here) with its family's shipped
     configuration."""
-    algorithm = config_module.shipped_algorithm(case.op, info, case.geometry)
+    algorithm = config_module.shipped_algorithm(case.op, info, case.geometry, prepared=False)
     for pool in pools:
         if pool.algorithm == algorithm:
             return pool.start

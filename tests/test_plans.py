@@ -28,6 +28,7 @@ from helpers import (
     conv2d_case,
     conv2d_reference,
     random_array,
+    reduction_length,
 )
 
 import clconv
@@ -165,6 +166,36 @@ def test_an_algorithm_that_cannot_compute_the_call_is_refused_with_the_reason(sp
     with pytest.raises(clconv.InvalidArgumentError, match="not one of"):
         clconv.plan("conv2d", (1, 5, 5, 4), (3, 3, 4, 6), 1, "SAME", device=spec,
                     algorithm="via_forward")
+
+
+def test_unprepared_filters_of_a_tiny_transpose_run_the_rules_algorithm(device, spec, caplog):
+    """A transpose from a 3 x 3 dy (9 pixels) with a 288 KB filter: on a CPU a call
+    with a raw filter (host memory past AUTO_PACK_BYTES, or a pyopencl array) runs the
+    algorithm of defaults.yaml's rule for unprepared filters, a prepared one the plan's
+    own; describe() says both, and every form gives the float64 reference's values."""
+    import pyopencl.array as cl_array
+
+    dy, w = random_array((1, 3, 3, 64), seed=61), random_array((3, 3, 128, 64), seed=62)
+    assert w.nbytes > plans.AUTO_PACK_BYTES
+    plans.forget_all()  # the rule's plan is built (and logged) at the first raw call
+    plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, 2, "SAME", (1, 6, 6, 128),
+                       device=spec)
+    cpu = device.kind == "CPU"
+    raw_algorithm = plan.runs(prepared=False)
+    assert (raw_algorithm != plan.algorithm) == cpu
+    assert plan.runs(prepared=True) == plan.algorithm
+    assert ("unprepared filters: algorithm" in plan.describe()) == cpu
+    g = backprop_case((1, 6, 6, 128), w.shape, dy.shape, 2, "SAME")
+    want = backprop_input_reference(dy, w, g)
+    queue = clconv.runtime(spec).queue
+    with caplog.at_level(logging.DEBUG, logger="clconv"):
+        results = {"host": plan.execute(dy, w),
+                   "pyopencl": plan.execute(dy, cl_array.to_device(queue, w)),
+                   "prepared": plan.execute(dy, plan.prepare_filters(w))}
+    built = [r.getMessage() for r in caplog.records if "plan built" in r.getMessage()]
+    assert any(f"algorithm {raw_algorithm} (requested)" in m for m in built) == cpu, built
+    for form, got in results.items():
+        assert_close(got, want, np.float32, reduction_length(g, transpose=True)), form
 
 
 def test_only_algorithms_that_read_depth_taps_get_a_3d_geometry(spec):

@@ -329,6 +329,17 @@ def test_the_baseline_is_what_the_op_runs_untuned(one_rt, db):
         chosen[dx_channels] = default.algorithm
     if info.kind == "CPU":
         assert chosen == {3: "direct", 64: "gemm"}
+    # A batch-1 transpose from a 4 x 4 dy: the tuner times raw filters, so its baseline
+    # is what a call with an unprepared filter runs (direct on a CPU), not the GEMM a
+    # prepared filter gets.
+    g = conv2d_geometry((1, 8, 8, 64), (4, 4, 64, 128), parse_attrs(2, "SAME", "NHWC", None))
+    case = tuner.TuneCase("tiny", "conv2d_transpose", g)
+    pools, _ = tuner.pools_for(case, info)
+    plan = clconv.plan("conv2d_transpose", (1, 4, 4, 128), (4, 4, 64, 128), 2, "SAME",
+                       (1, 8, 8, 64), device=info.spec)
+    assert tuner.default_candidate(case, info, pools).algorithm == plan.runs(prepared=False)
+    if info.kind == "CPU":
+        assert (plan.runs(prepared=False), plan.runs(prepared=True)) == ("direct", "gemm")
 
 
 # --------------------------------------------------------------------------- the command

@@ -179,8 +179,35 @@ def test_a_cpu_transpose_to_a_few_channels_runs_the_gather_form(db):
     assert config.explain_algorithm("conv2d_transpose", FAKE, g, db=db).value == "gemm"
 
 
+def test_unprepared_filters_read_by_few_dy_pixels_run_the_gather_form(db):
+    """The shipped CPU rule for unprepared filters: a transpose (or input gradient)
+    whose dy has at most 16 pixels runs "direct" when its filter is not prepared, the
+    GEMM when it is; from 32 pixels on, on other ops and on a GPU, one algorithm."""
+    config.invalidate()
+
+    def tiny(batch, side):  # k4 s2 from 512 dy channels to 256, dy batch x side x side
+        return conv2d_geometry((batch, 2 * side, 2 * side, 256), (4, 4, 256, 512),
+                               parse_attrs(2, "SAME", "NHWC", None))
+
+    for op in ("conv2d_transpose", "conv2d_backprop_input"):
+        for g in (tiny(1, 4), tiny(1, 2), tiny(4, 2)):
+            assert config.choose_algorithm(op, FAKE, g) == "gemm"
+            algorithm, reason = config.unprepared_algorithm(op, FAKE, g)
+            assert algorithm == "direct" and "pack" in reason
+            assert config.shipped_algorithm(op, FAKE, g, prepared=False) == "direct"
+        for g in (tiny(2, 4), tiny(1, 8)):
+            assert config.unprepared_algorithm(op, FAKE, g) is None, g
+    assert config.unprepared_algorithm("conv2d", FAKE, tiny(1, 4)) is None
+    gpu = dataclasses.replace(FAKE, kind="GPU")
+    assert config.unprepared_algorithm("conv2d_transpose", gpu, tiny(1, 4)) is None
+
+
 @pytest.mark.parametrize("rule, problem", [
-    ({"op": "conv2d_transpose", "when": "in_c <= 4", "use": "direct"}, "exactly op, when"),
+    ({"op": "conv2d_transpose", "when": "in_c <= 4", "use": "direct"}, "op, when, use, reason"),
+    ({"op": "conv2d", "when": "in_c <= 4", "use": "direct", "reason": "r", "filters": "raw"},
+     ".filters: expected one of any, unprepared"),
+    ({"op": "conv2d", "when": "in_c <= 4", "use": "direct", "reason": "r", "prepared": "no"},
+     "op, when, use, reason"),
     ({"op": "conv3d", "when": "in_c <= 4", "use": "direct", "reason": "r"}, ".op"),
     ({"op": "conv2d", "when": "in_c <= 4", "use": "nope", "reason": "r"}, ".use"),
     ({"op": "conv2d", "when": "in_c <= TN", "use": "direct", "reason": "r"}, "unknown: TN"),
