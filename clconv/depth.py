@@ -196,14 +196,16 @@ def forward(x: Any, w: Any, g: Geometry3d, device: DeviceSpec,
     pixels = g.in_size[1] * g.in_size[2]
     source = _on_device(x, rt)
     plane = forward_plane(g)
-    plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
+    decided = plans.decide(rt, "conv2d", plane, dtype, algorithm)
     in_place = depth_geometry(g)
-    if unsupported(plan.algorithm, "conv2d", dtype, in_place, rt.info) is None:
+    if unsupported(decided.algorithm, "conv2d", dtype, in_place, rt.info) is None:
         # The same GEMM, reading x where the stack would have copied it from (a stack
         # is taps x the input: 12 MB and 1.5-4 ms for a 3x3x3 conv over 2x16x32x32x32).
-        plan = plans.get_plan(rt, "conv2d", in_place, dtype, plan.algorithm, plan.config)
+        plan = plans.get_plan(rt, "conv2d", in_place, dtype, decided.algorithm,
+                              decided.config)
         filters = _contiguous(w) if tensors.is_device_array(w) else w
         return _returned(plan.execute(source, filters), x)
+    plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
     reads = [g.tap_depths(tap) for tap in range(taps)]
     if taps == 1 and g.strides[0] == 1 and g.pads[0] == (0, 0):
         stacked = source  # the one tap reads every depth: x is the plane batch

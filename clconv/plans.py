@@ -423,10 +423,34 @@ def _check_index_range(op: str, g: ConvGeometry) -> None:
             f"{tensors.INT32_LIMIT // 2} filter elements)")
 
 
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What a plan of a call runs, decided without building anything (``decide``)."""
+
+    algorithm: str
+    algorithm_source: str
+    config: dict[str, Any]
+    config_source: str
+    family: str
+    unprepared: Optional[tuple[str, str]]  # (algorithm, reason) for unprepared filters
+
+
 def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
                algorithm: Optional[str] = None, config: Optional[dict] = None) -> ConvPlan:
     """Decide and prepare (no memo): ``algorithm`` None lets clconv choose; ``config``
     None takes the tuned / shipped configuration, a dict is used as given."""
+    d = decide(rt, op, g, dtype, algorithm, config)
+    plan = ConvPlan(rt, op, g, dtype, d.algorithm, d.algorithm_source, d.config,
+                    d.config_source, d.family, wide=needs_wide_index(g),
+                    unprepared=d.unprepared)
+    logger.debug("plan built: %s", plan.describe())
+    return plan
+
+
+def decide(rt: Runtime, op: str, g: ConvGeometry, dtype: Any, algorithm: Optional[str] = None,
+           config: Optional[dict] = None) -> Decision:
+    """The algorithm and configuration a plan of this call would run, and where each
+    came from (build_plan's decisions, no kernel built)."""
     dtype = np.dtype(dtype)
     name, algorithm_source = _choose_algorithm(rt, op, g, dtype, algorithm)
     unprepared = None
@@ -465,10 +489,7 @@ def build_plan(rt: Runtime, op: str, g: ConvGeometry, dtype: Any,
             # candidate nearest its defaults that this device can run.
             config = _nearest_runnable(space, config, limits, name, rt.info.name)
             config_source = f"kernel defaults, nearest runnable candidate ({config_source})"
-    plan = ConvPlan(rt, op, g, dtype, name, algorithm_source, config, config_source,
-                    space.family, wide=needs_wide_index(g), unprepared=unprepared)
-    logger.debug("plan built: %s", plan.describe())
-    return plan
+    return Decision(name, algorithm_source, config, config_source, space.family, unprepared)
 
 
 def _nearest_runnable(space: search_space.SearchSpace, config: dict[str, Any],
