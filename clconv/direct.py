@@ -90,8 +90,11 @@ class BackpropDirect:
         self.kernel = TypedKernel(setup.context, source, name, setup.defines, BACKPROP_ARGS)
         self.kernels = (self.kernel,)
         blocks = g.groups * -(-(g.in_c // g.groups) // int(setup.defines["CI_BLOCK"]))
+        # Groups along the pixels, one channel block each, where the filter outweighs dy
+        # (programs.cpu_local_size).
+        weights = g.k_h * g.k_w * (g.in_c // g.groups) * g.out_c
         self.range = launch_range(setup.info, (blocks, g.batch * g.in_h * g.in_w),
-                                  setup.local, axis=1)
+                                  setup.local, axis=1, weight_major=weights > g.y_size())
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> Any:
         return filters

@@ -353,6 +353,32 @@ def test_cpu_ranges_get_groups_of_whole_pixel_tiles_enough_for_every_thread():
     assert ndrange((8, 342), None, "simulator", axis=1, max_group=4096) == ((8, 342), None)
 
 
+def test_weight_major_cpu_ranges_group_one_channel_block_over_pixels(device, spec, launches):
+    """A direct input gradient whose filter outweighs dy (gan_tiny_b1: 32 blocks of 8
+    dx channels x 64 dx pixels, an 8 MB filter) groups one channel block with up to
+    WEIGHT_MAJOR_PIXELS pixels, so the block's filter slice serves them all; with too few
+    blocks to share between the threads, or where dy outweighs the filter, the usual
+    groups; the values are the reference's either way."""
+    from clconv.programs import WEIGHT_MAJOR_PIXELS, cpu_local_size
+
+    assert WEIGHT_MAJOR_PIXELS == 16
+    assert cpu_local_size((32, 64), axis=1, max_group=4096, units=2,
+                          weight_major=True) == (1, 16)
+    assert cpu_local_size((32, 64), axis=1, max_group=4096, units=2) == (32, 1)
+    assert cpu_local_size((4, 64), axis=1, max_group=4096, units=2,
+                          weight_major=True) == cpu_local_size((4, 64), 1, 4096, 2)
+    dy, w = random_array((1, 4, 4, 64), seed=71), random_array((4, 4, 64, 64), seed=72)
+    g = backprop_case((1, 8, 8, 64), w.shape, dy.shape, 2, "SAME")
+    plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, 2, "SAME", (1, 8, 8, 64),
+                       device=spec, algorithm="direct")
+    assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
+                 reduction_length(g, transpose=True))
+    (_, global_size, local), = [launch for launch in launches
+                                if launch[0] == "backprop_direct"][-1:]
+    if device.kind == "CPU":  # 8 blocks of 8 channels x 64 pixels: one block a group
+        assert (global_size, local) == ((8, 64), (1, 16))
+
+
 def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, launches):
     """On a CPU device a small call's GEMM launches with clconv's groups (dividing its
     range) and computes the reference's values."""
