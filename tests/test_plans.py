@@ -219,6 +219,27 @@ def test_only_algorithms_that_read_depth_taps_get_a_3d_geometry(spec):
     assert plan.input_shape == (1, 4, 5, 5, 3) and plan.filter_shape == (3, 3, 3, 3, 4)
 
 
+def test_device_tensors_merge_axes_their_strides_allow(spec):
+    """A 3-D tensor's batch and depth read as one axis of planes (what the depth-tap
+    GEMM does): a C-contiguous tensor merges, and so does every other depth (the
+    planes stay evenly spaced); a run of depths inside each image does not, and is
+    refused with its shape and strides, never read wrongly."""
+    import pyopencl.array as cl_array
+
+    from clconv.tensors import DeviceTensor
+
+    queue = clconv.runtime(spec).queue
+    whole = DeviceTensor.of_array(cl_array.zeros(queue, (2, 3, 4, 5, 6), np.float32))
+    planes = whole.merged(0)
+    assert (planes.shape, planes.strides) == ((6, 4, 5, 6), (120, 30, 6, 1))
+    deep = cl_array.zeros(queue, (2, 6, 4, 5, 6), np.float32)
+    assert DeviceTensor.of_array(deep[:, ::2]).merged(0).strides[0] == 240
+    with pytest.raises(clconv.InvalidArgumentError, match=r"shape \[2, 3, 4, 5, 6\]"):
+        DeviceTensor.of_array(deep[:, 1:4]).merged(0)
+    one = DeviceTensor.of_array(deep[:1, 1:4])  # one image: any depth step is the stride
+    assert (one.merged(0).shape[0], one.merged(0).offset) == (3, 120)
+
+
 def test_repeated_calls_reuse_one_plan(spec, monkeypatch):
     built = []
     real = plans.build_plan
