@@ -326,6 +326,7 @@ def select_cases(cases: Sequence[BenchCase], names: Optional[Sequence[str]]) -> 
 
 
 MIN_RUNS = 3  # the fewest timed runs a median is taken of, whatever the time cap
+PEER_SETTLE_S = 0.3  # pause before a case's clconv runs where peers ran before (run_case)
 
 
 def time_runs(call: Callable[[], Any], repeat: int,
@@ -669,6 +670,13 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
         return _clconv_call(case, x, w, spec, algorithm)
 
     expected = resident().get()
+    if peers:
+        # The last case's peers (TF's Eigen pool, PyTorch's OpenMP threads) spin for a
+        # while after their runs, and PoCL's threads do not: without a pause a case's
+        # clconv runs shared the cores with them (u_odd_40_72 after TF: 1.1 cores busy,
+        # 3.6 ms; alone 1.8 cores, 1.8 ms, Zen 5), while the peers never ran beside
+        # spinning PoCL threads.
+        time.sleep(PEER_SETTLE_S)
     # The process's CPU time over the runs' wall time: how many cores the runtime kept
     # busy.  PoCL runs one launch on one thread or on all from one call to the next
     # (1.03 against 1.77 for the same conv1d on a 2-core Zen 5); this tells a slow
