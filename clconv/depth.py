@@ -28,6 +28,7 @@ import pyopencl.array as cl_array
 from clconv import buffer_pool, plans, tensors
 from clconv.depth_copies import Depths, contiguous_copy, copy_depths
 from clconv.device_select import DeviceSpec, Runtime
+from clconv.errors import InvalidArgumentError
 from clconv.ops import check_device_dtype, choose_runtime
 from clconv.registry import unsupported
 from clconv.shapes import ConvGeometry, DepthAxis
@@ -153,6 +154,19 @@ class _Padding:
                     self.zeros, count, self.channels)
 
 
+def _taps_filter(w: Any) -> Any:
+    """A filter as the depth-tap GEMMs read it: a pyopencl array in place where its depth
+    and height taps read as one axis (any C-contiguous array, or a view of some output
+    channels), else a contiguous copy; a host array as it is."""
+    if not tensors.is_device_array(w):
+        return w
+    try:
+        tensors.DeviceTensor.of_array(w).merged(0)
+        return w
+    except InvalidArgumentError:
+        return _contiguous(w)
+
+
 def _returned(result: cl_array.Array, like: Any) -> Any:
     return result if tensors.is_device_array(like) else result.get()
 
@@ -203,8 +217,7 @@ def forward(x: Any, w: Any, g: Geometry3d, device: DeviceSpec,
         # is taps x the input: 12 MB and 1.5-4 ms for a 3x3x3 conv over 2x16x32x32x32).
         plan = plans.get_plan(rt, "conv2d", in_place, dtype, decided.algorithm,
                               decided.config)
-        filters = _contiguous(w) if tensors.is_device_array(w) else w
-        return _returned(plan.execute(source, filters), x)
+        return _returned(plan.execute(source, _taps_filter(w)), x)
     plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
     reads = [g.tap_depths(tap) for tap in range(taps)]
     if taps == 1 and g.strides[0] == 1 and g.pads[0] == (0, 0):
@@ -264,6 +277,17 @@ def backprop_input(dy: Any, w: Any, g: Geometry3d, device: DeviceSpec,
     groups = g.groups
     per_out = g.out_c // groups
     phases = backprop_phases(g)
+    if phases and g.out_size[0]:
+        # The GEMMs read each phase's dy depths in place (clconv.gemm.backprop_plan),
+        # with the algorithm and configuration of the phase with the most depth taps.
+        _, _, plane = max(phases, key=lambda phase: len(phase[1]))
+        decided = plans.decide(rt, "conv2d_backprop_input", plane, dtype, algorithm)
+        in_place = depth_geometry(g)
+        if unsupported(decided.algorithm, "conv2d_backprop_input", dtype, in_place,
+                       rt.info) is None:
+            plan = plans.get_plan(rt, "conv2d_backprop_input", in_place, dtype,
+                                  decided.algorithm, decided.config)
+            return _returned(plan.execute(_on_device(dy, rt), _taps_filter(w)), dy)
     if tensors.is_device_array(w) and any(len(taps) > 1 for _, taps, _ in phases):
         w = host(w)  # stacked taps need their planes rearranged (on the host)
     reached = sum(len(in_depths) for in_depths, _, _ in phases) == depth

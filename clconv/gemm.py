@@ -36,15 +36,15 @@ class GemmPlan:
     """Phases and taps of one GEMM (see the comment at the top of the kernel)."""
 
     phases: tuple[tuple[int, ...], ...]  # rows, cols, row_start, row_step, col_start, col_step,
-    #                                      tap_begin, tap_count
+    #                                      tap_begin, tap_count, depths, d_start, d_step
     taps: tuple[tuple[int, ...], ...]  # off_h, off_w, a, b, phase tap_begin, phase tap_count,
     #                                    off_d
     src_mul_h: int
     src_mul_w: int
-    src_mul_d: int = 0  # output depth o reads input depth o * src_mul_d + off_d
+    src_mul_d: int = 0  # a phase's j-th depth reads source depth j * src_mul_d + off_d
 
     def max_pixels(self, batch: int) -> int:
-        return max((batch * p[0] * p[1] for p in self.phases), default=0)
+        return max((batch * p[0] * p[1] * p[8] for p in self.phases), default=0)
 
 
 def _tables(phase_taps: list[list[tuple[int, ...]]]) -> tuple[list, list]:
@@ -72,7 +72,7 @@ def forward_plan(g: ConvGeometry) -> GemmPlan:
     taps = [(-g.pad_top + a * g.dil_h, -g.pad_left + b * g.dil_w, e * g.k_h + a, b, off_d)
             for a in range(g.k_h) for b in range(g.k_w) for off_d, e in depth_taps]
     rows, spans = _tables([taps])
-    phase = (g.out_h, g.out_w, 0, 1, 0, 1) + spans[0]
+    phase = (g.out_h, g.out_w, 0, 1, 0, 1) + spans[0] + (g.out_planes, 0, 1)
     return GemmPlan((phase,), tuple(rows), g.stride_h, g.stride_w, d.stride_d if d else 0)
 
 
@@ -89,19 +89,28 @@ def _residue_taps(residue: int, pad: int, k: int, dil: int, stride: int) -> list
 
 @functools.lru_cache(maxsize=512)
 def backprop_plan(g: ConvGeometry) -> GemmPlan:
-    """Input gradient: one phase per stride residue (ph, pw) of the dx pixels."""
-    phase_rows, phase_taps = [], []
-    for ph in range(min(g.stride_h, g.in_h)):
-        taps_h = _residue_taps(ph, g.pad_top, g.k_h, g.dil_h, g.stride_h)
-        for pw in range(min(g.stride_w, g.in_w)):
-            taps_w = _residue_taps(pw, g.pad_left, g.k_w, g.dil_w, g.stride_w)
-            rows = -(-(g.in_h - ph) // g.stride_h)
-            cols = -(-(g.in_w - pw) // g.stride_w)
-            phase_rows.append((rows, cols, ph, g.stride_h, pw, g.stride_w))
-            phase_taps.append([(oh, ow, a, b) for oh, a in taps_h for ow, b in taps_w])
+    """Input gradient: one phase per stride residue (ph, pw) of the dx pixels, and for
+    a 3-D conv (g.depth) per residue pd of the dx depths too: its depths pd + j*stride
+    read dy depth j + off_d through depth tap e (row tap e * kh + a, as forward_plan)."""
+    d = g.depth
+    depth_residues = range(min(d.stride_d, d.in_d)) if d else [0]
+    phase_rows, phase_taps, depth_fields = [], [], []
+    for pd in depth_residues:
+        taps_d = _residue_taps(pd, d.pad_front, d.k_d, d.dil_d, d.stride_d) if d else [(0, 0)]
+        depths = -(-(d.in_d - pd) // d.stride_d) if d else 1
+        for ph in range(min(g.stride_h, g.in_h)):
+            taps_h = _residue_taps(ph, g.pad_top, g.k_h, g.dil_h, g.stride_h)
+            for pw in range(min(g.stride_w, g.in_w)):
+                taps_w = _residue_taps(pw, g.pad_left, g.k_w, g.dil_w, g.stride_w)
+                rows = -(-(g.in_h - ph) // g.stride_h)
+                cols = -(-(g.in_w - pw) // g.stride_w)
+                phase_rows.append((rows, cols, ph, g.stride_h, pw, g.stride_w))
+                phase_taps.append([(oh, ow, e * g.k_h + a, b, od) for od, e in taps_d
+                                   for oh, a in taps_h for ow, b in taps_w])
+                depth_fields.append((depths, pd, d.stride_d if d else 1))
     taps, spans = _tables(phase_taps)
-    phases = tuple(p + s for p, s in zip(phase_rows, spans))
-    return GemmPlan(phases, tuple(taps), 1, 1)
+    phases = tuple(p + s + f for p, s, f in zip(phase_rows, spans, depth_fields))
+    return GemmPlan(phases, tuple(taps), 1, 1, 1)
 
 
 def vector_width(info: DeviceInfo) -> int:
@@ -352,7 +361,7 @@ class GemmLaunch:
         if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
-        pixels = self.plan.max_pixels(self.g.batch * self.g.out_planes)
+        pixels = self.plan.max_pixels(self.g.batch)
         self.gemm_range = launch_range(
             setup.info, (self.n_padded // tn, -(-pixels // tm), len(self.plan.phases)),
             setup.local, axis=1)
@@ -374,6 +383,8 @@ class GemmLaunch:
         self.g = g
         # GEMM shape: source (x or dy), its channels, and the N (output channels) side.
         self.src_hw = (g.in_h, g.in_w) if self.forward else (g.out_h, g.out_w)
+        self.src_out_depths = (g.in_planes, g.out_planes) if self.forward \
+            else (g.out_planes, g.in_planes)
         self.ch_count = g.in_c if self.forward else g.out_c
         self.n_out = g.out_c if self.forward else g.in_c
         self.n_padded = -(-self.n_out // tn) * tn
@@ -456,8 +467,8 @@ class GemmLaunch:
             src, out = src.merged(0), out.merged(0)
         args = [src.buffer, *src.activation_view(layout), *self.src_hw, self.ch_count,
                 packing.buffer, self.zero, out.buffer, *out.activation_view(layout),
-                g.batch * g.out_planes, self.n_out, self.n_padded, self.plan.src_mul_h,
-                self.plan.src_mul_w, g.in_planes, g.out_planes, self.plan.src_mul_d,
+                g.batch, self.n_out, self.n_padded, self.plan.src_mul_h,
+                self.plan.src_mul_w, *self.src_out_depths, self.plan.src_mul_d,
                 self.phases, self.taps]
         event = self.gemm.enqueue(queue, *self.gemm_range, args)
         if timeline is not None:
@@ -479,8 +490,8 @@ def unsupported_by_gemms(op: str, dtype: np.dtype, g: ConvGeometry, info: Device
         return f"the GEMM kernels compute float16/32/64 only (got {dtype.name})"
     if g.groups != 1:
         return f"the GEMM kernels compute ungrouped convolutions only (got {g.groups} groups)"
-    if g.depth is not None and (op != "conv2d" or g.data_format != "NHWC"):
-        return "the GEMM reads depth taps in the forward conv of channels-last tensors only"
+    if g.depth is not None and g.data_format != "NHWC":
+        return "the GEMM reads depth taps of channels-last tensors only"
     return None
 
 

@@ -45,7 +45,7 @@ class TiledLaunch(GemmLaunch):
                               kernel_defines("careful", d, setup.dtype))
         source, name = setup.space.kernel
         self.gemm = TypedKernel(setup.context, source, name, d, GEMM_ARGS)
-        pixel_tiles = -(-self.plan.max_pixels(self.g.batch * self.g.out_planes) // mwg)
+        pixel_tiles = -(-self.plan.max_pixels(self.g.batch) // mwg)
         # reqd_work_group_size fixes the group; the range is whole groups by construction.
         self.gemm_range = ((self.n_padded // nwg * ndimc, pixel_tiles * mdimc,
                             len(self.plan.phases)), (ndimc, mdimc, 1))

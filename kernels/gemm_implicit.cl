@@ -17,18 +17,20 @@
 // SRC_MUL = 1, and the filter view has in/out swapped.  A phase with no taps writes 0
 // (pixels no input reaches).
 //
-// A 3-D forward conv (clconv.gemm.forward_plan; built with DEPTH_TAPS) is the same
-// GEMM over depth planes: src and y are seen as batches of planes [N * D, H, W, C] and
-// [N * Do, Ho, Wo, Cout], and each tap also has a depth offset: output plane (img, od)
-// reads input depth od * src_mul_d + off_d[t] of image img, 0 outside [0, src_depth).
-// So conv3d reads x in place instead of stacking the depths each tap reads into a
-// kd times larger copy.  2-D builds ignore src_depth, out_depth, src_mul_d and off_d,
-// and compile exactly the 2-D code (the depth arithmetic sits in the tap loop, which
-// the few-channel layers feel).
+// A 3-D conv (built with DEPTH_TAPS) is the same GEMM over depth planes: src and y
+// are seen as batches of planes [N * src_depth, H, W, C] and [N * out_depth, ...], a
+// phase also has depths (its count, first and step: the output depths d_start +
+// j * d_step), and each tap a depth offset: the phase's j-th depth of image img reads
+// source depth j * src_mul_d + off_d[t], 0 outside [0, src_depth).  The forward conv
+// is one phase of every output depth (src_mul_d = stride); the input gradient one
+// phase per depth residue too, as along the rows (src_mul_d = 1).  So the 3-D ops read
+// their source in place instead of stacking the depths each tap reads into a copy kd
+// times larger.  2-D builds ignore the depth fields and compile exactly the 2-D code
+// (the depth arithmetic sits in the tap loop, which the few-channel layers feel).
 //
 // Tables (int buffers):
 //   phases[p*PHASE_INTS + ...] = rows, cols, row_start, row_step, col_start, col_step,
-//                                tap_begin, tap_count
+//                                tap_begin, tap_count, depths, d_start, d_step
 //   taps[t*TAP_INTS + ...]     = off_h, off_w, a, b, phase tap_begin, phase tap_count, off_d
 // The packed filter of phase p starts at tap_begin * CH * n_padded.
 //
@@ -71,7 +73,7 @@
 #error "TN must be at most 64 channels"
 #endif
 
-#define PHASE_INTS 8
+#define PHASE_INTS 11
 #define TAP_INTS 7
 
 #define CAT_(a, b) a##b
@@ -141,7 +143,12 @@ static inline void gemm_tile(
     const int mb = (int)get_global_id(1);
     __global const int *phase = phases + (int)get_global_id(2) * PHASE_INTS;
     const int rows = phase[0], cols = phase[1];
-    const int m_count = batch * rows * cols;
+#ifdef DEPTH_TAPS
+    const int depths = phase[8];
+#else
+    const int depths = 1;
+#endif
+    const int m_count = batch * depths * rows * cols;
     if (nb * TN >= n_padded || mb * TM >= m_count)
         return;
     const int tap_begin = phase[6], tap_count = phase[7];
@@ -158,8 +165,8 @@ static inline void gemm_tile(
         const int m = min(mb * TM + i, m_count - 1); // rows past the end are computed, not stored
         img[i] = m / (rows * cols);
 #ifdef DEPTH_TAPS
-        depth0[i] = img[i] % out_depth * src_mul_d;
-        img[i] = img[i] / out_depth * src_depth;
+        depth0[i] = img[i] % depths * src_mul_d;
+        img[i] = img[i] / depths * src_depth;
 #endif
         r[i] = (m / cols) % rows;
         c[i] = m % cols;
@@ -251,7 +258,9 @@ static inline void gemm_tile(
     for (int i = 0; i < TM; ++i) {
         if (mb * TM + i < m_count) {
 #ifdef DEPTH_TAPS
-            const int out_plane = (mb * TM + i) / (rows * cols);
+            const int plane = (mb * TM + i) / (rows * cols);
+            const int out_plane = plane / depths * out_depth + phase[9]
+                                  + plane % depths * phase[10];
 #else
             const int out_plane = img[i];
 #endif

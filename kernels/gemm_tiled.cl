@@ -60,7 +60,7 @@
 #define MWI (MWG / MDIMC) // pixels per work-item
 #define NWI (NWG / NDIMC) // channels per work-item
 #define GROUP (MDIMC * NDIMC)
-#define PHASE_INTS 8
+#define PHASE_INTS 11 // gemm_implicit.cl's tables
 #define TAP_INTS 7
 // With DEPTH_TAPS (a 3-D forward conv: see gemm_implicit.cl) each tile pixel also
 // keeps the depth its depth taps start from.
@@ -96,7 +96,12 @@ static inline void tiled_gemm(
     const int nb = (int)get_group_id(0), mb = (int)get_group_id(1);
     __global const int *phase = phases + (int)get_group_id(2) * PHASE_INTS;
     const int rows = phase[0], cols = phase[1];
-    const int m_count = batch * rows * cols;
+#ifdef DEPTH_TAPS
+    const int depths = phase[8];
+#else
+    const int depths = 1;
+#endif
+    const int m_count = batch * depths * rows * cols;
     // A group past its phase's pixels (phases smaller than the NDRange's largest), or a
     // careful pass with nothing to redo, runs no chunk and stores nothing.  It does not
     // return: a return ahead of a barrier, even one the whole group takes, is where
@@ -111,9 +116,9 @@ static inline void tiled_gemm(
         const int m = mb * MWG + i;
         const bool real = active && m < m_count;
 #ifdef DEPTH_TAPS
-        const int out_plane = m / (rows * cols);
-        pix_img[i] = real ? out_plane / out_depth * src_depth : -1;
-        pix_depth[i] = real ? out_plane % out_depth * src_mul_d : 0;
+        const int plane = m / (rows * cols);
+        pix_img[i] = real ? plane / depths * src_depth : -1;
+        pix_depth[i] = real ? plane % depths * src_mul_d : 0;
 #else
         pix_img[i] = real ? m / (rows * cols) : -1;
 #endif
@@ -201,7 +206,9 @@ static inline void tiled_gemm(
         if (pix_img[ml] < 0)
             continue;
 #ifdef DEPTH_TAPS
-        const int out_plane = (mb * MWG + ml) / (rows * cols);
+        const int plane = (mb * MWG + ml) / (rows * cols);
+        const int out_plane = plane / depths * out_depth + phase[9]
+                                  + plane % depths * phase[10];
 #else
         const int out_plane = pix_img[ml];
 #endif

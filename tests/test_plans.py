@@ -199,8 +199,8 @@ def test_unprepared_filters_of_a_tiny_transpose_run_the_rules_algorithm(device, 
 
 
 def test_only_algorithms_that_read_depth_taps_get_a_3d_geometry(spec):
-    """A geometry with depth taps (clconv.depth's conv3d read in place) is refused by
-    the 2-D-only algorithms, with the reason, and by the GEMM for the input gradient."""
+    """A geometry with depth taps (clconv.depth's 3-D convs read in place) is refused by
+    the 2-D-only algorithms, with the reason; the GEMM takes it for every op."""
     from clconv.depth import Geometry3d, depth_geometry
 
     g = depth_geometry(Geometry3d(1, (4, 5, 5), 3, (3, 3, 3), (4, 5, 5), 4, (1, 1, 1),
@@ -213,8 +213,8 @@ def test_only_algorithms_that_read_depth_taps_get_a_3d_geometry(spec):
             assert "2-D convolutions only" in reason
     with pytest.raises(clconv.UnimplementedError, match="2-D convolutions only"):
         plans.build_plan(rt, "conv2d", g, np.float32, registry.UNIVERSAL)
-    assert "forward conv" in registry.unsupported("gemm", "conv2d_backprop_input", np.float32,
-                                                  g, rt.info)
+    for op in ("conv2d_backprop_input", "conv2d_transpose"):
+        assert registry.unsupported("gemm", op, np.float32, g, rt.info) is None
     plan = plans.build_plan(rt, "conv2d", g, np.float32, "gemm")
     assert plan.input_shape == (1, 4, 5, 5, 3) and plan.filter_shape == (3, 3, 3, 3, 4)
 

@@ -135,6 +135,75 @@ def test_depth_taps_read_in_place_or_stacked_match_the_reference(device, spec, c
     assert bool(stacks) == (algorithm == "direct"), stacks
 
 
+def _transpose_reference(dy, w, strides, pads, dilations, size):
+    """float64 conv3d_transpose (the input gradient of ``_reference``'s conv, ungrouped):
+    every tap's products scattered onto a canvas long enough for all of them, then
+    cropped to dx's ``size`` after the padding before."""
+    dy, w = dy.astype(np.float64), w.astype(np.float64)
+    outs, kernel = dy.shape[1:4], w.shape[:3]
+    extent = [(o - 1) * s + (k - 1) * d + 1 for o, s, k, d in zip(outs, strides, kernel,
+                                                                   dilations)]
+    canvas = np.zeros((dy.shape[0], *[max(e, p[0] + n) for e, p, n in zip(extent, pads, size)],
+                       w.shape[3]))
+    for a in range(kernel[0]):
+        for b in range(kernel[1]):
+            for e in range(kernel[2]):
+                at = [t * d for t, d in zip((a, b, e), dilations)]
+                canvas[:, at[0]:at[0] + (outs[0] - 1) * strides[0] + 1:strides[0],
+                       at[1]:at[1] + (outs[1] - 1) * strides[1] + 1:strides[1],
+                       at[2]:at[2] + (outs[2] - 1) * strides[2] + 1:strides[2]] += np.einsum(
+                    "ndhwo,co->ndhwc", dy, w[a, b, e])
+    return canvas[:, pads[0][0]:pads[0][0] + size[0], pads[1][0]:pads[1][0] + size[1],
+                  pads[2][0]:pads[2][0] + size[2]]
+
+
+@pytest.mark.parametrize("case", list(DEPTH_TAPS), ids=list(DEPTH_TAPS))
+@pytest.mark.parametrize("algorithm", ["gemm", "tiled", "direct"])
+def test_transposes_read_depth_taps_in_place_or_stacked(device, spec, case, algorithm,
+                                                       monkeypatch):
+    """The input gradients of the DEPTH_TAPS convs (their transposes): the GEMMs read
+    every depth phase's dy depths in place (no stack; the depths no tap reaches are
+    written as zeros by the kernel, from NaN-filled memory), the direct kernels from
+    stacks; both against the float64 reference."""
+    from clconv import depth
+
+    real = depth._new
+
+    def dirty(rt, shape, dtype, what, zero):
+        array = real(rt, shape, dtype, what, zero)
+        if not zero and array.size:
+            array.fill(np.nan)
+        return array
+
+    monkeypatch.setattr(depth, "_new", dirty)
+    monkeypatch.setattr(clconv.plans.tensors, "empty_output", _nan_filled_output(
+        clconv.plans.tensors.empty_output))
+    stacks = _stack_sizes(monkeypatch)
+    x_shape, f_shape, strides, dilations, pads = DEPTH_TAPS[case]
+    y_size = [(n + p[0] + p[1] - (k - 1) * d - 1) // s + 1 for n, p, k, d, s in zip(
+        x_shape[1:4], pads, f_shape[:3], dilations, strides)]
+    dy, f = _random((x_shape[0], *y_size, f_shape[4]), 43), _random(f_shape, 44)
+    got = depth.conv_transpose_ncdhw(np.moveaxis(dy, -1, 1), np.moveaxis(f, (3, 4), (1, 0)),
+                                     None, strides, pads, x_shape[1:4], dilations, 1, spec,
+                                     algorithm)
+    want = _transpose_reference(dy, f, strides, pads, dilations, x_shape[1:4])
+    assert_close(np.moveaxis(got, 1, -1), want, np.float32, int(np.prod(f_shape[:3])) *
+                 f_shape[4])
+    if algorithm != "direct":
+        assert not stacks, stacks
+
+
+def _nan_filled_output(real):
+    """tensors.empty_output whose new outputs hold NaN (a reused buffer may hold
+    anything): a kernel must write every element, zeros included."""
+    def filled(shape, dtype, queue, info, zero, checked=False):
+        tensor = real(shape, dtype, queue, info, zero, checked)
+        if not zero and tensor.size:
+            tensor.fill(queue, np.nan)
+        return tensor
+    return filled
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
 def test_depth_taps_in_place_in_half_and_double(device, spec, dtype):
     x = np.random.default_rng(43).uniform(-1, 1, (2, 5, 6, 4, 3)).astype(dtype)
@@ -220,12 +289,14 @@ def test_depth_stacks_zero_their_own_padding(device, spec, case, monkeypatch):
     assert_close(got, want, np.float32, int(reduction))
 
 
+@pytest.mark.parametrize("algorithm", [None, "direct"])
 @pytest.mark.parametrize("case", ["unet_up_batch2", "same_x2", "valid_batch2_odd_depth"])
 def test_a_pyopencl_filter_stays_on_the_device_where_phases_have_one_tap(device, spec, case,
-                                                                          monkeypatch):
-    """conv3d_transpose with pyopencl input and filter: TF's values, and a filter read
-    back to the host only where a depth phase stacks several taps (k3 s2), never for the
-    one-tap phases of a k2 s2 U-Net up-sampling."""
+                                                                          algorithm, monkeypatch):
+    """conv3d_transpose with pyopencl input and filter: TF's values, and a filter never
+    read back by the GEMM (it reads the depth taps in place); with the direct kernels
+    (depth phases stacked) read back only where a depth phase stacks several taps (k3
+    s2), never for the one-tap phases of a k2 s2 U-Net up-sampling."""
     import pyopencl.array as cl_array
 
     from clconv import depth
@@ -242,11 +313,12 @@ def test_a_pyopencl_filter_stays_on_the_device_where_phases_have_one_tap(device,
 
     monkeypatch.setattr(depth, "host", host)
     got = clconv.conv3d_transpose(cl_array.to_device(queue, dy), cl_array.to_device(queue, f),
-                                  output_shape, strides, padding)
+                                  output_shape, strides, padding, algorithm=algorithm)
     assert isinstance(got, cl_array.Array)
     want = tf.nn.conv3d_transpose(dy, f, output_shape, strides, padding).numpy()
     assert_close(got.get(), want, np.float32, int(np.prod(f_shape[:3])) * f_shape[4])
-    assert bool(read_back) == (f_shape[0] > 2)  # k3 s2: phases of two depth taps
+    stacking = algorithm == "direct"
+    assert bool(read_back) == (stacking and f_shape[0] > 2)  # k3 s2: two depth taps
 
 
 @pytest.mark.parametrize("case", ["same", "valid_strided", "grouped"])
