@@ -1,12 +1,13 @@
 """3-D convolutions through the 2-D ones (the front ends' 3-D path).
 
 The forward conv is one 2-D conv over a batch of N x D_out planes whose channels
-are the input depths each depth tap reads, stacked (see ``forward``); the GEMMs
-compute it reading those depths from x in place (a geometry with depth taps), the
-other algorithms from the stack.  The input
+are the input depths each depth tap reads, stacked (see ``forward``).  The input
 gradient is one 2-D input gradient per depth phase (input depths of one residue
 modulo the depth stride), its taps' dy depths stacked the same way (see
-``backprop_input``), so the zeros a depth stride would insert cost nothing.  Each
+``backprop_input``), so the zeros a depth stride would insert cost nothing.  The
+GEMMs compute both reading those depths in place (one plan of a geometry with depth
+taps: clconv.gemm's phases and taps carry the depths), with the algorithm and
+configuration the 2-D plane would get; the other algorithms read the stacks.  Each
 is a 2-D plan (clconv.plans), so every 2-D algorithm, the stride-phase
 decomposition of the planes and the tuning carry over.  The stacking and the
 scattering of a phase's result into every stride-th depth are copies on the device
@@ -267,8 +268,10 @@ def backprop_input(dy: Any, w: Any, g: Geometry3d, device: DeviceSpec,
     exactly the depth taps a with (r + pad - a * dilation) divisible by the stride,
     from dy depth (id + pad - a * dilation) / stride; those dy depths are stacked along
     the channels (zeros past dy's ends), so the device sums all of a phase's taps and
-    no work goes to the zeros a depth stride would insert.  ``w`` is a host array, or a
-    pyopencl array on dy's queue (read back only where a phase stacks several taps)."""
+    no work goes to the zeros a depth stride would insert.  The GEMMs read the phases'
+    dy depths in place instead (one plan for all of them).  ``w`` is a host array, or
+    a pyopencl array on dy's queue (read back only where a stacked phase has several
+    taps)."""
     dtype = dy.dtype
     rt = choose_runtime([dy], device)
     check_device_dtype(rt, dtype)

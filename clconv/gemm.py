@@ -4,7 +4,9 @@ The host side plans the GEMM: which output pixels form a *phase*, which filter
 taps each phase uses and where each tap reads its source.  The forward conv is
 one phase; the input gradient (conv2d_transpose) is one phase per stride
 residue, each a dense stride-1 convolution with a sub-filter, so no work goes
-to the zeros a stride would insert.  A ConvPlan prepares the tables and
+to the zeros a stride would insert.  A 3-D conv (ConvGeometry.depth) is the same
+with depth taps and, for the input gradient, depth residues too.  A ConvPlan
+prepares the tables and
 kernels once (GemmLaunch); each call packs the filter into panels contiguous
 per tile, unless the caller packed it once with ``prepare_filters``.
 """
