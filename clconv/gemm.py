@@ -6,9 +6,9 @@ one phase; the input gradient (conv2d_transpose) is one phase per stride
 residue, each a dense stride-1 convolution with a sub-filter, so no work goes
 to the zeros a stride would insert.  A 3-D conv (ConvGeometry.depth) is the same
 with depth taps and, for the input gradient, depth residues too.  A ConvPlan
-prepares the tables and
-kernels once (GemmLaunch); each call packs the filter into panels contiguous
-per tile, unless the caller packed it once with ``prepare_filters``.
+prepares the tables and kernels once (GemmLaunch); each call packs the filter
+into panels contiguous per tile, unless the caller packed it once with
+``prepare_filters``.
 """
 
 from __future__ import annotations
