@@ -198,6 +198,44 @@ def test_unprepared_filters_of_a_tiny_transpose_run_the_rules_algorithm(device, 
         assert_close(got, want, np.float32, reduction_length(g, transpose=True)), form
 
 
+def test_a_tuned_choice_for_raw_filters_leaves_prepared_ones_the_shipped_algorithm(
+        device, spec, db):
+    """The tuner times calls with raw filters: where its database entry for a tiny
+    transpose names the algorithm of the CPU rule for unprepared filters (direct), raw
+    filters run that, with its tuned configuration, and prepared ones the shipped GEMM;
+    an entry naming the GEMM leaves one algorithm for both."""
+    from clconv import config, tuning_db
+
+    if device.kind != "CPU":
+        pytest.skip("the rule for unprepared filters is a CPU rule")
+    rt = clconv.runtime(spec)
+    dy, w = random_array((1, 3, 3, 64), seed=81), random_array((3, 3, 128, 64), seed=82)
+    g = backprop_case((1, 6, 6, 128), w.shape, dy.shape, 2, "SAME")
+    tuned = {"CI_BLOCK": 4, "CO_VEC": 16, "LOCAL_SIZE": None}
+    for algorithm, family, chosen in (("direct", "backprop_direct", tuned),
+                                      ("gemm", "gemm_implicit", None)):
+        tuning_db.record([{
+            "case": "t", "op": "conv2d_transpose", "device": tuning_db.device_key(rt.info),
+            "clconv": config.clconv_version(), "source_hash": config.op_source_hash(
+                "conv2d_transpose"), "geometry": tuning_db.geometry_dict(g),
+            "algorithm": algorithm, "results": {algorithm: {
+                "family": family, "config": chosen or {"TM": 6, "TN": 32, "VEC": 16,
+                                                       "LOCAL_SIZE": None}, "ms": 1.0}},
+            "search": {"strategy": "exhaustive", "status": "complete"}}], db)
+        config.invalidate()
+        plans.forget_all()
+        plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, 2, "SAME", (1, 6, 6, 128),
+                           device=spec)
+        assert plan.runs(prepared=True) == "gemm", plan.describe()
+        assert plan.runs(prepared=False) == algorithm, plan.describe()
+        want = backprop_input_reference(dy, w, g)
+        for got in (plan.execute(dy, w), plan.execute(dy, plan.prepare_filters(w))):
+            assert_close(got, want, np.float32, reduction_length(g, transpose=True))
+        if algorithm == "direct":
+            raw = plans.get_plan(rt, "conv2d_transpose", g, np.float32, "direct")
+            assert (raw.config, raw.config_source) == (tuned, "exact")
+
+
 def test_only_algorithms_that_read_depth_taps_get_a_3d_geometry(spec):
     """A geometry with depth taps (clconv.depth's 3-D convs read in place) is refused by
     the 2-D-only algorithms, with the reason; the GEMM takes it for every op."""
