@@ -77,6 +77,31 @@ def test_grouped_and_dilated_conv3d_match_the_reference(device, spec):
     assert_close(got, want, np.float32, 3 * 2 * 3 * 2)
 
 
+def _nan_temporaries(monkeypatch, outputs=False):
+    """Every temporary the 3-D path makes without zeroing it (and with ``outputs``,
+    every new output of a plan) full of NaN, as a reused buffer may be: whatever is
+    read must have been written."""
+    from clconv import depth, tensors
+
+    new_temporary, new_output = depth._new, tensors.empty_output
+
+    def temporary(rt, shape, dtype, what, zero):
+        array = new_temporary(rt, shape, dtype, what, zero)
+        if not zero and array.size:
+            array.fill(np.nan)
+        return array
+
+    def output(shape, dtype, queue, info, zero, checked=False):
+        tensor = new_output(shape, dtype, queue, info, zero, checked)
+        if not zero and tensor.size:
+            tensor.fill(queue, np.nan)
+        return tensor
+
+    monkeypatch.setattr(depth, "_new", temporary)
+    if outputs:
+        monkeypatch.setattr(tensors, "empty_output", output)
+
+
 def _stack_sizes(monkeypatch):
     """The sizes of the depth stacks the 3-D path makes, recorded as it makes them."""
     from clconv import depth
@@ -116,15 +141,7 @@ def test_depth_taps_read_in_place_or_stacked_match_the_reference(device, spec, c
     with every temporary of the 3-D path full of NaN before use."""
     from clconv import depth
 
-    real = depth._new
-
-    def dirty(rt, shape, dtype, what, zero):
-        array = real(rt, shape, dtype, what, zero)
-        if not zero and array.size:
-            array.fill(np.nan)
-        return array
-
-    monkeypatch.setattr(depth, "_new", dirty)
+    _nan_temporaries(monkeypatch)
     stacks = _stack_sizes(monkeypatch)
     x_shape, f_shape, strides, dilations, pads = DEPTH_TAPS[case]
     x, f = _random(x_shape, 41), _random(f_shape, 42)
@@ -167,17 +184,7 @@ def test_transposes_read_depth_taps_in_place_or_stacked(device, spec, case, algo
     stacks; both against the float64 reference."""
     from clconv import depth
 
-    real = depth._new
-
-    def dirty(rt, shape, dtype, what, zero):
-        array = real(rt, shape, dtype, what, zero)
-        if not zero and array.size:
-            array.fill(np.nan)
-        return array
-
-    monkeypatch.setattr(depth, "_new", dirty)
-    monkeypatch.setattr(clconv.plans.tensors, "empty_output", _nan_filled_output(
-        clconv.plans.tensors.empty_output))
+    _nan_temporaries(monkeypatch, outputs=True)
     stacks = _stack_sizes(monkeypatch)
     x_shape, f_shape, strides, dilations, pads = DEPTH_TAPS[case]
     y_size = [(n + p[0] + p[1] - (k - 1) * d - 1) // s + 1 for n, p, k, d, s in zip(
@@ -191,17 +198,6 @@ def test_transposes_read_depth_taps_in_place_or_stacked(device, spec, case, algo
                  f_shape[4])
     if algorithm != "direct":
         assert not stacks, stacks
-
-
-def _nan_filled_output(real):
-    """tensors.empty_output whose new outputs hold NaN (a reused buffer may hold
-    anything): a kernel must write every element, zeros included."""
-    def filled(shape, dtype, queue, info, zero, checked=False):
-        tensor = real(shape, dtype, queue, info, zero, checked)
-        if not zero and tensor.size:
-            tensor.fill(queue, np.nan)
-        return tensor
-    return filled
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float64])
@@ -263,27 +259,19 @@ def test_ndhwc_pyopencl_arrays_stay_on_the_device(device, spec, case):
 def test_depth_stacks_zero_their_own_padding(device, spec, case, monkeypatch):
     """A depth stack's slices where a depth tap reads padding are zeroed by the stacking
     itself, not by a fill of the whole stack: with every unzeroed temporary of the
-    3-D path full of NaN (a reused buffer may hold anything), the values still match."""
-    from clconv import depth
-
-    real = depth._new
-
-    def dirty(rt, shape, dtype, what, zero):
-        array = real(rt, shape, dtype, what, zero)
-        if not zero and array.size:
-            array.fill(np.nan)
-        return array
-
-    monkeypatch.setattr(depth, "_new", dirty)
+    3-D path full of NaN (a reused buffer may hold anything), the values still match.
+    With the direct kernels: the GEMMs make no stack."""
+    _nan_temporaries(monkeypatch)
     if case in CONV3D:
         x_shape, f_shape, strides, padding = CONV3D[case]
         x, f = _random(x_shape, 1), _random(f_shape, 2)
-        got = clconv.conv3d(x, f, strides, padding, device=spec)
+        got = clconv.conv3d(x, f, strides, padding, device=spec, algorithm="direct")
         want, reduction = tf.nn.conv3d(x, f, strides, padding).numpy(), np.prod(f_shape[:4])
     else:
         dy_shape, f_shape, output_shape, strides, padding = TRANSPOSE[case]
         dy, f = _random(dy_shape, 5), _random(f_shape, 6)
-        got = clconv.conv3d_transpose(dy, f, output_shape, strides, padding, device=spec)
+        got = clconv.conv3d_transpose(dy, f, output_shape, strides, padding, device=spec,
+                                      algorithm="direct")
         want = tf.nn.conv3d_transpose(dy, f, output_shape, strides, padding).numpy()
         reduction = np.prod(f_shape[:3]) * f_shape[4]
     assert_close(got, want, np.float32, int(reduction))
