@@ -40,6 +40,9 @@ FORWARD_OPS = ("conv1d", "conv2d", "conv3d")  # the others compute an input grad
 PLANE_OP = {"conv1d": "conv2d", "conv3d": "conv2d", "conv1d_transpose": "conv2d_backprop_input",
             "conv3d_transpose": "conv2d_backprop_input"}
 PEERS = ("tensorflow", "torch")
+# clconv itself as a contender: "untuned" runs every case with no tuning database,
+# so a run shows what `clconv autotune` gained (or lost) on this machine.
+SELF_PEERS = ("untuned",)
 
 # Keys of a suite case, per op: the tensor shapes each op needs.  ``input`` is
 # the forward ops' input, the transposes' input (the small tensor) and, for
@@ -344,6 +347,31 @@ def time_runs(call: Callable[[], Any], repeat: int,
     return times
 
 
+def time_alternated(calls: Sequence[Callable[[], Any]], repeat: int,
+                    max_seconds: Optional[float] = None
+                    ) -> tuple[list[list[float]], list[float]]:
+    """``time_runs`` for several calls taking turns, one run each per round, the order
+    reversed every other round; stops as time_runs does on the first call's runs.
+    Returns each call's wall-clock seconds and the first call's process CPU seconds.
+    Runs side by side see the same load: on a shared host one configuration's time
+    moves 0.5-2x between runs minutes apart, so block after block would compare
+    the load as much as the code."""
+    times: list[list[float]] = [[] for _ in calls]
+    first_cpu: list[float] = []
+    for round_ in range(repeat):
+        order = range(len(calls)) if round_ % 2 == 0 else reversed(range(len(calls)))
+        for i in order:
+            cpu, start = time.process_time(), time.perf_counter()
+            calls[i]()
+            times[i].append(time.perf_counter() - start)
+            if i == 0:
+                first_cpu.append(time.process_time() - cpu)
+        if (max_seconds is not None and len(times[0]) >= MIN_RUNS
+                and sum(times[0]) >= max_seconds):
+            break
+    return times, first_cpu
+
+
 def median_ms(times: Sequence[float]) -> float:
     return statistics.median(times) * 1e3
 
@@ -417,12 +445,15 @@ class PeerUnsupported(Exception):
 class Peer:
     """An installed peer library: how to run a case and what configuration it ran in."""
 
-    name: str  # "tensorflow" or "torch"
+    name: str  # "tensorflow", "torch" or "untuned"
     label: str  # short column title
     version: str
     config: str  # one line saying how it was set up
-    prepare: Callable[[BenchCase, np.ndarray, np.ndarray], tuple[Callable[[], Any],
-                                                                 Callable[[Any], np.ndarray]]]
+    prepare: Optional[Callable[[BenchCase, np.ndarray, np.ndarray],
+                               tuple[Callable[[], Any], Callable[[Any], np.ndarray]]]]
+    # clconv itself (prepare None: run_case builds its call), timed in alternation with
+    # clconv's device-resident runs and left out of "the faster peer".
+    is_clconv: bool = False
 
 
 @contextlib.contextmanager
@@ -570,6 +601,35 @@ def _torch_peer() -> Optional[Peer]:
     return Peer("torch", "torch", torch.__version__, config, prepare)
 
 
+def _untuned_peer() -> Peer:
+    from clconv import __version__, tuning_db
+
+    config = (f"clconv with no tuning database (its shipped defaults; the tuned runs read "
+              f"{tuning_db.resolve_path()}), timed in alternation with the ms runs")
+    return Peer("untuned", "untuned", __version__, config, None, is_clconv=True)
+
+
+@contextlib.contextmanager
+def _without_tuning_database():
+    """Plans decided during the block see no tuning database: ``CLCONV_TUNING_DB``
+    names a file that does not exist (plans and look-ups are memoised per that
+    variable, so the tuned plans stay cached beside the untuned ones).  bench runs
+    its cases one at a time on one thread, which is what makes a process-wide
+    variable safe here."""
+    from clconv.tuning_db import ENV_DB
+
+    saved = os.environ.get(ENV_DB)
+    os.environ[ENV_DB] = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                      "no-such-folder", "untuned.yaml")
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[ENV_DB]
+        else:
+            os.environ[ENV_DB] = saved
+
+
 def load_peers(wanted: Sequence[str]) -> tuple[list[Peer], list[str]]:
     """The installed peers among ``wanted`` and the names of those missing.
 
@@ -580,7 +640,8 @@ def load_peers(wanted: Sequence[str]) -> tuple[list[Peer], list[str]]:
 
     found, missing = [], []
     for name in wanted:
-        peer = {"tensorflow": _tensorflow_peer, "torch": _torch_peer}[name]()
+        peer = {"tensorflow": _tensorflow_peer, "torch": _torch_peer,
+                "untuned": _untuned_peer}[name]()
         (found if peer else missing).append(peer or name)
     return found, missing
 
@@ -596,6 +657,7 @@ class PeerResult:
     agrees: Optional[bool] = None
     runs_ms: list[float] = field(default_factory=list)
     error: Optional[str] = None
+    algorithm: Optional[str] = None  # what clconv's own peers ran (None for the others)
 
 
 @dataclass
@@ -639,9 +701,11 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     warmed up once and then timed ``repeat`` times in a row (fewer, but at least
     MIN_RUNS, once its runs add up to ``max_seconds``).  Not round-robin:
     PyTorch's OpenMP and TF's thread pools spin for a while after a call, which
-    on a small CPU would slow whatever runs next; a warm-up absorbs it.
-    clconv's warm-up also builds its kernels and gives the result each peer
-    is checked against.
+    on a small CPU would slow whatever runs next; a warm-up absorbs it.  clconv's
+    own peers (``untuned``) are the exception: PoCL's threads do not spin, so they
+    take turns with the device-resident runs (``time_alternated``).  clconv's
+    warm-up also builds its kernels and gives the result each peer is checked
+    against.
     """
     import pyopencl.array as cl_array
 
@@ -670,7 +734,23 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
         return _clconv_call(case, x, w, spec, algorithm)
 
     expected = resident().get()
-    if peers:
+    results: dict[str, PeerResult] = {}
+    alternated = [resident]  # clconv's device-resident runs, then its own peers'
+    for peer in peers:
+        if peer.is_clconv:
+            result = results[peer.name] = PeerResult()
+            call = _untuned_call(case, x_dev, w_dev, algorithm, rt.queue)
+            try:
+                with _without_tuning_database():
+                    result.algorithm = plans.get_plan(rt, op2d, plane, np.float32,
+                                                      algorithm).runs(prepared=False)
+                result.max_rel_diff = agreement(call().get(), expected)  # also the warm-up
+            except Exception as exc:  # noqa: BLE001 - reported in its column, as a peer's
+                result.error = _one_line(exc)
+                continue
+            result.agrees = result.max_rel_diff <= AGREEMENT_RTOL
+            alternated.append(call)
+    if any(not p.is_clconv for p in peers):
         # The last case's peers (TF's Eigen pool, PyTorch's OpenMP threads) spin for a
         # while after their runs, and PoCL's threads do not: without a pause a case's
         # clconv runs shared the cores with them (u_odd_40_72 after TF: 1.1 cores busy,
@@ -681,15 +761,21 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     # busy.  PoCL runs one launch on one thread or on all from one call to the next
     # (1.03 against 1.77 for the same conv1d on a 2-core Zen 5); this tells a slow
     # run from a one-core one.
-    cpu_start = time.process_time()
-    resident_times = time_runs(resident, repeat, max_seconds)
-    cores = (time.process_time() - cpu_start) / max(sum(resident_times), 1e-9)
+    all_times, cpu_times = time_alternated(alternated, repeat, max_seconds)
+    resident_times = all_times[0]
+    cores = sum(cpu_times) / max(sum(resident_times), 1e-9)
     end_to_end()
     e2e_times = time_runs(end_to_end, repeat, max_seconds)
     clconv_ms = median_ms(resident_times)
-
-    results: dict[str, PeerResult] = {}
+    own = iter(all_times[1:])
     for peer in peers:
+        result = results.get(peer.name)
+        if peer.is_clconv and result.error is None:
+            _record(result, next(own), clconv_ms)
+
+    for peer in peers:
+        if peer.is_clconv:
+            continue
         result = results[peer.name] = PeerResult()
         try:
             call, to_numpy = peer.prepare(case, x, w)
@@ -700,15 +786,33 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
             result.error = str(exc)
             continue
         except Exception as exc:  # noqa: BLE001 - a peer's refusal is reported, not fatal
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            result.error = f"{type(exc).__name__}: {first}"[:200]
+            result.error = _one_line(exc)
             continue
-        result.runs_ms = [t * 1e3 for t in times]
-        result.ms = median_ms(times)
-        result.ratio = result.ms / clconv_ms if clconv_ms > 0 else None
+        _record(result, times, clconv_ms)
     return CaseResult(case, useful_flops(case), used, clconv_ms, median_ms(e2e_times),
                       [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results,
                       cores)
+
+
+def _untuned_call(case: BenchCase, x_dev: Any, w_dev: Any, algorithm: Optional[str],
+                  queue: Any) -> Callable[[], Any]:
+    def call():
+        with _without_tuning_database():
+            out = _clconv_call(case, x_dev, w_dev, None, algorithm)
+        queue.finish()
+        return out
+    return call
+
+
+def _one_line(exc: Exception) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:200]
+
+
+def _record(result: PeerResult, times: Sequence[float], clconv_ms: float) -> None:
+    result.runs_ms = [t * 1e3 for t in times]
+    result.ms = median_ms(times)
+    result.ratio = result.ms / clconv_ms if clconv_ms > 0 else None
 
 
 def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float,
@@ -749,6 +853,23 @@ def phase_breakdown(case: BenchCase, spec: str, repeat: int, resident_ms: float,
     phases = {name: float(statistics.median(times)) for name, times in kernel_ms.items()}
     phases["host + launches"] = max(0.0, resident_ms - sum(phases.values()))
     return phases
+
+
+def tuning_database_line(info: Any) -> str:
+    """Which tuning database the runs read, and how many of its entries are for
+    ``info``'s device (a DeviceInfo)."""
+    from clconv import tuning_db
+
+    path = tuning_db.resolve_path()
+    if not path.exists():
+        return f"{path} (does not exist: the shipped defaults)"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", tuning_db.TuningDatabaseWarning)  # the runs warn
+        found = tuning_db.entries(path)
+    mine = sum(1 for entry in found if tuning_db.same_device(entry, info))
+    return f"{path} ({mine} of its {len(found)} entries for this device)"
 
 
 def cpu_model() -> str:

@@ -248,6 +248,62 @@ def test_peers_agree_on_1d_and_3d_cases(capsys, tmp_path, spec):
     assert set(data["phases_ms"]) == {c["name"] for c in data["cases"]}
 
 
+@pytest.mark.filterwarnings("error::clconv.tuning_db.TuningDatabaseWarning")
+def test_untuned_peer_runs_without_the_tuning_database(capsys, tmp_path, spec, db):
+    """``--peers untuned``: the tuned runs take the database's choice (direct, for a
+    transpose the shipped defaults give to the GEMM), the untuned runs the shipped
+    choice, in the same process, and both are timed, checked and reported; the
+    database's variable is what it was afterwards."""
+    import os
+
+    import clconv
+    from clconv import config, plans, tuning_db
+    from helpers import backprop_case
+
+    rt = clconv.runtime(spec)
+    g = backprop_case((1, 10, 10, 16), (3, 3, 16, 8), (1, 5, 5, 8), 2, "SAME")
+    plans.forget_all()
+    shipped = plans.get_plan(rt, "conv2d_transpose", g, np.float32).runs(prepared=False)
+    assert shipped != "direct", "the case must differ from the entry below"
+    tuning_db.record([{
+        "case": "t", "op": "conv2d_transpose", "device": tuning_db.device_key(rt.info),
+        "clconv": config.clconv_version(),
+        "source_hash": config.op_source_hash("conv2d_transpose"),
+        "geometry": tuning_db.geometry_dict(g), "algorithm": "direct",
+        "results": {"direct": {"family": "backprop_direct", "ms": 1.0, "config": {
+            "CI_BLOCK": 4, "CO_VEC": 8, "LOCAL_SIZE": None}}},
+        "search": {"strategy": "exhaustive", "status": "complete"}}], db)
+    config.invalidate()
+    out_json = tmp_path / "untuned.json"
+    code, out, err = _bench(capsys, "--op", "conv2d_transpose", "--input", "1,5,5,8",
+                            "--filter", "3,3,16,8", "--output", "1,10,10,16", "--strides", "2",
+                            "--device", spec, "--repeat", "3", "--peers", "untuned",
+                            "--json", str(out_json))
+    assert code == 0, out + err
+    assert os.environ[tuning_db.ENV_DB] == str(db)
+    assert f"tuning database: {db} (1 of its 1 entries for this device)" in out
+    assert "untuned/clconv" in _header(out) and "faster peer" not in out
+    assert "cases more than 10% slower tuned than untuned: " in out
+    (case,) = json.loads(out_json.read_text())["cases"]
+    untuned = case["peers"]["untuned"]
+    assert (case["algorithm"], untuned["algorithm"]) == ("direct", shipped)
+    assert untuned["error"] is None and untuned["agrees"], untuned
+    assert len(untuned["runs_ms"]) == len(case["clconv_runs_ms"]) == 3
+    assert untuned["ratio"] == pytest.approx(untuned["ms"] / case["clconv_ms"])
+
+
+def test_alternated_runs_take_turns_and_stop_on_the_first_calls_time():
+    order = []
+    times, cpu = bench.time_alternated([lambda: order.append("a"), lambda: order.append("b")],
+                                       3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert [len(t) for t in times] == [3, 3] and len(cpu) == 3
+    order.clear()
+    times, _ = bench.time_alternated([lambda: order.append("a"), lambda: order.append("b")],
+                                     10, 0.0)
+    assert [len(t) for t in times] == [bench.MIN_RUNS] * 2
+
+
 def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):
     def prepare(case, x, w):
         return (lambda: None), (lambda _: np.full(case.shapes()["output"], 7, np.float32))

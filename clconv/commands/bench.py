@@ -14,6 +14,7 @@ from clconv.bench import (
     AGREEMENT_RTOL,
     MIN_RUNS,
     PEERS,
+    SELF_PEERS,
     BenchCase,
     CaseResult,
     SuiteError,
@@ -25,6 +26,7 @@ from clconv.bench import (
     op_algorithms,
     phase_breakdown,
     run_case,
+    tuning_database_line,
     versions,
 )
 from clconv.cli import UsageError, add_device_argument
@@ -42,8 +44,11 @@ HELP = "time ops on a benchmark suite (or one case), side by side with TensorFlo
 # direct ones (1-5 s a call on the large cases).
 DEFAULT_REPEAT = 10
 DEFAULT_MAX_SECONDS = 2.0
+# The loss past which the report lists a case as slower with the tuning database than
+# without (issue 10's bound for `clconv autotune`).
+TUNING_LOSS = 0.10
 PEER_ALIASES = {"tensorflow": "tensorflow", "tf": "tensorflow", "torch": "torch",
-                "pytorch": "torch"}
+                "pytorch": "torch", "untuned": "untuned"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "keep the library's choice); default: the library's choice")
     parser.add_argument("--peers", default="auto", metavar="LIST",
                         help="auto (every installed one of tensorflow, torch), none, or a "
-                             "comma-separated list (default auto)")
+                             "comma-separated list of those and untuned: clconv itself "
+                             "with no tuning database, timed in alternation with the tuned "
+                             "runs, to see what `clconv autotune` gained (default auto)")
     json_output.add_json_argument(parser, "every figure")
     parser.add_argument("--phases", action="store_true",
                         help="after the table, where each case's time goes: each kernel "
@@ -82,7 +89,7 @@ def _peer_names(text: str) -> list[str]:
         part = part.strip()
         if part not in PEER_ALIASES:
             raise UsageError(f"--peers: unknown peer {part!r}; expected auto, none or a list "
-                             f"of {', '.join(PEERS)}")
+                             f"of {', '.join(PEERS + SELF_PEERS)}")
         names.append(PEER_ALIASES[part])
     return list(dict.fromkeys(names))
 
@@ -131,6 +138,16 @@ class _Table:
                 checks.append(f"{peer.label} DIFFERS ({p.max_rel_diff:.1e})")
         cells.append("; ".join(checks) or "ok")
         return self._line(cells)
+
+
+def _tuning_losses(results: list[CaseResult]) -> str:
+    """The cases the tuning database made more than TUNING_LOSS slower (untuned/clconv
+    below 1 - TUNING_LOSS)."""
+    slower = [f"{r.case.name} ({_fmt(r.peers['untuned'].ratio)})" for r in results
+              if r.peers["untuned"].ratio is not None
+              and r.peers["untuned"].ratio < 1 - TUNING_LOSS]
+    return (f"cases more than {TUNING_LOSS:.0%} slower tuned than untuned: "
+            + (", ".join(slower) or "none"))
 
 
 def _overhead(info, json_path) -> int:
@@ -199,8 +216,12 @@ def _run(args, cases, origin, info, peers, missing) -> int:
                  "library chooses)" if without else ""))
     else:
         print("  algorithm: the library's choice")
+    print(f"  tuning database: {tuning_database_line(info)}")
     for peer in peers:
-        print(f"  peer {peer.label}: {peer.name} {peer.version}, {peer.config}")
+        if peer.is_clconv:
+            print(f"  peer {peer.label}: {peer.config}")
+        else:
+            print(f"  peer {peer.label}: {peer.name} {peer.version}, {peer.config}")
     for name in missing:
         print(f"  peer {name}: not installed, skipped")
     if peers:
@@ -223,14 +244,17 @@ def _run(args, cases, origin, info, peers, missing) -> int:
         print(f"\ngeometric mean {peer.label}/clconv over {counted} case(s): "
               f"{_fmt(geomeans[peer.name])}", end="")
     best = None
-    if len(peers) > 1:  # the faster peer of each case: the bar a user compares against
-        best = geometric_mean([min(r.peers[p.name].ms for p in peers
+    frameworks = [p for p in peers if not p.is_clconv]
+    if len(frameworks) > 1:  # the faster peer of each case: the bar a user compares against
+        best = geometric_mean([min(r.peers[p.name].ms for p in frameworks
                                    if r.peers[p.name].ms is not None) / r.clconv_ms
                                for r in results
-                               if any(r.peers[p.name].ms is not None for p in peers)])
+                               if any(r.peers[p.name].ms is not None for p in frameworks)])
         print(f"\ngeometric mean of the faster peer/clconv: {_fmt(best)}", end="")
     if peers:
         print()
+    if any(p.is_clconv for p in peers):
+        print(_tuning_losses(results))
     problems = []
     for r in results:
         for peer in peers:
