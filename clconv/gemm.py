@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 import pyopencl as cl
 
-from clconv import tensors
+from clconv import column_merge, tensors
 from clconv.device_select import DeviceInfo
 from clconv.programs import INDEX, TypedKernel, launch_range
 from clconv.registry import Algorithm, Setup, register
@@ -372,31 +372,51 @@ class GemmLaunch:
     @property
     def kernels(self) -> tuple:
         """The main kernel first (the one whose built limits a plan checks)."""
-        return (self.gemm, self.packer) + ((self.careful,) if self.careful else ())
+        return ((self.gemm, self.packer) + ((self.careful,) if self.careful else ())
+                + ((self.columns.kernel,) if self.columns else ()))
 
     def _prepare_packing(self, setup: Setup, tn: int, pack_defines: dict[str, Any],
                          careful_defines: Optional[dict[str, Any]] = None) -> None:
         """Tables, the filter packing into panels ``tn`` wide (built with
-        ``pack_defines``), its scratch pool and the gradient's careful pass (built with
-        ``careful_defines``, default the plan's own)."""
+        ``pack_defines``), its scratch pool, the gradient's careful pass (built with
+        ``careful_defines``, default the plan's own) and a few-channel conv's column
+        padding."""
         g, info, context = setup.geometry, setup.info, setup.context
         self.forward = setup.op == "conv2d"
-        self.plan = forward_plan(g) if self.forward else backprop_plan(g)
+        # A few-channel forward conv reads its width taps as one run of channels from a
+        # column-padded copy (clconv.column_merge): the GEMM runs the virtual conv; the
+        # filter is packed with the conv's own taps, into the same panels.
+        merged = column_merge.merged_geometry(g, info) if self.forward else None
+        self.columns = None
+        if merged is not None:
+            self.columns = column_merge.ColumnPadding(
+                setup, setup.space.helper_kernels["pad_columns"],
+                column_merge.pad_defines(setup.defines, setup.dtype), g, merged)
+        kernel_g = merged or g
+        pack_plan = forward_plan(g) if self.forward else backprop_plan(g)
+        self.plan = forward_plan(merged) if merged is not None else pack_plan
         self.g = g
         # GEMM shape: source (x or dy), its channels, and the N (output channels) side.
-        self.src_hw = (g.in_h, g.in_w) if self.forward else (g.out_h, g.out_w)
+        self.src_hw = (kernel_g.in_h, kernel_g.in_w) if self.forward else (g.out_h, g.out_w)
         self.src_out_depths = (g.in_planes, g.out_planes) if self.forward \
             else (g.out_planes, g.in_planes)
-        self.ch_count = g.in_c if self.forward else g.out_c
+        self.ch_count = kernel_g.in_c if self.forward else g.out_c
+        pack_ch_count = g.in_c if self.forward else g.out_c
         self.n_out = g.out_c if self.forward else g.in_c
         self.n_padded = -(-self.n_out // tn) * tn
         self.total_k = len(self.plan.taps) * self.ch_count
 
         flags = cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR
+
+        def tap_table(plan: GemmPlan) -> cl.Buffer:
+            return cl.Buffer(context, flags, hostbuf=np.array(
+                plan.taps or [(0,) * 7], np.int32).reshape(-1))
+
         self.phases = cl.Buffer(context, flags,
                                 hostbuf=np.array(self.plan.phases, np.int32).reshape(-1))
-        self.taps = cl.Buffer(context, flags, hostbuf=np.array(
-            self.plan.taps or [(0,) * 7], np.int32).reshape(-1))
+        self.taps = tap_table(self.plan)
+        self.pack_taps = self.taps if pack_plan is self.plan else tap_table(pack_plan)
+        self.pack_ch_count = pack_ch_count
         self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(max(4, self.ch_count), setup.dtype))
         packed_dtype = PACKED_DTYPE.get(setup.dtype, setup.dtype)
         self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
@@ -414,8 +434,8 @@ class GemmLaunch:
         pack_source, pack_name = setup.space.helper_kernels["pack"]
         self.packer = TypedKernel(context, pack_source, pack_name, pack_defines, PACK_ARGS)
         self.pack_range = launch_range(
-            info, (self.ch_count, self.n_padded // tn, len(self.plan.taps)),
-            _pack_local(self.ch_count, info))
+            info, (pack_ch_count, self.n_padded // tn, len(pack_plan.taps)),
+            _pack_local(pack_ch_count, info))
 
     def _filter_view(self, filters: tensors.DeviceTensor) -> list[int]:
         if self.g.depth is not None:
@@ -436,8 +456,8 @@ class GemmLaunch:
         if not self.total_k:
             return None
         return self.packer.enqueue(queue, *self.pack_range, [
-            filters.buffer, *self._filter_view(filters), self.taps, packing.buffer,
-            self.ch_count, self.n_out, self.n_padded, packing.flag, stamp])
+            filters.buffer, *self._filter_view(filters), self.pack_taps, packing.buffer,
+            self.pack_ch_count, self.n_out, self.n_padded, packing.flag, stamp])
 
     def pack(self, queue: cl.CommandQueue, filters: tensors.DeviceTensor) -> PackedFilters:
         """Pack once, and find out (one read of the flag) whether the careful pass will
@@ -465,9 +485,12 @@ class GemmLaunch:
             if timeline is not None and event is not None:
                 timeline.append(("pack filter", event))
         layout, g = self.g.data_format, self.g
+        src_layout = layout
         if g.depth is not None:  # images of depth planes seen as a batch of planes
             src, out = src.merged(0), out.merged(0)
-        args = [src.buffer, *src.activation_view(layout), *self.src_hw, self.ch_count,
+        if self.columns is not None:
+            src, src_layout = self.columns.pad(queue, src, timeline), "NHWC"
+        args = [src.buffer, *src.activation_view(src_layout), *self.src_hw, self.ch_count,
                 packing.buffer, self.zero, out.buffer, *out.activation_view(layout),
                 g.batch, self.n_out, self.n_padded, self.plan.src_mul_h,
                 self.plan.src_mul_w, *self.src_out_depths, self.plan.src_mul_d,
@@ -504,8 +527,14 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
                     g.in_c if forward else g.out_c)
 
 
+def kernel_defines(role: str, defines: dict[str, Any], dtype: Any) -> dict[str, Any]:
+    """The column padding is built without the tile (one program for every
+    configuration); the other kernels with the plan's defines."""
+    return column_merge.pad_defines(defines, dtype) if role == "pad_columns" else defines
+
+
 ALGORITHM = register(Algorithm(
     name="gemm", prepare=GemmLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
-    fallback="grouped", depth_taps=True,
+    fallback="grouped", depth_taps=True, kernel_defines=kernel_defines,
     doc="per stride phase, a register-blocked implicit GEMM over the taps that land on "
         "real input pixels"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clconv import column_merge
 from clconv.device_select import DeviceInfo
 from clconv.gemm import GEMM_ARGS, GemmLaunch, unsupported_by_gemms
 from clconv.programs import TypedKernel, dtype_defines
@@ -25,12 +26,15 @@ def kernel_defines(role: str, defines: dict[str, Any], dtype: Any) -> dict[str, 
     """What each kernel of the family is built with: the packing is gemm_implicit.cl's
     pack_filter with panels NWG channels wide (TM and VEC only satisfy that file's
     guards: its GEMM is not launched); the careful pass is gemm_tiled.cl built with
-    TILED_CAREFUL (one kernel per program, see the file)."""
+    TILED_CAREFUL (one kernel per program, see the file); the column padding
+    (clconv.column_merge) with the dtype's macros only."""
     if role == "pack":
         wide = {"INDEX_64": 1} if defines.get("INDEX_64") else {}
         return {**dtype_defines(dtype), **wide, "TM": 1, "TN": int(defines["NWG"]), "VEC": 4}
     if role == "careful":
         return {**defines, "TILED_CAREFUL": 1}
+    if role == "pad_columns":
+        return column_merge.pad_defines(defines, dtype)
     return defines
 
 

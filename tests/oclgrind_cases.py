@@ -73,6 +73,13 @@ WIDE_CASE_IDS = [f"wide-{case}" for case in CASE_IDS
                  if case.startswith(("conv2d-0-", "conv2d-1-", "transpose-0-", "depthwise-0-"))]
 # The GEMM's filter packing over a range padded past its channel tiles.
 PACK_CASE_IDS = ["pack-padded"]
+# Few-channel convs through the column-padded copy (clconv.column_merge), forced on
+# these small cases: NHWC SAME, NCHW (the padding kernel's per-pixel path), and
+# explicit padding wider than the input's two columns.
+MERGE_CONV = [CONV[0], CONV[1],
+              ((1, 3, 2, 2), (3, 5, 2, 3), 1, [[0, 0], [1, 1], [3, 2], [0, 0]], None, "NHWC")]
+MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
+                  for algorithm in ("gemm", "tiled")]
 
 # The kernels that share __local memory between work-items (where a missing barrier
 # passes on PoCL and shows only under Oclgrind's race check), run over their shipped
@@ -199,6 +206,25 @@ def run_loop_case(case_id: str, spec: str) -> None:
     print("ran", case_id, plan.describe())
 
 
+def run_merge_case(case_id: str, spec: str) -> None:
+    """A few-channel conv through the column-padded copy, against the float64 reference."""
+    from clconv import column_merge
+
+    column_merge.MIN_MACS = 0  # however small: these cases are
+    _, index, algorithm = case_id.split("-")
+    x_shape, w_shape, strides, padding, _, fmt = MERGE_CONV[int(index)]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    g = conv2d_case(x_shape, w_shape, strides, padding, fmt)
+    plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, data_format=fmt,
+                       device=spec, algorithm=algorithm)
+    assert plan.launch.columns is not None, "the case under test was not merged"
+    assert_close(plan.execute(x, w), conv2d_reference(x, w, g), np.float32,
+                 reduction_length(g))
+    print("ran", case_id, plan.describe())
+
+
 def run_case(case_id: str, spec: str) -> None:
     if case_id == "pack-padded":
         return run_padded_pack(spec)
@@ -214,6 +240,8 @@ def run_case(case_id: str, spec: str) -> None:
         return
     if case_id.startswith("local-"):
         return run_local_case(case_id, spec)
+    if case_id.startswith("merge-"):
+        return run_merge_case(case_id, spec)
     if case_id == "without-barrier":
         return run_without_barrier(spec)
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from oclgrind_cases import (
     CASE_IDS,
     LOCAL_CASE_IDS,
     LOOP_CASE_IDS,
+    MERGE_CASE_IDS,
     PACK_CASE_IDS,
     WIDE_CASE_IDS,
 )
@@ -47,7 +48,8 @@ def _run_checked(tmp_path: Path, argv: list[str], extra_env: Optional[dict] = No
     return proc, (log.read_text() if log.exists() else "")
 
 
-@pytest.mark.parametrize("case_id", CASE_IDS + WIDE_CASE_IDS + PACK_CASE_IDS + LOOP_CASE_IDS)
+@pytest.mark.parametrize("case_id", CASE_IDS + WIDE_CASE_IDS + PACK_CASE_IDS + LOOP_CASE_IDS
+                         + MERGE_CASE_IDS)
 def test_kernels_are_clean_under_oclgrind(tmp_path, case_id):
     proc, report = _run_checked(tmp_path, [str(HERE / "oclgrind_cases.py"), case_id,
                                            OCLGRIND[0].spec])
