@@ -1,7 +1,8 @@
 """The grouped algorithm: grouped and depthwise convolutions (kernels/grouped_direct.cl).
 
-One work-item computes VEC consecutive channels (one vector, for a depthwise
-conv with multiplier 1; else one channel) at TW consecutive pixels of a row (see
+One work-item computes VEC consecutive channels (one vector: VEC groups of a
+depthwise conv with multiplier 1, or for conv2d VEC output channels of one group;
+else one channel) at TW consecutive pixels of a row (see
 the kernel's header for why neither the GEMMs, which are ungrouped, nor the direct
 kernels, which block channels of one group, suit it).  conv2d runs
 ``grouped_forward``; the input gradient (and conv2d_transpose) ``grouped_backprop``,
@@ -48,13 +49,15 @@ class GroupedLaunch:
         # At most 32 bytes a vector (the search space's vector_of_32_bytes): the
         # shipped "auto" is sized in floats, so a float64 plan halves it.
         vec = min(int(setup.defines["VEC"]), MAX_VECTOR_BYTES // max(setup.dtype.itemsize, 4))
-        if not vectorisable(g, vec):
+        if not vectorisable(g, vec, self.forward):
             # A caller's explicit configuration (the tuner only tries what the search
             # space's constraints keep): a vector would mix channels of other groups.
             raise InvalidArgumentError(
                 f"config for grouped_direct: VEC={vec} needs a depthwise conv with "
-                f"multiplier 1 whose channels it divides; got {g.in_c} input channels, "
+                f"multiplier 1 whose channels it divides, or a conv2d whose output "
+                f"channels per group it divides; got {g.in_c} input channels, "
                 f"{g.out_c} output channels, {g.groups} groups (VEC=1 computes any)")
+        group_vec = {"GROUP_VEC": 1} if vec > 1 and not depthwise_vectors(g, vec) else {}
         channels = g.out_c if self.forward else g.in_c
         if self.forward:
             runs = g.batch * g.out_h * -(-g.out_w // tw)
@@ -63,8 +66,9 @@ class GroupedLaunch:
             runs = g.batch * g.in_h * g.stride_w * -(-per_phase // tw)
         self.builds = []  # (kernel, NDRange), the vector build first
         for width in dict.fromkeys((vec, 1)):
-            kernel = TypedKernel(setup.context, source, name, {**setup.defines, "VEC": width},
-                                 ARGS)
+            kernel = TypedKernel(setup.context, source, name,
+                                 {**setup.defines, "VEC": width,
+                                  **(group_vec if width > 1 else {})}, ARGS)
             local = setup.local if width == vec else None
             self.builds.append((kernel, launch_range(setup.info, (channels // width, runs),
                                                       local, axis=1)))
@@ -90,10 +94,18 @@ class GroupedLaunch:
         return event
 
 
-def vectorisable(g: ConvGeometry, vec: int) -> bool:
-    """Whether VEC consecutive channels can be one vector: a depthwise conv with
-    multiplier 1 (channel c reads channel c only) whose channels VEC divides."""
-    return vec == 1 or (g.in_c == g.groups == g.out_c and g.in_c % vec == 0)
+def depthwise_vectors(g: ConvGeometry, vec: int) -> bool:
+    """A depthwise conv with multiplier 1 (channel c reads channel c only) whose
+    channels VEC divides: a vector of VEC groups."""
+    return g.in_c == g.groups == g.out_c and g.in_c % vec == 0
+
+
+def vectorisable(g: ConvGeometry, vec: int, forward: bool) -> bool:
+    """Whether VEC consecutive channels can be one vector: VEC groups of a depthwise
+    conv with multiplier 1, or (conv2d; the kernel's GROUP_VEC) VEC output channels of
+    one group, which read the same input channels."""
+    return vec == 1 or depthwise_vectors(g, vec) or (
+        forward and (g.out_c // g.groups) % vec == 0)
 
 
 def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
@@ -106,7 +118,7 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
         from clconv.gemm import vector_width
 
         widths = [v for v in (8, 4, 2) if v <= vector_width(info)]
-        config["VEC"] = next((v for v in widths if vectorisable(g, v)), 1)
+        config["VEC"] = next((v for v in widths if vectorisable(g, v, op == "conv2d")), 1)
     return config
 
 

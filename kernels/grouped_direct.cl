@@ -17,7 +17,10 @@
 // row: a filter vector loaded once serves TW pixels, and divisions happen once per
 // work-item.  VEC > 1 (a depthwise conv with multiplier 1, channels a multiple of
 // VEC, every operand's channels contiguous: the host checks) uses explicit vector
-// loads.  Why explicit: left to PoCL's vectorisation across work-items, the same
+// loads.  GROUP_VEC (forward only; VEC dividing the output channels per group) makes
+// the vector VEC output channels of one group instead: each input value, loaded once,
+// multiplies a vector of weights (a ResNeXt 3x3 with 32 groups of 4 channels over
+// 8x56x56x128 ran 36 ms one channel a work-item, Zen 5, against TF's 5.6).  Why explicit: left to PoCL's vectorisation across work-items, the same
 // loop ran 3-6x slower (its padding tests keep it scalar), and a channel stride
 // that is a kernel argument turns every load into a gather.  VEC = 1 is the
 // general path: any grouping, any strides (NCHW, views).  The TW loops are unrolled
@@ -58,7 +61,13 @@
 #define STOREV(v, p, i) CAT(vstore, VEC)((v), 0, (p) + (i))
 #endif
 #define ZERO ((VACC)0)
+#ifdef GROUP_VEC
+// VEC output channels of one group: they read the same input channel, one scalar
+// multiplying the vector of their weights.
+#define X_AT(n, h, w, c) LOAD(x, AT(x, n, h, w, c))
+#else
 #define X_AT(n, h, w, c) LOADV(x, AT_V(x, n, h, w, c))
+#endif
 #define W_AT(a, b, j, c) LOADV(w, AT_V(w, a, b, j, c))
 #define DY_AT(n, h, w, c) LOADV(dy, AT_V(dy, n, h, w, c))
 #define PUT(v, p, n, h, w, c) STOREV(v, p, AT_V(p, n, h, w, c))
@@ -98,8 +107,17 @@ __kernel void grouped_forward(
         const bool real_h = ih >= 0 && ih < in_h;
         for (int b = 0; b < k_w; ++b) {
             const int iw0 = ow0 * stride_w - pad_left + b * dil_w;
+            // Most runs read real pixels only: no test per pixel there (a ResNeXt
+            // 3x3 with 32 groups of 4: 9.8 -> ... ms, Zen 5).
+            const bool inside = real_h && iw0 >= 0 && iw0 + (TW - 1) * stride_w < in_w;
             for (int j = 0; j < ipg; ++j) {
                 const VACC wv = W_AT(a, b, j, co);
+                if (inside) {
+                    #pragma unroll
+                    for (int t = 0; t < TW; ++t)
+                        acc[t] += X_AT(n, ih, iw0 + t * stride_w, ci0 + j) * wv;
+                    continue;
+                }
                 #pragma unroll
                 for (int t = 0; t < TW; ++t) {
                     const int iw = iw0 + t * stride_w;

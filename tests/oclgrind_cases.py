@@ -78,6 +78,10 @@ PACK_CASE_IDS = ["pack-padded"]
 # explicit padding wider than the input's two columns.
 MERGE_CONV = [CONV[0], CONV[1],
               ((1, 3, 2, 2), (3, 5, 2, 3), 1, [[0, 0], [1, 1], [3, 2], [0, 0]], None, "NHWC")]
+# conv2d's grouped kernel with vectors of one group's output channels (GROUP_VEC):
+# x, filter (4 groups of 4 outputs), strides, padding; runs inside and at the edges.
+GROUP_VEC_CONV = ((1, 5, 11, 8), (3, 3, 2, 16), 1, "SAME")
+GROUP_VEC_CASE_IDS = ["group-vec"]
 MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
                   for algorithm in ("gemm", "tiled")]
 
@@ -242,6 +246,12 @@ def run_case(case_id: str, spec: str) -> None:
         return run_local_case(case_id, spec)
     if case_id.startswith("merge-"):
         return run_merge_case(case_id, spec)
+    if case_id == "group-vec":
+        plan = checked_plan("conv2d", GROUP_VEC_CONV, spec, "grouped",
+                            {"TW": 4, "VEC": 4, "LOCAL_SIZE": None})
+        assert plan.launch.builds[0][0].defines.get("GROUP_VEC"), "not the build under test"
+        print("ran", case_id, plan.describe())
+        return
     if case_id == "without-barrier":
         return run_without_barrier(spec)
     rng = np.random.default_rng(0)

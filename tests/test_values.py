@@ -265,6 +265,33 @@ def test_depthwise_in_every_dtype(device, spec, dtype, channels):
     assert_close(dx, backprop_input_reference(dy, w, g), dtype, reduction_length(g, True))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    ((2, 7, 11, 8), (3, 3, 2, 8), 1, "SAME", None, "NHWC", 2),  # 4 groups of 2 outputs
+    ((1, 9, 19, 16), (3, 3, 4, 16), 2, "SAME", None, "NHWC", 4),  # ResNeXt-like, strided
+    ((1, 10, 21, 8), (3, 3, 2, 32), 1, "SAME", 2, "NHWC", 8),  # dilated, 8 outputs a group
+    ((1, 8, 6, 11), (3, 3, 2, 16), 1, "VALID", None, "NCHW", 4),  # the one-channel build
+])
+def test_grouped_conv_with_vectors_of_one_groups_outputs(device, spec, dtype, case):
+    """conv2d's grouped kernel with VEC output channels of one group a vector
+    (GROUP_VEC): runs whose pixels are all real and runs reaching into the padding,
+    every dtype, against the float64 reference; NCHW takes the one-channel build."""
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip("no cl_khr_fp64")
+    x_shape, w_shape, strides, padding, dilations, fmt, vec = case
+    x, w = random_array(x_shape, dtype, seed=43), random_array(w_shape, dtype, seed=44)
+    g = conv2d_case(x_shape, w_shape, strides, padding, fmt, dilations)
+    plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, data_format=fmt,
+                       dilations=dilations, dtype=dtype, device=spec, algorithm="grouped")
+    vector_build = plan.launch.builds[0][0].defines
+    from clconv.gemm import vector_width
+
+    # The widest of 8, 4, 2 the device's vectors, 32 bytes and the group's outputs take.
+    expected = min(vec, 4 if dtype == np.float64 else 8, vector_width(device))
+    assert (vector_build["VEC"], vector_build.get("GROUP_VEC")) == (expected, 1), vector_build
+    assert_close(plan.execute(x, w), conv2d_reference(x, w, g), dtype, reduction_length(g))
+
+
 def test_a_vector_width_the_grouping_cannot_take_is_refused(spec):
     """VEC > 1 would read other groups' channels into one vector: refused, naming why."""
     with pytest.raises(clconv.InvalidArgumentError, match="VEC=4 needs a depthwise conv"):
