@@ -362,6 +362,8 @@ class GemmLaunch:
         defines = dict(setup.defines)
         if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
+        if self.g.groups > 1:  # each tile reads its group's input channels
+            defines["GROUP_OUT"] = self.g.out_c // self.g.groups
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
         pixels = self.plan.max_pixels(self.g.batch)
         self.gemm_range = launch_range(
@@ -400,8 +402,8 @@ class GemmLaunch:
         self.src_hw = (kernel_g.in_h, kernel_g.in_w) if self.forward else (g.out_h, g.out_w)
         self.src_out_depths = (g.in_planes, g.out_planes) if self.forward \
             else (g.out_planes, g.in_planes)
-        self.ch_count = kernel_g.in_c if self.forward else g.out_c
-        pack_ch_count = g.in_c if self.forward else g.out_c
+        self.ch_count = kernel_g.in_c // g.groups if self.forward else g.out_c
+        pack_ch_count = g.in_c // g.groups if self.forward else g.out_c
         self.n_out = g.out_c if self.forward else g.in_c
         self.n_padded = -(-self.n_out // tn) * tn
         self.total_k = len(self.plan.taps) * self.ch_count
@@ -513,16 +515,37 @@ def unsupported_by_gemms(op: str, dtype: np.dtype, g: ConvGeometry, info: Device
     """What the GEMM families (gemm and tiled) cannot compute, or None."""
     if dtype not in GEMM_DTYPES:
         return f"the GEMM kernels compute float16/32/64 only (got {dtype.name})"
-    if g.groups != 1:
-        return f"the GEMM kernels compute ungrouped convolutions only (got {g.groups} groups)"
+    if g.groups != 1 and not _grouped_gemm(op, g):
+        return (f"the GEMM kernels compute ungrouped convolutions, and gemm conv2d's of at "
+                f"least {GROUPED_MIN_OUTPUTS} output channels a group (got {g.groups} groups "
+                f"of {g.out_c // g.groups})")
     if g.depth is not None and g.data_format != "NHWC":
         return "the GEMM reads depth taps of channels-last tensors only"
     return None
 
 
+# A grouped conv2d runs as one GEMM whose tiles each lie inside one group (the
+# kernel's GROUP_OUT) from this many output channels a group.
+GROUPED_MIN_OUTPUTS = 16
+GROUP_TILES = (64, 48, 32, 16)  # TN for a grouped conv2d: the widest dividing a group
+
+
+def _grouped_gemm(op: str, g: ConvGeometry) -> bool:
+    per_group = g.out_c // g.groups
+    return (op == "conv2d" and g.depth is None and per_group >= GROUPED_MIN_OUTPUTS
+            and per_group % GROUP_TILES[-1] == 0)
+
+
 def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
              ) -> dict[str, Any]:
     forward = op == "conv2d"
+    if g.groups > 1:
+        per_group, auto = g.out_c // g.groups, config.get("TN", "auto") == "auto"
+        config = tile_for(config, per_group, info, g.in_c // g.groups)
+        if auto and per_group % int(config["TN"]):
+            config["TN"] = next(tn for tn in GROUP_TILES if per_group % tn == 0)
+            config["VEC"] = min(int(config["VEC"]), config["TN"])
+        return config
     return tile_for(config, g.out_c if forward else g.in_c, info,
                     g.in_c if forward else g.out_c)
 

@@ -70,8 +70,14 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
     return config
 
 
+def _unsupported(op: str, dtype: Any, g: ConvGeometry, info: DeviceInfo) -> Any:
+    if g.groups != 1:
+        return f"tiled computes ungrouped convolutions only (got {g.groups} groups)"
+    return unsupported_by_gemms(op, dtype, g, info)
+
+
 ALGORITHM = register(Algorithm(
-    name="tiled", prepare=TiledLaunch, unsupported=unsupported_by_gemms, resolve=_resolve,
+    name="tiled", prepare=TiledLaunch, unsupported=_unsupported, resolve=_resolve,
     fallback="grouped", kernel_defines=kernel_defines, depth_taps=True,
     doc="per stride phase, an implicit GEMM tiled per work-group through local memory, "
         "with coalesced loads (the GPU family)"))

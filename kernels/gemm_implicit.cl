@@ -180,6 +180,13 @@ static inline void gemm_tile(
             acc[i][v] = (VACC)0;
 
     __global const ACC *panel = packed + tap_begin * ch_count * n_padded + nb * k_phase * TN;
+#ifdef GROUP_OUT
+    // A grouped conv2d: GROUP_OUT output channels a group, a tile inside one group (the
+    // host checks), reading that group's ch_count input channels.
+    const int ch0 = nb * TN / GROUP_OUT * ch_count;
+#else
+    const int ch0 = 0;
+#endif
     for (int t = 0; t < tap_count; ++t) {
         __global const int *tap = taps + (tap_begin + t) * TAP_INTS;
         __global const REAL *row[TM];
@@ -200,7 +207,7 @@ static inline void gemm_tile(
             inside[i] = sh >= 0 && sh < src_h && sw >= 0 && sw < src_w;
 #endif
             all_inside = all_inside && inside[i];
-            row[i] = inside[i] ? src + AT(src, plane, sh, sw, 0) : zero;
+            row[i] = inside[i] ? src + AT(src, plane, sh, sw, ch0) : zero;
             step[i] = inside[i] ? src_s3 : 0;
         }
         // In the careful kernel, rows of this tap that fall outside the source add

@@ -81,7 +81,9 @@ MERGE_CONV = [CONV[0], CONV[1],
 # conv2d's grouped kernel with vectors of one group's output channels (GROUP_VEC):
 # x, filter (4 groups of 4 outputs), strides, padding; runs inside and at the edges.
 GROUP_VEC_CONV = ((1, 5, 11, 8), (3, 3, 2, 16), 1, "SAME")
-GROUP_VEC_CASE_IDS = ["group-vec"]
+GROUP_VEC_CASE_IDS = ["group-vec", "group-gemm"]
+# A grouped conv2d as one GEMM (GROUP_OUT): 2 groups of 16 outputs, padded.
+GROUP_GEMM_CONV = ((1, 5, 6, 8), (3, 3, 4, 32), 1, "SAME")
 MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
                   for algorithm in ("gemm", "tiled")]
 
@@ -246,6 +248,12 @@ def run_case(case_id: str, spec: str) -> None:
         return run_local_case(case_id, spec)
     if case_id.startswith("merge-"):
         return run_merge_case(case_id, spec)
+    if case_id == "group-gemm":
+        plan = checked_plan("conv2d", GROUP_GEMM_CONV, spec, "gemm",
+                            {"TM": 4, "TN": 16, "VEC": 4, "LOCAL_SIZE": None})
+        assert plan.launch.gemm.defines.get("GROUP_OUT") == 16, "not the build under test"
+        print("ran", case_id, plan.describe())
+        return
     if case_id == "group-vec":
         plan = checked_plan("conv2d", GROUP_VEC_CONV, spec, "grouped",
                             {"TW": 4, "VEC": 4, "LOCAL_SIZE": None})

@@ -292,6 +292,33 @@ def test_grouped_conv_with_vectors_of_one_groups_outputs(device, spec, dtype, ca
     assert_close(plan.execute(x, w), conv2d_reference(x, w, g), dtype, reduction_length(g))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    ((2, 7, 9, 32), (3, 3, 16, 32), 1, "SAME", None, "NHWC"),  # 2 groups of 16
+    ((1, 9, 8, 64), (3, 3, 32, 64), 2, "SAME", 2, "NHWC"),  # strided, dilated, 32 a group
+    ((1, 6, 7, 12), (3, 2, 4, 144), 1, "VALID", None, "NHWC"),  # 3 groups of 48
+    ((1, 32, 5, 6), (3, 3, 16, 32), 1, "SAME", None, "NCHW"),  # channels-first
+])
+def test_grouped_conv2d_as_one_gemm(device, spec, dtype, case):
+    """A grouped conv2d of 16 or more outputs a group runs as one GEMM whose tiles each
+    read their own group's input channels (GROUP_OUT), by default, against the float64
+    reference."""
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip("no cl_khr_fp64")
+    x_shape, w_shape, strides, padding, dilations, fmt = case
+    x, w = random_array(x_shape, dtype, seed=45), random_array(w_shape, dtype, seed=46)
+    g = conv2d_case(x_shape, w_shape, strides, padding, fmt, dilations)
+    assert g.groups > 1
+    plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, data_format=fmt,
+                       dilations=dilations, dtype=dtype, device=spec)
+    assert plan.algorithm == "gemm", plan.describe()
+    assert plan.launch.gemm.defines["GROUP_OUT"] == g.out_c // g.groups
+    assert (g.out_c // g.groups) % plan.config["TN"] == 0, plan.config
+    assert_close(plan.execute(x, w), conv2d_reference(x, w, g), dtype, reduction_length(g))
+    got = clconv.conv2d(x, w, strides, padding, fmt, dilations, device=spec)
+    assert_close(got, conv2d_reference(x, w, g), dtype, reduction_length(g))
+
+
 def test_a_vector_width_the_grouping_cannot_take_is_refused(spec):
     """VEC > 1 would read other groups' channels into one vector: refused, naming why."""
     with pytest.raises(clconv.InvalidArgumentError, match="VEC=4 needs a depthwise conv"):
