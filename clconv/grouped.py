@@ -3,8 +3,9 @@
 One work-item computes VEC consecutive channels (one vector: VEC groups of a
 depthwise conv with multiplier 1, or for conv2d VEC output channels of one group;
 else one channel) at TW consecutive pixels of a row (see
-the kernel's header for why neither the GEMMs, which are ungrouped, nor the direct
-kernels, which block channels of one group, suit it).  conv2d runs
+the kernel's header for why neither the GEMMs, which take groups of 16 or more output
+channels only (clconv.gemm.GROUPED_MIN_OUTPUTS), nor the direct kernels, which block
+channels of one group, suit it).  conv2d runs
 ``grouped_forward``; the input gradient (and conv2d_transpose) ``grouped_backprop``,
 which gathers, per stride phase of the columns, only the taps that land on real
 dy pixels.

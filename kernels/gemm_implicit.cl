@@ -28,6 +28,11 @@
 // times larger.  2-D builds ignore the depth fields and compile exactly the 2-D code
 // (the depth arithmetic sits in the tap loop, which the few-channel layers feel).
 //
+// A grouped conv2d (built with GROUP_OUT, its output channels per group): CH is a
+// group's input channels, the filter [kh, kw, CH, N] packs as an ungrouped one, and
+// a tile, which lies inside one group (the host checks), reads its group's channels
+// of src from channel (n / GROUP_OUT) * CH.
+//
 // Tables (int buffers):
 //   phases[p*PHASE_INTS + ...] = rows, cols, row_start, row_step, col_start, col_step,
 //                                tap_begin, tap_count, depths, d_start, d_step
