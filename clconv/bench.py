@@ -736,6 +736,7 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     expected = resident().get()
     results: dict[str, PeerResult] = {}
     alternated = [resident]  # clconv's device-resident runs, then its own peers'
+    own: list[PeerResult] = []  # the results of alternated[1:]
     for peer in peers:
         if peer.is_clconv:
             result = results[peer.name] = PeerResult()
@@ -750,6 +751,7 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
                 continue
             result.agrees = result.max_rel_diff <= AGREEMENT_RTOL
             alternated.append(call)
+            own.append(result)
     if any(not p.is_clconv for p in peers):
         # The last case's peers (TF's Eigen pool, PyTorch's OpenMP threads) spin for a
         # while after their runs, and PoCL's threads do not: without a pause a case's
@@ -767,11 +769,8 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
     end_to_end()
     e2e_times = time_runs(end_to_end, repeat, max_seconds)
     clconv_ms = median_ms(resident_times)
-    own = iter(all_times[1:])
-    for peer in peers:
-        result = results.get(peer.name)
-        if peer.is_clconv and result.error is None:
-            _record(result, next(own), clconv_ms)
+    for result, times in zip(own, all_times[1:]):
+        _record(result, times, clconv_ms)
 
     for peer in peers:
         if peer.is_clconv:

@@ -168,6 +168,18 @@ def _taps_filter(w: Any) -> Any:
         return _contiguous(w)
 
 
+def _in_place_plan(rt: Runtime, op: str, plane: ConvGeometry, g: Geometry3d, dtype: Any,
+                   algorithm: Optional[str]) -> Optional[plans.ConvPlan]:
+    """The plan of ``g`` with depth taps, read in place, with the algorithm and
+    configuration ``plane`` (the stacked 2-D conv) would get; None where that
+    algorithm reads no depth taps (it gets the stacks)."""
+    decided = plans.decide(rt, op, plane, dtype, algorithm)
+    in_place = depth_geometry(g)
+    if unsupported(decided.algorithm, op, dtype, in_place, rt.info) is not None:
+        return None
+    return plans.get_plan(rt, op, in_place, dtype, decided.algorithm, decided.config)
+
+
 def _returned(result: cl_array.Array, like: Any) -> Any:
     return result if tensors.is_device_array(like) else result.get()
 
@@ -211,14 +223,11 @@ def forward(x: Any, w: Any, g: Geometry3d, device: DeviceSpec,
     pixels = g.in_size[1] * g.in_size[2]
     source = _on_device(x, rt)
     plane = forward_plane(g)
-    decided = plans.decide(rt, "conv2d", plane, dtype, algorithm)
-    in_place = depth_geometry(g)
-    if unsupported(decided.algorithm, "conv2d", dtype, in_place, rt.info) is None:
-        # The same GEMM, reading x where the stack would have copied it from (a stack
-        # is taps x the input: 12 MB and 1.5-4 ms for a 3x3x3 conv over 2x16x32x32x32).
-        plan = plans.get_plan(rt, "conv2d", in_place, dtype, decided.algorithm,
-                              decided.config)
-        return _returned(plan.execute(source, _taps_filter(w)), x)
+    # The same GEMM, reading x where the stack would have copied it from (a stack is
+    # taps x the input: 12 MB and 1.5-4 ms for a 3x3x3 conv over 2x16x32x32x32).
+    in_place = _in_place_plan(rt, "conv2d", plane, g, dtype, algorithm)
+    if in_place is not None:
+        return _returned(in_place.execute(source, _taps_filter(w)), x)
     plan = plans.get_plan(rt, "conv2d", plane, dtype, algorithm)
     reads = [g.tap_depths(tap) for tap in range(taps)]
     if taps == 1 and g.strides[0] == 1 and g.pads[0] == (0, 0):
@@ -284,13 +293,9 @@ def backprop_input(dy: Any, w: Any, g: Geometry3d, device: DeviceSpec,
         # The GEMMs read each phase's dy depths in place (clconv.gemm.backprop_plan),
         # with the algorithm and configuration of the phase with the most depth taps.
         _, _, plane = max(phases, key=lambda phase: len(phase[1]))
-        decided = plans.decide(rt, "conv2d_backprop_input", plane, dtype, algorithm)
-        in_place = depth_geometry(g)
-        if unsupported(decided.algorithm, "conv2d_backprop_input", dtype, in_place,
-                       rt.info) is None:
-            plan = plans.get_plan(rt, "conv2d_backprop_input", in_place, dtype,
-                                  decided.algorithm, decided.config)
-            return _returned(plan.execute(_on_device(dy, rt), _taps_filter(w)), dy)
+        in_place = _in_place_plan(rt, "conv2d_backprop_input", plane, g, dtype, algorithm)
+        if in_place is not None:
+            return _returned(in_place.execute(_on_device(dy, rt), _taps_filter(w)), dy)
     if tensors.is_device_array(w) and any(len(taps) > 1 for _, taps, _ in phases):
         w = host(w)  # stacked taps need their planes rearranged (on the host)
     reached = sum(len(in_depths) for in_depths, _, _ in phases) == depth

@@ -44,3 +44,14 @@ typedef int IDX;
 #define TENSOR_ARGS(p) IDX p##_off, IDX p##_s0, IDX p##_s1, IDX p##_s2, IDX p##_s3
 #define AT(p, i0, i1, i2, i3) \
     (p##_off + (i0) * p##_s0 + (i1) * p##_s1 + (i2) * p##_s2 + (i3) * p##_s3)
+
+// The GEMM families' tables (gemm_implicit.cl's header describes them; gemm_tiled.cl
+// reads the same): ints per phase and per tap, and the depths of a phase, which a
+// 2-D build (no DEPTH_TAPS) neither stores nor reads.
+#define PHASE_INTS 11
+#define TAP_INTS 7
+#ifdef DEPTH_TAPS
+#define PHASE_DEPTHS(phase) ((phase)[8])
+#else
+#define PHASE_DEPTHS(phase) 1
+#endif

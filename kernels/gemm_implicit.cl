@@ -78,9 +78,6 @@
 #error "TN must be at most 64 channels"
 #endif
 
-#define PHASE_INTS 11
-#define TAP_INTS 7
-
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 #define VACC CAT(ACC, VEC) // accumulators and packed-filter vectors (float for half)
@@ -148,11 +145,7 @@ static inline void gemm_tile(
     const int mb = (int)get_global_id(1);
     __global const int *phase = phases + (int)get_global_id(2) * PHASE_INTS;
     const int rows = phase[0], cols = phase[1];
-#ifdef DEPTH_TAPS
-    const int depths = phase[8];
-#else
-    const int depths = 1;
-#endif
+    const int depths = PHASE_DEPTHS(phase);
     const int m_count = batch * depths * rows * cols;
     if (nb * TN >= n_padded || mb * TM >= m_count)
         return;

@@ -60,8 +60,6 @@
 #define MWI (MWG / MDIMC) // pixels per work-item
 #define NWI (NWG / NDIMC) // channels per work-item
 #define GROUP (MDIMC * NDIMC)
-#define PHASE_INTS 11 // gemm_implicit.cl's tables
-#define TAP_INTS 7
 // With DEPTH_TAPS (a 3-D forward conv: see gemm_implicit.cl) each tile pixel also
 // keeps the depth its depth taps start from.
 #ifdef DEPTH_TAPS
@@ -96,11 +94,7 @@ static inline void tiled_gemm(
     const int nb = (int)get_group_id(0), mb = (int)get_group_id(1);
     __global const int *phase = phases + (int)get_group_id(2) * PHASE_INTS;
     const int rows = phase[0], cols = phase[1];
-#ifdef DEPTH_TAPS
-    const int depths = phase[8];
-#else
-    const int depths = 1;
-#endif
+    const int depths = PHASE_DEPTHS(phase);
     const int m_count = batch * depths * rows * cols;
     // A group past its phase's pixels (phases smaller than the NDRange's largest), or a
     // careful pass with nothing to redo, runs no chunk and stores nothing.  It does not

@@ -111,3 +111,19 @@ def assert_raises_like_tensorflow(call, tf_module, clconv_module) -> None:
     assert tf_message(ours.value).startswith(tf_message(theirs.value)), (ours.value,
                                                                         theirs.value)
 
+
+def nan_filled_outputs(monkeypatch) -> None:
+    """Every device tensor a plan makes without zeroing it (outputs, and temporaries
+    such as the column-padded copy) full of NaN, as a reused buffer may be: whatever a
+    kernel reads must have been written."""
+    from clconv import tensors
+
+    new_output = tensors.empty_output
+
+    def output(shape, dtype, queue, info, zero, checked=False):
+        tensor = new_output(shape, dtype, queue, info, zero, checked)
+        if not zero and tensor.size:
+            tensor.fill(queue, np.nan)
+        return tensor
+
+    monkeypatch.setattr(tensors, "empty_output", output)

@@ -19,9 +19,15 @@ import pyopencl.array as cl_array
 import pytest
 
 import clconv
-from clconv import column_merge, plans, tensors
+from clconv import column_merge, plans
 from clconv.reference import conv2d_reference
-from helpers import assert_close, conv2d_case, random_array, reduction_length
+from helpers import (
+    assert_close,
+    conv2d_case,
+    nan_filled_outputs,
+    random_array,
+    reduction_length,
+)
 
 CASES = {  # x_shape, w_shape, strides, padding, data_format, dilations
     "stem-same-s2": ((2, 11, 13, 3), (5, 5, 3, 8), 2, "SAME", "NHWC", None),
@@ -47,15 +53,7 @@ def merge_everything(monkeypatch):
 @pytest.fixture
 def nan_outputs(monkeypatch):
     """Every new output and temporary (the padded copy among them) full of NaN."""
-    new_output = tensors.empty_output
-
-    def output(shape, dtype, queue, info, zero, checked=False):
-        tensor = new_output(shape, dtype, queue, info, zero, checked)
-        if not zero and tensor.size:
-            tensor.fill(queue, np.nan)
-        return tensor
-
-    monkeypatch.setattr(tensors, "empty_output", output)
+    nan_filled_outputs(monkeypatch)
 
 
 def _plan(spec, case, algorithm="gemm", dtype=np.float32):

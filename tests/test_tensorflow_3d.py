@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import clconv
-from helpers import assert_close, assert_raises_like_tensorflow
+from helpers import assert_close, assert_raises_like_tensorflow, nan_filled_outputs
 
 os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
 tf = pytest.importorskip("tensorflow")
@@ -81,9 +81,9 @@ def _nan_temporaries(monkeypatch, outputs=False):
     """Every temporary the 3-D path makes without zeroing it (and with ``outputs``,
     every new output of a plan) full of NaN, as a reused buffer may be: whatever is
     read must have been written."""
-    from clconv import depth, tensors
+    from clconv import depth
 
-    new_temporary, new_output = depth._new, tensors.empty_output
+    new_temporary = depth._new
 
     def temporary(rt, shape, dtype, what, zero):
         array = new_temporary(rt, shape, dtype, what, zero)
@@ -91,15 +91,9 @@ def _nan_temporaries(monkeypatch, outputs=False):
             array.fill(np.nan)
         return array
 
-    def output(shape, dtype, queue, info, zero, checked=False):
-        tensor = new_output(shape, dtype, queue, info, zero, checked)
-        if not zero and tensor.size:
-            tensor.fill(queue, np.nan)
-        return tensor
-
     monkeypatch.setattr(depth, "_new", temporary)
     if outputs:
-        monkeypatch.setattr(tensors, "empty_output", output)
+        nan_filled_outputs(monkeypatch)
 
 
 def _stack_sizes(monkeypatch):
