@@ -34,6 +34,9 @@ ARGS = BACKPROP_ARGS
 # blocks of output channels (each input value serving CO_BLOCK of them) win.
 MAX_CHANNELS_PER_GROUP = 16
 MAX_VECTOR_BYTES = 32  # see configs/grouped_direct.yaml, vector_of_32_bytes
+# The most input pixels depthwise_forward unrolls a row of taps over ((TW - 1) x
+# stride + (k_w - 1) x dilation + 1); wider windows run grouped_forward.
+DEPTHWISE_MAX_SPAN = 32
 
 
 class GroupedLaunch:
@@ -66,7 +69,11 @@ class GroupedLaunch:
             per_phase = -(-g.in_w // g.stride_w)  # the pixels of column phase 0
             runs = g.batch * g.in_h * g.stride_w * -(-per_phase // tw)
         self.builds = []  # (kernel, NDRange), the vector build first
+        if int(setup.defines.get("WINDOW", 0)) and self.forward and depthwise_window(g, vec, tw):
+            self.builds.append(_depthwise_build(setup, vec, tw))
         for width in dict.fromkeys((vec, 1)):
+            if width > 1 and self.builds:
+                continue  # the depthwise kernel is this plan's vector build
             kernel = TypedKernel(setup.context, source, name,
                                  {**setup.defines, "VEC": width,
                                   **(group_vec if width > 1 else {})}, ARGS)
@@ -95,6 +102,29 @@ class GroupedLaunch:
         return event
 
 
+def depthwise_window(g: ConvGeometry, vec: int, tw: int) -> bool:
+    """Whether a conv2d can run ``depthwise_forward`` (WINDOW 1): vectors of VEC > 1
+    groups of a depthwise conv (multiplier 1), a run's window of input pixels short
+    enough to unroll (at most DEPTHWISE_MAX_SPAN), no depth taps."""
+    span = (tw - 1) * g.stride_w + (g.k_w - 1) * g.dil_w + 1
+    return vec > 1 and depthwise_vectors(g, vec) and g.depth is None \
+        and span <= DEPTHWISE_MAX_SPAN
+
+
+def _depthwise_build(setup: Setup, vec: int, tw: int) -> tuple:
+    """depthwise_forward, built for this filter width, column stride and dilation,
+    over (channel vectors, runs of a row, batch x rows); a LOCAL_SIZE (channels x
+    runs) lays its runs along the row."""
+    g = setup.geometry
+    source, name = setup.space.helper_kernels["depthwise"]
+    kernel = TypedKernel(setup.context, source, name,
+                         {**setup.defines, "VEC": vec, "DW_KW": g.k_w,
+                          "DW_SW": g.stride_w, "DW_DW": g.dil_w}, ARGS)
+    work = (g.out_c // vec, -(-g.out_w // tw), g.batch * g.out_h)
+    local = (*setup.local, 1) if setup.local else None
+    return kernel, launch_range(setup.info, work, local, axis=2)
+
+
 def depthwise_vectors(g: ConvGeometry, vec: int) -> bool:
     """A depthwise conv with multiplier 1 (channel c reads channel c only) whose
     channels VEC divides: a vector of VEC groups."""
@@ -113,13 +143,17 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
              ) -> dict[str, Any]:
     """VEC "auto": the device's float vector width (clconv.gemm.vector_width), at most 8
     (see MAX_VECTOR_BYTES), narrowed until it divides the channels, where the conv is
-    vectorisable; else 1."""
+    vectorisable; else 1.  WINDOW "auto" (or absent): depthwise_forward where it can
+    run and the column stride is 1 (configs/defaults.yaml says why not 2)."""
     config = dict(config)
     if config.get("VEC", "auto") == "auto":
         from clconv.gemm import vector_width
 
         widths = [v for v in (8, 4, 2) if v <= vector_width(info)]
         config["VEC"] = next((v for v in widths if vectorisable(g, v, op == "conv2d")), 1)
+    if config.get("WINDOW", "auto") == "auto":  # absent: a configuration from before it
+        config["WINDOW"] = int(op == "conv2d" and g.stride_w == 1
+                               and depthwise_window(g, int(config["VEC"]), int(config["TW"])))
     return config
 
 

@@ -26,6 +26,10 @@
 // general path: any grouping, any strides (NCHW, views).  The TW loops are unrolled
 // so the accumulators stay in registers.
 //
+// A depthwise conv with multiplier 1 whose filter width, column stride and dilation
+// are compiled in (WINDOW 1) runs depthwise_forward instead (below): each input
+// vector loaded once for every tap of its filter row.
+//
 // Tensors go through offset + strides (common.cl).
 // Forward NDRange: (out_c / VEC, batch * out_h * cdiv(out_w, TW)).  A tap on padding
 // multiplies 0 * w, as TensorFlow's conv2d does (an infinite weight gives NaN).
@@ -134,6 +138,82 @@ __kernel void grouped_forward(
         if (ow0 + t < out_w)
             PUT(acc[t], y, n, oh, ow0 + t, co);
 }
+
+#if defined(DW_KW) && VEC > 1 && !defined(GROUP_VEC)
+// depthwise_forward: a depthwise conv with multiplier 1 (VEC channels, each reading
+// its own channel), the filter's width, column stride and column dilation known when
+// the kernel is built (DW_KW, DW_SW, DW_DW: one build per such triple).  Two things
+// grouped_forward cannot do with them run-time values:
+// - each input vector of a row is loaded once and multiplied by every tap that
+//   reaches it (a 3x3 s1 run of 8 pixels: 10 loads a filter row, not 24), the
+//   unrolled loops deciding at compile time which accumulator a tap feeds;
+// - a three-dimensional NDRange (channel vectors, runs of TW pixels, batch x rows)
+//   leaves one division a row, which PoCL's work-item loops hoist out of the
+//   inner two dimensions, where grouped_forward divides three times a work-item
+//   (the divisions and the 1 load a multiply-add kept MobileNet's 3x3 layers at
+//   13-17 GFLOP/s, Zen 5, a third of TF's speed).
+// Each accumulator takes its taps in grouped_forward's order (rows, then columns),
+// so both give the same sums; a tap on padding adds 0 * w as there.
+#define DW_SPAN ((TW - 1) * DW_SW + (DW_KW - 1) * DW_DW + 1) // input pixels a run reads
+
+// acc[t] += the input vector at pixel p of the run's window times each tap b that
+// reaches output pixel t from it (p = t * DW_SW + b * DW_DW): compile-time tests.
+#define DW_TAPS(p, xv)                                                          \
+    _Pragma("unroll") for (int b = 0; b < DW_KW; ++b) {                         \
+        const int d = (p) - b * DW_DW;                                          \
+        if (d >= 0 && d % DW_SW == 0 && d / DW_SW < TW)                         \
+            acc[d / DW_SW] += (xv) * wv[b];                                     \
+    }
+
+__kernel void depthwise_forward(
+    __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,
+    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
+    __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,
+    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
+    int groups)
+{
+    const int co = (int)get_global_id(0) * VEC;
+    const int ow0 = (int)get_global_id(1) * TW;
+    const int row = (int)get_global_id(2);
+    if (co >= out_c || ow0 >= out_w || row >= batch * out_h)
+        return;
+    const int oh = row % out_h;
+    const int n = row / out_h;
+    const int iw0 = ow0 * DW_SW - pad_left;
+    const bool inside_w = iw0 >= 0 && iw0 + DW_SPAN <= in_w;
+
+    VACC acc[TW];
+    #pragma unroll
+    for (int t = 0; t < TW; ++t)
+        acc[t] = ZERO;
+    for (int a = 0; a < k_h; ++a) {
+        const int ih = oh * stride_h - pad_top + a * dil_h;
+        const bool real_h = ih >= 0 && ih < in_h;
+        VACC wv[DW_KW];
+        #pragma unroll
+        for (int b = 0; b < DW_KW; ++b)
+            wv[b] = W_AT(a, b, 0, co);
+        if (real_h && inside_w) {
+            #pragma unroll
+            for (int p = 0; p < DW_SPAN; ++p) {
+                const VACC xv = X_AT(n, ih, iw0 + p, co);
+                DW_TAPS(p, xv)
+            }
+            continue;
+        }
+        #pragma unroll
+        for (int p = 0; p < DW_SPAN; ++p) {
+            const int iw = iw0 + p;
+            const VACC xv = real_h && iw >= 0 && iw < in_w ? X_AT(n, ih, iw, co) : ZERO;
+            DW_TAPS(p, xv)
+        }
+    }
+    #pragma unroll
+    for (int t = 0; t < TW; ++t)
+        if (ow0 + t < out_w)
+            PUT(acc[t], y, n, oh, ow0 + t, co);
+}
+#endif
 
 // (a % m + m) % m for any sign of a: C's % keeps the sign of a.
 #define MOD(a, m) ((((a) % (m)) + (m)) % (m))

@@ -131,7 +131,33 @@ DEPTHWISE = {  # name -> (x NHWC shape, filter shape, kwargs)
                                                   padding=[[0, 0], [1, 1], [2, 0], [0, 0]])),
     "multiplier1_mobilenet": ((1, 14, 14, 32), (3, 3, 32, 1),
                               dict(strides=[1, 2, 2, 1], padding="SAME")),
+    # Column stride 1, multiplier 1: the window kernel (depthwise_forward) on CPUs.
+    "multiplier1_stride1": ((2, 10, 19, 16), (3, 3, 16, 1),
+                            dict(strides=[1, 1, 1, 1], padding="SAME")),
+    "multiplier1_5x5_valid": ((1, 9, 12, 8), (5, 5, 8, 1),
+                              dict(strides=[1, 1, 1, 1], padding="VALID")),
 }
+
+
+@pytest.mark.parametrize("special", ["inf_filter", "nan_input"])
+def test_depthwise_inf_and_nan_land_where_tensorflow_puts_them(device, spec, special):
+    """TF's depthwise kernel multiplies its zero padding too: an infinite weight on a
+    padded tap gives NaN there, on real pixels +-Inf."""
+    x = np.abs(_random((2, 6, 11, 8), 18)) + 0.5  # positive: no Inf - Inf
+    f = np.abs(_random((3, 3, 8, 1), 19))
+    if special == "inf_filter":
+        f[0, 0, 3, 0] = np.inf  # the corner tap: padding in the first row and column
+    else:
+        x[0, 0, 0, 2], x[1, 3, 5, 4] = np.nan, np.inf
+    want = tf.nn.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME").numpy()
+    got = clconv.depthwise_conv2d(x, f, [1, 1, 1, 1], "SAME", device=spec)
+    assert np.isnan(want).any()
+    for name, mask in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        assert np.array_equal(mask(got), mask(want)), (
+            f"{name} at {np.argwhere(mask(got)).tolist()}, TF has it at "
+            f"{np.argwhere(mask(want)).tolist()}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], np.float32, 9)
 
 
 @pytest.mark.parametrize("case", list(DEPTHWISE), ids=list(DEPTHWISE))

@@ -1,0 +1,117 @@
+"""Depthwise conv2d's window kernel (grouped_direct.cl's depthwise_forward, WINDOW 1):
+each input vector of a filter row loaded once for every tap that reaches it, the
+filter width, column stride and dilation compiled in.
+
+Checked on every device against the float64 reference, every output NaN-filled first
+(an element a run does not write shows): runs whose window lies inside the row and
+runs that reach into the padding, rows narrower than one run, widths that leave a
+partial run, filters of one to seven columns, height and width dilation, explicit
+asymmetric padding, strides other than 1 where WINDOW 1 is asked for, and the three
+dtypes.  And which build a plan runs: the window kernel by default at column stride 1,
+grouped_forward at stride 2 (configs/defaults.yaml says why) and wherever the
+channels do not lie contiguous.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyopencl.array as cl_array
+import pytest
+
+import clconv
+from clconv.reference import conv2d_reference
+from helpers import assert_close, conv2d_case, nan_filled_outputs, random_array, reduction_length
+
+CASES = {  # x_shape (NHWC), filter [kh, kw, 1, C], strides, padding, dilations
+    "3x3-partial-run": ((2, 9, 21, 16), (3, 3, 1, 16), 1, "SAME", None),
+    # the last run's window ends at the row's end
+    "3x3-whole-runs": ((2, 5, 16, 8), (3, 3, 1, 8), 1, "SAME", None),
+    "5x5-narrower-than-a-run": ((1, 6, 5, 8), (5, 5, 1, 8), 1, "SAME", None),
+    "3x5-valid": ((1, 11, 30, 16), (3, 5, 1, 16), 1, "VALID", None),
+    "dilated": ((1, 12, 19, 8), (3, 3, 1, 8), 1, "SAME", 2),
+    "7x7-asymmetric": ((1, 7, 17, 8), (7, 7, 1, 8), 1, [[0, 0], [3, 1], [0, 4], [0, 0]], None),
+    "one-column": ((2, 5, 12, 8), (3, 1, 1, 8), 1, "SAME", None),
+    "row-stride": ((1, 13, 18, 8), (3, 3, 1, 8), [1, 2, 1, 1], "SAME", None),
+}
+# WINDOW 1 asked for where the shipped default keeps grouped_forward.
+EXPLICIT = {
+    "stride-2": ((2, 14, 27, 8), (3, 3, 1, 8), 2, "SAME", None),
+    "stride-3-columns": ((1, 10, 40, 8), (3, 4, 1, 8), [1, 2, 3, 1], "SAME", None),
+}
+
+
+@pytest.fixture
+def nan_outputs(monkeypatch):
+    nan_filled_outputs(monkeypatch)
+
+
+def _checked(spec, dtype, case, config=None):
+    x_shape, w_shape, strides, padding, dilations = case
+    x, w = random_array(x_shape, dtype, seed=1), random_array(w_shape, dtype, seed=2)
+    g = conv2d_case(x_shape, w_shape, strides, padding, "NHWC", dilations)
+    assert g.groups == g.in_c == g.out_c
+    plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, dilations=dilations,
+                       dtype=dtype, device=spec, algorithm="grouped", config=config)
+    want = conv2d_reference(x, w, g)
+    assert_close(plan.execute(x, w), want, dtype, reduction_length(g))
+    assert_close(plan.execute(x, plan.prepare_filters(w)), want, dtype, reduction_length(g))
+    return plan
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_window_kernel_matches_the_reference(device, spec, dtype, case, nan_outputs):
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip("no cl_khr_fp64")
+    plan = _checked(spec, dtype, CASES[case], {"TW": 8, "VEC": 4, "WINDOW": 1,
+                                               "LOCAL_SIZE": None})
+    assert plan.launch.builds[0][0].name == "depthwise_forward", plan.describe()
+
+
+@pytest.mark.parametrize("case", EXPLICIT)
+@pytest.mark.parametrize("tw", [4, 8])
+def test_window_kernel_at_column_strides_past_one(spec, case, tw, nan_outputs):
+    plan = _checked(spec, np.float32, EXPLICIT[case], {"TW": tw, "VEC": 8, "WINDOW": 1,
+                                                       "LOCAL_SIZE": [8, 4]})
+    assert plan.launch.builds[0][0].name == "depthwise_forward", plan.describe()
+
+
+def test_which_build_a_depthwise_conv_runs(spec):
+    """By default: the window kernel at column stride 1, grouped_forward at 2.  A
+    channel slice of a wider input (pixels 24 floats apart) is read through its
+    strides."""
+    stride_1 = clconv.plan("conv2d", (1, 8, 20, 16), (3, 3, 1, 16), 1, "SAME", device=spec,
+                           algorithm="grouped")
+    stride_2 = clconv.plan("conv2d", (1, 8, 20, 16), (3, 3, 1, 16), 2, "SAME", device=spec,
+                           algorithm="grouped")
+    if stride_1.config["VEC"] > 1:  # a device whose vectors are wider than one float
+        assert stride_1.config["WINDOW"] == 1
+        assert stride_1.launch.builds[0][0].name == "depthwise_forward"
+    assert stride_2.config["WINDOW"] == 0
+    assert stride_2.launch.builds[0][0].name == "grouped_forward"
+
+    rt = clconv.runtime(spec)
+    x_big, w = random_array((1, 8, 20, 24), seed=3), random_array((3, 3, 1, 16), seed=4)
+    x_dev = cl_array.to_device(rt.queue, x_big)[..., 4:20]  # pixels 24 floats apart
+    got = stride_1.execute(x_dev, w).get()
+    g = conv2d_case((1, 8, 20, 16), w.shape, 1, "SAME")
+    assert_close(got, conv2d_reference(x_big[..., 4:20], w, g), np.float32, reduction_length(g))
+
+
+def test_infinite_weights_on_padded_taps_give_nan(spec):
+    """A tap on padding multiplies 0 * w as TF's conv2d does: an infinite weight gives
+    NaN exactly where its tap meets padding, +-Inf where it meets real pixels."""
+    x = np.abs(random_array((1, 6, 11, 8), seed=5)) + 0.5  # positive: no Inf - Inf
+    w = np.abs(random_array((3, 3, 1, 8), seed=6))
+    w[0, 0, 0, 3] = np.inf  # the corner tap: padding in the first row and column
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    with np.errstate(invalid="ignore"):  # the reference's 0 * Inf
+        want = conv2d_reference(x, w, g)
+    plan = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec, algorithm="grouped",
+                       config={"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
+    got = plan.execute(x, w)
+    assert np.isnan(want).any() and np.isposinf(want).any()
+    for mask in (np.isnan, np.isposinf):
+        assert np.array_equal(mask(got), mask(want)), np.argwhere(mask(got) != mask(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], np.float32, reduction_length(g))
