@@ -394,8 +394,10 @@ def default_candidate(case: TuneCase, info: DeviceInfo, pools: Sequence[Pool]) -
     """What the op runs untuned: the shipped algorithm for its shape (defaults.yaml's
     algorithm_rules too, those for unprepared filters included: a candidate is timed
     with a raw filter; else the first one tunable here) with its family's shipped
-    configuration."""
+    configuration.  The shipped algorithm is followed along its fallbacks as a call
+    follows them (a depthwise conv: gemm cannot, grouped runs it)."""
     algorithm = config_module.shipped_algorithm(case.op, info, case.geometry, prepared=False)
+    algorithm = registry.runnable(algorithm, case.op, np.dtype(np.float32), case.geometry, info)
     for pool in pools:
         if pool.algorithm == algorithm:
             return pool.start

@@ -340,6 +340,15 @@ def test_the_baseline_is_what_the_op_runs_untuned(one_rt, db):
     assert tuner.default_candidate(case, info, pools).algorithm == plan.runs(prepared=False)
     if info.kind == "CPU":
         assert (plan.runs(prepared=False), plan.runs(prepared=True)) == ("direct", "gemm")
+    # A depthwise conv: the shipped gemm cannot compute it and a call falls back to
+    # grouped, so grouped (with its configuration) is the baseline, not the first pool.
+    g = conv2d_geometry((2, 16, 16, 16), (3, 3, 1, 16), parse_attrs(1, "SAME", "NHWC", None))
+    case = tuner.TuneCase("depthwise", "conv2d", g)
+    pools, _ = tuner.pools_for(case, info)
+    default = tuner.default_candidate(case, info, pools)
+    plan = clconv.plan("conv2d", (2, 16, 16, 16), (3, 3, 1, 16), 1, "SAME", device=info.spec)
+    assert (default.algorithm, dict(default.config)) == ("grouped", plan.config)
+    assert plan.algorithm == "grouped"
 
 
 # --------------------------------------------------------------------------- the command
