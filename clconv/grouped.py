@@ -34,9 +34,9 @@ ARGS = BACKPROP_ARGS
 # blocks of output channels (each input value serving CO_BLOCK of them) win.
 MAX_CHANNELS_PER_GROUP = 16
 MAX_VECTOR_BYTES = 32  # see configs/grouped_direct.yaml, vector_of_32_bytes
-# The most input pixels depthwise_forward unrolls a row of taps over ((TW - 1) x
+# The most input pixels window_forward unrolls a row of taps over ((TW - 1) x
 # stride + (k_w - 1) x dilation + 1); wider windows run grouped_forward.
-DEPTHWISE_MAX_SPAN = 32
+WINDOW_MAX_SPAN = 32
 
 
 class GroupedLaunch:
@@ -69,11 +69,11 @@ class GroupedLaunch:
             per_phase = -(-g.in_w // g.stride_w)  # the pixels of column phase 0
             runs = g.batch * g.in_h * g.stride_w * -(-per_phase // tw)
         self.builds = []  # (kernel, NDRange), the vector build first
-        if int(setup.defines.get("WINDOW", 0)) and self.forward and depthwise_window(g, vec, tw):
-            self.builds.append(_depthwise_build(setup, vec, tw))
+        if int(setup.defines.get("WINDOW", 0)) and self.forward and window_applies(g, vec, tw):
+            self.builds.append(_window_build(setup, vec, tw, group_vec))
         for width in dict.fromkeys((vec, 1)):
             if width > 1 and self.builds:
-                continue  # the depthwise kernel is this plan's vector build
+                continue  # window_forward is this plan's vector build
             kernel = TypedKernel(setup.context, source, name,
                                  {**setup.defines, "VEC": width,
                                   **(group_vec if width > 1 else {})}, ARGS)
@@ -102,24 +102,24 @@ class GroupedLaunch:
         return event
 
 
-def depthwise_window(g: ConvGeometry, vec: int, tw: int) -> bool:
-    """Whether a conv2d can run ``depthwise_forward`` (WINDOW 1): vectors of VEC > 1
-    groups of a depthwise conv (multiplier 1), a run's window of input pixels short
-    enough to unroll (at most DEPTHWISE_MAX_SPAN), no depth taps."""
+def window_applies(g: ConvGeometry, vec: int, tw: int) -> bool:
+    """Whether a conv2d can run ``window_forward`` (WINDOW 1): a vector build (VEC > 1
+    groups of a depthwise conv, or VEC output channels of one group), a run's window
+    of input pixels short enough to unroll (at most WINDOW_MAX_SPAN), no depth taps."""
     span = (tw - 1) * g.stride_w + (g.k_w - 1) * g.dil_w + 1
-    return vec > 1 and depthwise_vectors(g, vec) and g.depth is None \
-        and span <= DEPTHWISE_MAX_SPAN
+    return vec > 1 and vectorisable(g, vec, True) and g.depth is None \
+        and span <= WINDOW_MAX_SPAN
 
 
-def _depthwise_build(setup: Setup, vec: int, tw: int) -> tuple:
-    """depthwise_forward, built for this filter width, column stride and dilation,
-    over (channel vectors, runs of a row, batch x rows); a LOCAL_SIZE (channels x
-    runs) lays its runs along the row."""
+def _window_build(setup: Setup, vec: int, tw: int, group_vec: dict) -> tuple:
+    """window_forward, built for this filter width, column stride and dilation, over
+    (channel vectors, runs of a row, batch x rows); a LOCAL_SIZE (channels x runs)
+    lays its runs along the row."""
     g = setup.geometry
-    source, name = setup.space.helper_kernels["depthwise"]
+    source, name = setup.space.helper_kernels["window"]
     kernel = TypedKernel(setup.context, source, name,
-                         {**setup.defines, "VEC": vec, "DW_KW": g.k_w,
-                          "DW_SW": g.stride_w, "DW_DW": g.dil_w}, ARGS)
+                         {**setup.defines, "VEC": vec, **group_vec, "WIN_KW": g.k_w,
+                          "WIN_SW": g.stride_w, "WIN_DW": g.dil_w}, ARGS)
     work = (g.out_c // vec, -(-g.out_w // tw), g.batch * g.out_h)
     local = (*setup.local, 1) if setup.local else None
     return kernel, launch_range(setup.info, work, local, axis=2)
@@ -143,7 +143,7 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
              ) -> dict[str, Any]:
     """VEC "auto": the device's float vector width (clconv.gemm.vector_width), at most 8
     (see MAX_VECTOR_BYTES), narrowed until it divides the channels, where the conv is
-    vectorisable; else 1.  WINDOW "auto" (or absent): depthwise_forward where it can
+    vectorisable; else 1.  WINDOW "auto" (or absent): window_forward where it can
     run and the column stride is 1 (configs/defaults.yaml says why not 2)."""
     config = dict(config)
     if config.get("VEC", "auto") == "auto":
@@ -153,7 +153,7 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
         config["VEC"] = next((v for v in widths if vectorisable(g, v, op == "conv2d")), 1)
     if config.get("WINDOW", "auto") == "auto":  # absent: a configuration from before it
         config["WINDOW"] = int(op == "conv2d" and g.stride_w == 1
-                               and depthwise_window(g, int(config["VEC"]), int(config["TW"])))
+                               and window_applies(g, int(config["VEC"]), int(config["TW"])))
     return config
 
 

@@ -26,9 +26,9 @@
 // general path: any grouping, any strides (NCHW, views).  The TW loops are unrolled
 // so the accumulators stay in registers.
 //
-// A depthwise conv with multiplier 1 whose filter width, column stride and dilation
-// are compiled in (WINDOW 1) runs depthwise_forward instead (below): each input
-// vector loaded once for every tap of its filter row.
+// A vector build of conv2d whose filter width, column stride and dilation are
+// compiled in (WINDOW 1) runs window_forward instead (below): each input value
+// loaded once for every tap of its filter row.
 //
 // Tensors go through offset + strides (common.cl).
 // Forward NDRange: (out_c / VEC, batch * out_h * cdiv(out_w, TW)).  A tap on padding
@@ -139,33 +139,41 @@ __kernel void grouped_forward(
             PUT(acc[t], y, n, oh, ow0 + t, co);
 }
 
-#if defined(DW_KW) && VEC > 1 && !defined(GROUP_VEC)
-// depthwise_forward: a depthwise conv with multiplier 1 (VEC channels, each reading
-// its own channel), the filter's width, column stride and column dilation known when
-// the kernel is built (DW_KW, DW_SW, DW_DW: one build per such triple).  Two things
-// grouped_forward cannot do with them run-time values:
-// - each input vector of a row is loaded once and multiplied by every tap that
-//   reaches it (a 3x3 s1 run of 8 pixels: 10 loads a filter row, not 24), the
-//   unrolled loops deciding at compile time which accumulator a tap feeds;
+#if defined(WIN_KW) && VEC > 1
+// window_forward: grouped_forward's conv2d with vectors (a depthwise conv's VEC
+// groups, or with GROUP_VEC VEC output channels of one group) and the filter's
+// width, column stride and column dilation known when the kernel is built (WIN_KW,
+// WIN_SW, WIN_DW: one build per such triple).  Two things grouped_forward cannot do
+// with them run-time values:
+// - each input value of a filter row is loaded once and multiplied by every tap
+//   that reaches it (a 3x3 s1 run of 8 pixels: 10 loads a row and input channel,
+//   not 24), the unrolled loops deciding at compile time which accumulator a tap
+//   feeds;
 // - a three-dimensional NDRange (channel vectors, runs of TW pixels, batch x rows)
 //   leaves one division a row, which PoCL's work-item loops hoist out of the
 //   inner two dimensions, where grouped_forward divides three times a work-item
-//   (the divisions and the 1 load a multiply-add kept MobileNet's 3x3 layers at
+//   (the divisions and one load a multiply-add kept MobileNet's 3x3 layers at
 //   13-17 GFLOP/s, Zen 5, a third of TF's speed).
-// Each accumulator takes its taps in grouped_forward's order (rows, then columns),
-// so both give the same sums; a tap on padding adds 0 * w as there.
-#define DW_SPAN ((TW - 1) * DW_SW + (DW_KW - 1) * DW_DW + 1) // input pixels a run reads
+// An accumulator takes its taps row by row, then input channel by channel, then
+// column by column (grouped_forward: rows, columns, channels; a depthwise conv has
+// one channel, so there both give the same sums); a tap on padding adds 0 * w.
+#define WIN_SPAN ((TW - 1) * WIN_SW + (WIN_KW - 1) * WIN_DW + 1) // input pixels a run reads
+#ifdef GROUP_VEC
+#define XACC ACC // one input channel, broadcast over the vector of weights
+#else
+#define XACC VACC
+#endif
 
-// acc[t] += the input vector at pixel p of the run's window times each tap b that
-// reaches output pixel t from it (p = t * DW_SW + b * DW_DW): compile-time tests.
-#define DW_TAPS(p, xv)                                                          \
-    _Pragma("unroll") for (int b = 0; b < DW_KW; ++b) {                         \
-        const int d = (p) - b * DW_DW;                                          \
-        if (d >= 0 && d % DW_SW == 0 && d / DW_SW < TW)                         \
-            acc[d / DW_SW] += (xv) * wv[b];                                     \
+// acc[t] += the input at pixel p of the run's window times each tap b that reaches
+// output pixel t from it (p = t * WIN_SW + b * WIN_DW): compile-time tests.
+#define WIN_TAPS(p, xv)                                                         \
+    _Pragma("unroll") for (int b = 0; b < WIN_KW; ++b) {                        \
+        const int d = (p) - b * WIN_DW;                                         \
+        if (d >= 0 && d % WIN_SW == 0 && d / WIN_SW < TW)                       \
+            acc[d / WIN_SW] += (xv) * wv[b];                                    \
     }
 
-__kernel void depthwise_forward(
+__kernel void window_forward(
     __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,
     __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
     __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,
@@ -179,8 +187,14 @@ __kernel void depthwise_forward(
         return;
     const int oh = row % out_h;
     const int n = row / out_h;
-    const int iw0 = ow0 * DW_SW - pad_left;
-    const bool inside_w = iw0 >= 0 && iw0 + DW_SPAN <= in_w;
+    const int iw0 = ow0 * WIN_SW - pad_left;
+    const bool inside_w = iw0 >= 0 && iw0 + WIN_SPAN <= in_w;
+#ifdef GROUP_VEC
+    const int ipg = in_c / groups;
+    const int ci0 = (co / (out_c / groups)) * ipg;
+#else
+    const int ipg = 1, ci0 = co; // VEC groups of one channel each
+#endif
 
     VACC acc[TW];
     #pragma unroll
@@ -189,23 +203,26 @@ __kernel void depthwise_forward(
     for (int a = 0; a < k_h; ++a) {
         const int ih = oh * stride_h - pad_top + a * dil_h;
         const bool real_h = ih >= 0 && ih < in_h;
-        VACC wv[DW_KW];
-        #pragma unroll
-        for (int b = 0; b < DW_KW; ++b)
-            wv[b] = W_AT(a, b, 0, co);
-        if (real_h && inside_w) {
+        for (int j = 0; j < ipg; ++j) {
+            VACC wv[WIN_KW];
             #pragma unroll
-            for (int p = 0; p < DW_SPAN; ++p) {
-                const VACC xv = X_AT(n, ih, iw0 + p, co);
-                DW_TAPS(p, xv)
+            for (int b = 0; b < WIN_KW; ++b)
+                wv[b] = W_AT(a, b, j, co);
+            if (real_h && inside_w) {
+                #pragma unroll
+                for (int p = 0; p < WIN_SPAN; ++p) {
+                    const XACC xv = X_AT(n, ih, iw0 + p, ci0 + j);
+                    WIN_TAPS(p, xv)
+                }
+            } else {
+                #pragma unroll
+                for (int p = 0; p < WIN_SPAN; ++p) {
+                    const int iw = iw0 + p;
+                    const XACC xv = real_h && iw >= 0 && iw < in_w
+                        ? X_AT(n, ih, iw, ci0 + j) : (XACC)0;
+                    WIN_TAPS(p, xv)
+                }
             }
-            continue;
-        }
-        #pragma unroll
-        for (int p = 0; p < DW_SPAN; ++p) {
-            const int iw = iw0 + p;
-            const VACC xv = real_h && iw >= 0 && iw < in_w ? X_AT(n, ih, iw, co) : ZERO;
-            DW_TAPS(p, xv)
         }
     }
     #pragma unroll

@@ -81,12 +81,13 @@ MERGE_CONV = [CONV[0], CONV[1],
 # conv2d's grouped kernel with vectors of one group's output channels (GROUP_VEC):
 # x, filter (4 groups of 4 outputs), strides, padding; runs inside and at the edges.
 GROUP_VEC_CONV = ((1, 5, 11, 8), (3, 3, 2, 16), 1, "SAME")
-# A depthwise conv2d through its window kernel (depthwise_forward): a row of two whole
+# A depthwise conv2d through the window kernel (window_forward): a row of two whole
 # runs, the last one's window ending at the row's end, and (WINDOW 1 asked for) a
 # column stride of 2 with a partial run; the batch's last row reads the buffer's end.
 DEPTHWISE_WINDOW_CONV = [((2, 4, 16, 8), (3, 3, 1, 8), 1, "SAME"),
                          ((1, 5, 13, 8), (3, 3, 1, 8), 2, "SAME")]
-GROUP_VEC_CASE_IDS = ["group-vec", "group-gemm", "depthwise-window-0", "depthwise-window-1"]
+GROUP_VEC_CASE_IDS = ["group-vec", "group-vec-window", "group-gemm", "depthwise-window-0",
+                      "depthwise-window-1"]
 # A grouped conv2d as one GEMM (GROUP_OUT): 2 groups of 16 outputs, padded.
 GROUP_GEMM_CONV = ((1, 5, 6, 8), (3, 3, 4, 32), 1, "SAME")
 MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
@@ -259,16 +260,19 @@ def run_case(case_id: str, spec: str) -> None:
         assert plan.launch.gemm.defines.get("GROUP_OUT") == 16, "not the build under test"
         print("ran", case_id, plan.describe())
         return
-    if case_id == "group-vec":
+    if case_id in ("group-vec", "group-vec-window"):
+        window = int(case_id.endswith("window"))
         plan = checked_plan("conv2d", GROUP_VEC_CONV, spec, "grouped",
-                            {"TW": 4, "VEC": 4, "LOCAL_SIZE": None})
-        assert plan.launch.builds[0][0].defines.get("GROUP_VEC"), "not the build under test"
+                            {"TW": 4, "VEC": 4, "WINDOW": window, "LOCAL_SIZE": None})
+        build = plan.launch.builds[0][0]
+        assert build.defines.get("GROUP_VEC"), "not the build under test"
+        assert build.name == ("window_forward" if window else "grouped_forward")
         print("ran", case_id, plan.describe())
         return
     if case_id.startswith("depthwise-window-"):
         plan = checked_plan("conv2d", DEPTHWISE_WINDOW_CONV[int(case_id[-1])], spec, "grouped",
                             {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
-        assert plan.launch.builds[0][0].name == "depthwise_forward", "not the build under test"
+        assert plan.launch.builds[0][0].name == "window_forward", "not the build under test"
         print("ran", case_id, plan.describe())
         return
     if case_id == "without-barrier":

@@ -131,7 +131,7 @@ DEPTHWISE = {  # name -> (x NHWC shape, filter shape, kwargs)
                                                   padding=[[0, 0], [1, 1], [2, 0], [0, 0]])),
     "multiplier1_mobilenet": ((1, 14, 14, 32), (3, 3, 32, 1),
                               dict(strides=[1, 2, 2, 1], padding="SAME")),
-    # Column stride 1, multiplier 1: the window kernel (depthwise_forward) on CPUs.
+    # Column stride 1, multiplier 1: the window kernel (window_forward) on CPUs.
     "multiplier1_stride1": ((2, 10, 19, 16), (3, 3, 16, 1),
                             dict(strides=[1, 1, 1, 1], padding="SAME")),
     "multiplier1_5x5_valid": ((1, 9, 12, 8), (5, 5, 8, 1),

@@ -1,13 +1,15 @@
-"""Depthwise conv2d's window kernel (grouped_direct.cl's depthwise_forward, WINDOW 1):
-each input vector of a filter row loaded once for every tap that reaches it, the
-filter width, column stride and dilation compiled in.
+"""Grouped conv2d's window kernel (grouped_direct.cl's window_forward, WINDOW 1):
+each input value of a filter row loaded once for every tap that reaches it, the
+filter width, column stride and dilation compiled in; vectors of a depthwise conv's
+channels, or (GROUP_VEC) of one group's output channels.
 
 Checked on every device against the float64 reference, every output NaN-filled first
 (an element a run does not write shows): runs whose window lies inside the row and
 runs that reach into the padding, rows narrower than one run, widths that leave a
 partial run, filters of one to seven columns, height and width dilation, explicit
 asymmetric padding, strides other than 1 where WINDOW 1 is asked for, and the three
-dtypes.  And which build a plan runs: the window kernel by default at column stride 1,
+dtypes; depthwise convs, groups of several input channels and a channel multiplier.
+And which build a plan runs: the window kernel by default at column stride 1,
 grouped_forward at stride 2 (configs/defaults.yaml says why) and wherever the
 channels do not lie contiguous.
 """
@@ -22,7 +24,7 @@ import clconv
 from clconv.reference import conv2d_reference
 from helpers import assert_close, conv2d_case, nan_filled_outputs, random_array, reduction_length
 
-CASES = {  # x_shape (NHWC), filter [kh, kw, 1, C], strides, padding, dilations
+CASES = {  # x_shape (NHWC), filter [kh, kw, in / groups, out], strides, padding, dilations
     "3x3-partial-run": ((2, 9, 21, 16), (3, 3, 1, 16), 1, "SAME", None),
     # the last run's window ends at the row's end
     "3x3-whole-runs": ((2, 5, 16, 8), (3, 3, 1, 8), 1, "SAME", None),
@@ -32,11 +34,16 @@ CASES = {  # x_shape (NHWC), filter [kh, kw, 1, C], strides, padding, dilations
     "7x7-asymmetric": ((1, 7, 17, 8), (7, 7, 1, 8), 1, [[0, 0], [3, 1], [0, 4], [0, 0]], None),
     "one-column": ((2, 5, 12, 8), (3, 1, 1, 8), 1, "SAME", None),
     "row-stride": ((1, 13, 18, 8), (3, 3, 1, 8), [1, 2, 1, 1], "SAME", None),
+    # GROUP_VEC: vectors of one group's outputs, each input channel broadcast
+    "4-groups-of-2-to-4": ((2, 7, 19, 8), (3, 3, 2, 16), 1, "SAME", None),
+    "resnext-like-dilated": ((1, 9, 17, 16), (3, 3, 4, 16), 1, "SAME", 2),
+    "multiplier-4": ((1, 6, 12, 4), (3, 3, 1, 16), 1, "VALID", None),
 }
 # WINDOW 1 asked for where the shipped default keeps grouped_forward.
 EXPLICIT = {
     "stride-2": ((2, 14, 27, 8), (3, 3, 1, 8), 2, "SAME", None),
     "stride-3-columns": ((1, 10, 40, 8), (3, 4, 1, 8), [1, 2, 3, 1], "SAME", None),
+    "grouped-stride-2": ((1, 9, 21, 8), (3, 3, 2, 16), 2, "SAME", None),
 }
 
 
@@ -49,7 +56,7 @@ def _checked(spec, dtype, case, config=None):
     x_shape, w_shape, strides, padding, dilations = case
     x, w = random_array(x_shape, dtype, seed=1), random_array(w_shape, dtype, seed=2)
     g = conv2d_case(x_shape, w_shape, strides, padding, "NHWC", dilations)
-    assert g.groups == g.in_c == g.out_c
+    assert g.groups > 1
     plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, dilations=dilations,
                        dtype=dtype, device=spec, algorithm="grouped", config=config)
     want = conv2d_reference(x, w, g)
@@ -65,15 +72,19 @@ def test_window_kernel_matches_the_reference(device, spec, dtype, case, nan_outp
         pytest.skip("no cl_khr_fp64")
     plan = _checked(spec, dtype, CASES[case], {"TW": 8, "VEC": 4, "WINDOW": 1,
                                                "LOCAL_SIZE": None})
-    assert plan.launch.builds[0][0].name == "depthwise_forward", plan.describe()
+    build = plan.launch.builds[0][0]
+    assert build.name == "window_forward", plan.describe()
+    g = plan.geometry
+    depthwise = g.in_c == g.groups == g.out_c  # else vectors of one group's outputs
+    assert bool(build.defines.get("GROUP_VEC")) == (not depthwise), build.defines
 
 
 @pytest.mark.parametrize("case", EXPLICIT)
 @pytest.mark.parametrize("tw", [4, 8])
 def test_window_kernel_at_column_strides_past_one(spec, case, tw, nan_outputs):
-    plan = _checked(spec, np.float32, EXPLICIT[case], {"TW": tw, "VEC": 8, "WINDOW": 1,
+    plan = _checked(spec, np.float32, EXPLICIT[case], {"TW": tw, "VEC": 4, "WINDOW": 1,
                                                        "LOCAL_SIZE": [8, 4]})
-    assert plan.launch.builds[0][0].name == "depthwise_forward", plan.describe()
+    assert plan.launch.builds[0][0].name == "window_forward", plan.describe()
 
 
 def test_which_build_a_depthwise_conv_runs(spec):
@@ -86,7 +97,7 @@ def test_which_build_a_depthwise_conv_runs(spec):
                            algorithm="grouped")
     if stride_1.config["VEC"] > 1:  # a device whose vectors are wider than one float
         assert stride_1.config["WINDOW"] == 1
-        assert stride_1.launch.builds[0][0].name == "depthwise_forward"
+        assert stride_1.launch.builds[0][0].name == "window_forward"
     assert stride_2.config["WINDOW"] == 0
     assert stride_2.launch.builds[0][0].name == "grouped_forward"
 
