@@ -13,6 +13,7 @@ dy pixels.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Optional
 
 import numpy as np
@@ -69,8 +70,14 @@ class GroupedLaunch:
             per_phase = -(-g.in_w // g.stride_w)  # the pixels of column phase 0
             runs = g.batch * g.in_h * g.stride_w * -(-per_phase // tw)
         self.builds = []  # (kernel, NDRange), the vector build first
-        if int(setup.defines.get("WINDOW", 0)) and self.forward and window_applies(g, vec, tw):
-            self.builds.append(_window_build(setup, vec, tw, group_vec))
+        # The input gradient through window_forward: the forward conv it is over dy
+        # (gradient_conv), or None.
+        self.window_g: Optional[ConvGeometry] = None
+        if int(setup.defines.get("WINDOW", 0)) and window_applies(g, vec, tw, self.forward):
+            if not self.forward:
+                self.window_g = gradient_conv(g)
+            self.builds.append(_window_build(setup, self.window_g or g, vec, tw, group_vec,
+                                             gradient=not self.forward))
         for width in dict.fromkeys((vec, 1)):
             if width > 1 and self.builds:
                 continue  # window_forward is this plan's vector build
@@ -95,31 +102,57 @@ class GroupedLaunch:
         # The vector build reads whole vectors of channels: only where they are contiguous.
         contiguous = all(view[4] == 1 for view in views)
         kernel, work = self.builds[0] if contiguous else self.builds[-1]
-        event = kernel.enqueue(queue, *work, window_args(g, x, views[0], w, views[1],
-                                                         y, views[2]))
+        if contiguous and self.window_g is not None:
+            # dx = the forward conv over dy with the filter turned 180 degrees: its
+            # view starts at the last tap and steps back along both tap axes.
+            offset, s_h, s_w, s_in, s_out = views[1]
+            turned = [offset + (g.k_h - 1) * s_h + (g.k_w - 1) * s_w, -s_h, -s_w, s_in, s_out]
+            args = window_args(self.window_g, y, views[2], w, turned, x, views[0])
+        else:
+            args = window_args(g, x, views[0], w, views[1], y, views[2])
+        event = kernel.enqueue(queue, *work, args)
         if timeline is not None:
             timeline.append(("grouped forward" if self.forward else "grouped backprop", event))
         return event
 
 
-def window_applies(g: ConvGeometry, vec: int, tw: int) -> bool:
-    """Whether a conv2d can run ``window_forward`` (WINDOW 1): a vector build (VEC > 1
-    groups of a depthwise conv, or VEC output channels of one group), a run's window
-    of input pixels short enough to unroll (at most WINDOW_MAX_SPAN), no depth taps."""
-    span = (tw - 1) * g.stride_w + (g.k_w - 1) * g.dil_w + 1
-    return vec > 1 and vectorisable(g, vec, True) and g.depth is None \
-        and span <= WINDOW_MAX_SPAN
+def window_applies(g: ConvGeometry, vec: int, tw: int, forward: bool = True) -> bool:
+    """Whether ``window_forward`` can compute this call (WINDOW 1): a vector build (VEC
+    > 1 groups of a depthwise conv, or for conv2d VEC output channels of one group), a
+    run's window of input pixels short enough to unroll (at most WINDOW_MAX_SPAN), no
+    depth taps; an input gradient also needs a depthwise conv of stride 1 (it is then
+    the forward conv over dy that ``gradient_conv`` describes)."""
+    stride_w = g.stride_w if forward else 1
+    span = (tw - 1) * stride_w + (g.k_w - 1) * g.dil_w + 1
+    return vec > 1 and vectorisable(g, vec, forward) and g.depth is None \
+        and span <= WINDOW_MAX_SPAN \
+        and (forward or (g.stride_h == g.stride_w == 1 and depthwise_vectors(g, vec)))
 
 
-def _window_build(setup: Setup, vec: int, tw: int, group_vec: dict) -> tuple:
-    """window_forward, built for this filter width, column stride and dilation, over
-    (channel vectors, runs of a row, batch x rows); a LOCAL_SIZE (channels x runs)
-    lays its runs along the row."""
-    g = setup.geometry
+def gradient_conv(g: ConvGeometry) -> ConvGeometry:
+    """The input gradient of a depthwise conv of stride 1 as a forward conv over dy:
+    dx[ih, iw] sums dy[ih + pad_top - a * dil_h, ...] * w[a, b], which with the taps
+    turned (a' = k_h - 1 - a) reads dy at ih - (k_eff_h - 1 - pad_top) + a' * dil_h:
+    a stride-1 conv with that leading padding (negative where the original padding is
+    wider than the filter), dx's size out of dy's."""
+    return dataclasses.replace(
+        g, in_h=g.out_h, in_w=g.out_w, out_h=g.in_h, out_w=g.in_w,
+        pad_top=g.k_eff_h - 1 - g.pad_top, pad_bottom=g.k_eff_h - 1 - g.pad_bottom,
+        pad_left=g.k_eff_w - 1 - g.pad_left, pad_right=g.k_eff_w - 1 - g.pad_right)
+
+
+def _window_build(setup: Setup, g: ConvGeometry, vec: int, tw: int, group_vec: dict,
+                  gradient: bool) -> tuple:
+    """window_forward over the forward conv ``g``, built for its filter width, column
+    stride and dilation, over (channel vectors, runs of a row, batch x rows); a
+    LOCAL_SIZE (channels x runs) lays its runs along the row.  ``gradient``: an input
+    gradient's (WIN_REAL_ONLY: taps off dy add nothing, as in TF's gradient)."""
     source, name = setup.space.helper_kernels["window"]
-    kernel = TypedKernel(setup.context, source, name,
-                         {**setup.defines, "VEC": vec, **group_vec, "WIN_KW": g.k_w,
-                          "WIN_SW": g.stride_w, "WIN_DW": g.dil_w}, ARGS)
+    defines = {**setup.defines, "VEC": vec, **group_vec, "WIN_KW": g.k_w,
+               "WIN_SW": g.stride_w, "WIN_DW": g.dil_w}
+    if gradient:
+        defines["WIN_REAL_ONLY"] = 1
+    kernel = TypedKernel(setup.context, source, name, defines, ARGS)
     work = (g.out_c // vec, -(-g.out_w // tw), g.batch * g.out_h)
     local = (*setup.local, 1) if setup.local else None
     return kernel, launch_range(setup.info, work, local, axis=2)
@@ -152,8 +185,8 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
         widths = [v for v in (8, 4, 2) if v <= vector_width(info)]
         config["VEC"] = next((v for v in widths if vectorisable(g, v, op == "conv2d")), 1)
     if config.get("WINDOW", "auto") == "auto":  # absent: a configuration from before it
-        config["WINDOW"] = int(op == "conv2d" and g.stride_w == 1
-                               and window_applies(g, int(config["VEC"]), int(config["TW"])))
+        config["WINDOW"] = int(g.stride_w == 1 and window_applies(
+            g, int(config["VEC"]), int(config["TW"]), op == "conv2d"))
     return config
 
 

@@ -157,6 +157,8 @@ __kernel void grouped_forward(
 // An accumulator takes its taps row by row, then input channel by channel, then
 // column by column (grouped_forward: rows, columns, channels; a depthwise conv has
 // one channel, so there both give the same sums); a tap on padding adds 0 * w.
+// A depthwise conv's input gradient at stride 1 runs here too, as the forward conv
+// over dy with the filter turned (clconv.grouped.gradient_conv; WIN_REAL_ONLY).
 #define WIN_SPAN ((TW - 1) * WIN_SW + (WIN_KW - 1) * WIN_DW + 1) // input pixels a run reads
 #ifdef GROUP_VEC
 #define XACC ACC // one input channel, broadcast over the vector of weights
@@ -215,6 +217,20 @@ __kernel void window_forward(
                     WIN_TAPS(p, xv)
                 }
             } else {
+#ifdef WIN_REAL_ONLY
+                // An input gradient (dx from dy, the taps turned): a tap off dy adds
+                // nothing, as in TF's gradient (an infinite weight gives no NaN there).
+                if (!real_h)
+                    continue;
+                #pragma unroll
+                for (int p = 0; p < WIN_SPAN; ++p) {
+                    const int iw = iw0 + p;
+                    if (iw >= 0 && iw < in_w) {
+                        const XACC xv = X_AT(n, ih, iw, ci0 + j);
+                        WIN_TAPS(p, xv)
+                    }
+                }
+#else
                 #pragma unroll
                 for (int p = 0; p < WIN_SPAN; ++p) {
                     const int iw = iw0 + p;
@@ -222,6 +238,7 @@ __kernel void window_forward(
                         ? X_AT(n, ih, iw, ci0 + j) : (XACC)0;
                     WIN_TAPS(p, xv)
                 }
+#endif
             }
         }
     }

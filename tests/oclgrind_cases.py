@@ -86,8 +86,12 @@ GROUP_VEC_CONV = ((1, 5, 11, 8), (3, 3, 2, 16), 1, "SAME")
 # column stride of 2 with a partial run; the batch's last row reads the buffer's end.
 DEPTHWISE_WINDOW_CONV = [((2, 4, 16, 8), (3, 3, 1, 8), 1, "SAME"),
                          ((1, 5, 13, 8), (3, 3, 1, 8), 2, "SAME")]
+# A depthwise input gradient through the window kernel: x, filter, padding (the
+# turned conv's leading padding negative in the second).
+WINDOW_GRADIENT = [((2, 4, 16, 8), (3, 3, 1, 8), "SAME"),
+                   ((1, 5, 9, 8), (3, 2, 1, 8), [[0, 0], [3, 0], [1, 4], [0, 0]])]
 GROUP_VEC_CASE_IDS = ["group-vec", "group-vec-window", "group-gemm", "depthwise-window-0",
-                      "depthwise-window-1"]
+                      "depthwise-window-1", "window-gradient-0", "window-gradient-1"]
 # A grouped conv2d as one GEMM (GROUP_OUT): 2 groups of 16 outputs, padded.
 GROUP_GEMM_CONV = ((1, 5, 6, 8), (3, 3, 4, 32), 1, "SAME")
 MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
@@ -273,6 +277,19 @@ def run_case(case_id: str, spec: str) -> None:
         plan = checked_plan("conv2d", DEPTHWISE_WINDOW_CONV[int(case_id[-1])], spec, "grouped",
                             {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
         assert plan.launch.builds[0][0].name == "window_forward", "not the build under test"
+        print("ran", case_id, plan.describe())
+        return
+    if case_id.startswith("window-gradient-"):
+        x_shape, w_shape, padding = WINDOW_GRADIENT[int(case_id[-1])]
+        g = conv2d_case(x_shape, w_shape, 1, padding)
+        rng = np.random.default_rng(0)
+        dy = rng.standard_normal(g.y_shape()).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        plan = plans.get_plan(runtime(spec), "conv2d_backprop_input", g, np.float32, "grouped",
+                              {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
+        assert plan.launch.builds[0][0].name == "window_forward", "not the build under test"
+        assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
+                     reduction_length(g, transpose=True))
         print("ran", case_id, plan.describe())
         return
     if case_id == "without-barrier":

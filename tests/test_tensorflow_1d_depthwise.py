@@ -182,12 +182,37 @@ def test_depthwise_conv2d_matches_tensorflow(device, spec, case):
     assert_close(got_nchw.transpose(0, 2, 3, 1), want, np.float32, f_shape[0] * f_shape[1])
 
 
-@pytest.mark.parametrize("padding", ["SAME", "VALID"])
-def test_depthwise_backprop_input_matches_tensorflow(device, spec, padding):
-    x_shape = [2, 9, 9, 3] if padding == "SAME" else [2, 11, 11, 3]
-    f, dy = _random((3, 3, 3, 2), 16), _random((2, 5, 5, 6), 17)
-    want = tf.nn.depthwise_conv2d_backprop_input(x_shape, f, dy, [1, 2, 2, 1], padding).numpy()
-    got = clconv.depthwise_conv2d_backprop_input(x_shape, f, dy, [1, 2, 2, 1], padding,
+def test_depthwise_gradient_nan_and_inf_in_dy_land_where_tensorflow_puts_them(device, spec):
+    """NaN and Inf in dy reach every dx pixel whose taps read them, as in TF (stride 1:
+    the window kernel on CPUs)."""
+    f = np.abs(_random((3, 3, 8, 1), 20))
+    dy = np.abs(_random((2, 6, 11, 8), 21)) + 0.5
+    dy[0, 0, 0, 2], dy[1, 3, 5, 4], dy[1, 5, 10, 7] = np.nan, np.inf, -np.inf
+    want = tf.nn.depthwise_conv2d_backprop_input([2, 6, 11, 8], f, dy, [1, 1, 1, 1],
+                                                 "SAME").numpy()
+    got = clconv.depthwise_conv2d_backprop_input([2, 6, 11, 8], f, dy, [1, 1, 1, 1], "SAME",
                                                  device=spec)
+    for name, mask in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        assert mask(want).any()
+        assert np.array_equal(mask(got), mask(want)), (
+            f"{name} at {np.argwhere(mask(got)).tolist()}, TF has it at "
+            f"{np.argwhere(mask(want)).tolist()}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], np.float32, 9)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+def test_depthwise_backprop_input_matches_tensorflow(device, spec, padding, strides):
+    if strides == 2:  # multiplier 2
+        x_shape = [2, 9, 9, 3] if padding == "SAME" else [2, 11, 11, 3]
+        f, dy = _random((3, 3, 3, 2), 16), _random((2, 5, 5, 6), 17)
+    else:  # multiplier 1 over 8 channels: the window kernel on CPUs
+        x_shape = [2, 9, 13, 8]
+        f = _random((3, 3, 8, 1), 16)
+        dy = _random((2, 9, 13, 8) if padding == "SAME" else (2, 7, 11, 8), 17)
+    s = [1, strides, strides, 1]
+    want = tf.nn.depthwise_conv2d_backprop_input(x_shape, f, dy, s, padding).numpy()
+    got = clconv.depthwise_conv2d_backprop_input(x_shape, f, dy, s, padding, device=spec)
     assert got.shape == want.shape
-    assert_close(got, want, np.float32, 3 * 3 * 2)
+    assert_close(got, want, np.float32, 3 * 3 * f.shape[3])

@@ -9,7 +9,9 @@ runs that reach into the padding, rows narrower than one run, widths that leave 
 partial run, filters of one to seven columns, height and width dilation, explicit
 asymmetric padding, strides other than 1 where WINDOW 1 is asked for, and the three
 dtypes; depthwise convs, groups of several input channels and a channel multiplier.
-And which build a plan runs: the window kernel by default at column stride 1,
+A depthwise conv's input gradient at stride 1 runs there too, as the forward conv
+over dy with the filter turned, taps off dy adding nothing (TF's gradient).  And
+which build a plan runs: the window kernel by default at column stride 1,
 grouped_forward at stride 2 (configs/defaults.yaml says why) and wherever the
 channels do not lie contiguous.
 """
@@ -21,7 +23,8 @@ import pyopencl.array as cl_array
 import pytest
 
 import clconv
-from clconv.reference import conv2d_reference
+from clconv import plans
+from clconv.reference import backprop_input_reference, conv2d_reference
 from helpers import assert_close, conv2d_case, nan_filled_outputs, random_array, reduction_length
 
 CASES = {  # x_shape (NHWC), filter [kh, kw, in / groups, out], strides, padding, dilations
@@ -126,3 +129,60 @@ def test_infinite_weights_on_padded_taps_give_nan(spec):
         assert np.array_equal(mask(got), mask(want)), np.argwhere(mask(got) != mask(want))
     finite = np.isfinite(want)
     assert_close(got[finite], want[finite], np.float32, reduction_length(g))
+
+
+GRADIENTS = {  # the forward conv's x shape, filter [kh, kw, 1, C], padding, dilations
+    "3x3-same": ((2, 9, 21, 16), (3, 3, 1, 16), "SAME", None),
+    "5x5-valid": ((1, 11, 14, 8), (5, 5, 1, 8), "VALID", None),
+    "dilated": ((1, 10, 19, 8), (3, 3, 1, 8), "SAME", 2),
+    # leading padding wider than the filter: the turned conv's is negative
+    "wide-padding": ((1, 6, 9, 8), (3, 2, 1, 8), [[0, 0], [3, 0], [1, 4], [0, 0]], None),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("case", GRADIENTS)
+def test_window_kernel_computes_depthwise_input_gradients(device, spec, dtype, case,
+                                                          nan_outputs):
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip("no cl_khr_fp64")
+    x_shape, w_shape, padding, dilations = GRADIENTS[case]
+    g = conv2d_case(x_shape, w_shape, 1, padding, "NHWC", dilations)
+    dy, w = random_array(g.y_shape(), dtype, seed=7), random_array(w_shape, dtype, seed=8)
+    plan = plans.get_plan(clconv.runtime(spec), "conv2d_backprop_input", g, dtype, "grouped",
+                          {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
+    build = plan.launch.builds[0][0]
+    assert build.name == "window_forward" and build.defines.get("WIN_REAL_ONLY"), build.defines
+    want = backprop_input_reference(dy, w, g)
+    assert_close(plan.execute(dy, w), want, dtype, reduction_length(g, transpose=True))
+    assert_close(plan.execute(dy, plan.prepare_filters(w)), want, dtype,
+                 reduction_length(g, transpose=True))
+
+
+def test_depthwise_gradient_build_by_default(spec):
+    """Stride 1: the window kernel (where vectors are wider than one float); stride 2
+    keeps grouped_backprop."""
+    rt = clconv.runtime(spec)
+    for stride, name in ((1, "window_forward"), (2, "grouped_backprop")):
+        g = conv2d_case((1, 8, 20, 16), (3, 3, 1, 16), stride, "SAME")
+        plan = plans.get_plan(rt, "conv2d_backprop_input", g, np.float32)
+        assert plan.algorithm == "grouped", plan.describe()
+        if plan.config["VEC"] > 1:
+            assert plan.launch.builds[0][0].name == name, plan.describe()
+
+
+def test_gradient_taps_off_dy_add_nothing(spec):
+    """An infinite weight gives +Inf in dx where its tap reads dy and no NaN where it
+    falls off dy: the gradient multiplies real dy pixels only, like grouped_backprop
+    and the float64 reference (a scatter of dy)."""
+    g = conv2d_case((1, 6, 11, 8), (3, 3, 1, 8), 1, "SAME")
+    dy = np.abs(random_array(g.y_shape(), seed=9)) + 0.5
+    w = np.abs(random_array((3, 3, 1, 8), seed=10))
+    w[0, 0, 0, 3] = np.inf
+    want = backprop_input_reference(dy, w, g)
+    plan = plans.get_plan(clconv.runtime(spec), "conv2d_backprop_input", g, np.float32,
+                          "grouped", {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
+    got = plan.execute(dy, w)
+    assert np.isposinf(want).any() and not np.isnan(want).any()
+    for mask in (np.isnan, np.isposinf):
+        assert np.array_equal(mask(got), mask(want)), np.argwhere(mask(got) != mask(want))
