@@ -116,7 +116,9 @@ def depthwise_conv2d_backprop_input(input_sizes: Any, filter: Any, out_backprop:
     # and channel counts, then C groups.
     dense = (k_h, k_w, channels, channels * multiplier)
     g = backprop_input_geometry(input_sizes, dense, dy_shape, attrs)
-    g = dataclasses.replace(g, groups=channels)
+    # TF's CPU kernel multiplies every tap, reading 0 where padding or the stride leave
+    # a dy pixel out (an infinite weight there gives NaN): padded_products.
+    g = dataclasses.replace(g, groups=channels, padded_products=True)
     dtype = tensors.resolve_dtype("DepthwiseConv2dNativeBackpropInput",
                                   [(filter, "filter"), (out_backprop, "out_backprop")])
     tensors.check_computable(dtype)

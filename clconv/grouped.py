@@ -73,16 +73,18 @@ class GroupedLaunch:
         # The input gradient through window_forward: the forward conv it is over dy
         # (gradient_conv), or None.
         self.window_g: Optional[ConvGeometry] = None
+        # An input gradient of every tap (TF's depthwise): padded taps add 0 * w.
+        all_taps = {"ALL_TAPS": 1} if g.padded_products and not self.forward else {}
         if int(setup.defines.get("WINDOW", 0)) and window_applies(g, vec, tw, self.forward):
             if not self.forward:
                 self.window_g = gradient_conv(g)
             self.builds.append(_window_build(setup, self.window_g or g, vec, tw, group_vec,
-                                             gradient=not self.forward))
+                                             real_only=not self.forward and not all_taps))
         for width in dict.fromkeys((vec, 1)):
             if width > 1 and self.builds:
                 continue  # window_forward is this plan's vector build
             kernel = TypedKernel(setup.context, source, name,
-                                 {**setup.defines, "VEC": width,
+                                 {**setup.defines, "VEC": width, **all_taps,
                                   **(group_vec if width > 1 else {})}, ARGS)
             local = setup.local if width == vec else None
             self.builds.append((kernel, launch_range(setup.info, (channels // width, runs),
@@ -142,15 +144,17 @@ def gradient_conv(g: ConvGeometry) -> ConvGeometry:
 
 
 def _window_build(setup: Setup, g: ConvGeometry, vec: int, tw: int, group_vec: dict,
-                  gradient: bool) -> tuple:
+                  real_only: bool) -> tuple:
     """window_forward over the forward conv ``g``, built for its filter width, column
     stride and dilation, over (channel vectors, runs of a row, batch x rows); a
-    LOCAL_SIZE (channels x runs) lays its runs along the row.  ``gradient``: an input
-    gradient's (WIN_REAL_ONLY: taps off dy add nothing, as in TF's gradient)."""
+    LOCAL_SIZE (channels x runs) lays its runs along the row.  ``real_only``: an input
+    gradient's that multiplies real dy pixels only (WIN_REAL_ONLY: taps off dy add
+    nothing, as in Conv2DBackpropInput); else padded taps add 0 * w (a forward conv,
+    TF's depthwise gradient)."""
     source, name = setup.space.helper_kernels["window"]
     defines = {**setup.defines, "VEC": vec, **group_vec, "WIN_KW": g.k_w,
                "WIN_SW": g.stride_w, "WIN_DW": g.dil_w}
-    if gradient:
+    if real_only:
         defines["WIN_REAL_ONLY"] = 1
     kernel = TypedKernel(setup.context, source, name, defines, ARGS)
     work = (g.out_c // vec, -(-g.out_w // tw), g.batch * g.out_h)
@@ -202,6 +206,6 @@ def _unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo) ->
 
 GROUPED = register(Algorithm(
     name="grouped", prepare=GroupedLaunch, unsupported=_unsupported, resolve=_resolve,
-    fallback="direct",
+    fallback="direct", padded_products=True,
     doc="grouped and depthwise convs: one channel at TW pixels per work-item, channels "
         "fastest"))

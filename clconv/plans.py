@@ -365,9 +365,13 @@ def _choose_algorithm(rt: Runtime, op: str, g: ConvGeometry, dtype: np.dtype,
     if requested is not None:
         reason = registry.unsupported(requested, op, dtype, g, info)
         if reason is not None:
+            universal = registry.UNIVERSAL
+            hint = (f"algorithm={universal!r} computes every call"
+                    if registry.unsupported(universal, op, dtype, g, info) is None
+                    else "algorithm=None lets clconv choose one that computes it")
             raise UnimplementedError(
                 f"algorithm={requested!r} cannot compute this {op} on {info.name!r}: {reason}; "
-                f"algorithm={registry.UNIVERSAL!r} computes every call")
+                f"{hint}")
         return requested, "requested"
     choice = explain_algorithm(op, info, g)
     chosen = registry.runnable(choice.value, op, dtype, g, info)

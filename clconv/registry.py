@@ -84,6 +84,8 @@ class Algorithm:
     kernel_defines: Callable[[str, dict, np.dtype], dict] = \
         lambda role, defines, dtype: defines
     depth_taps: bool = False
+    # It computes input gradients with ConvGeometry.padded_products (TF's depthwise one).
+    padded_products: bool = False
 
 
 # The algorithm that computes every op, dtype and grouping: the end of every
@@ -145,7 +147,17 @@ def unsupported(name: str, op: str, dtype: np.dtype, g: ConvGeometry,
     algorithm = get(name)
     if g.depth is not None and not algorithm.depth_taps:
         return f"algorithm {name!r} computes 2-D convolutions only"
+    if g.padded_products and op != "conv2d" and not algorithm.padded_products:
+        return (f"algorithm {name!r} multiplies real dy pixels only, where TF's depthwise "
+                f"gradient multiplies every tap (a dy pixel that padding or the stride "
+                f"leave out as 0); {', '.join(repr(n) for n in padded_products_algorithms())} "
+                f"computes that")
     return algorithm.unsupported(op, np.dtype(dtype), g, info)
+
+
+def padded_products_algorithms() -> list[str]:
+    """The algorithms that compute input gradients with ConvGeometry.padded_products."""
+    return [name for name, algorithm in _registry.items() if algorithm.padded_products]
 
 
 def runnable(requested: str, op: str, dtype: np.dtype, g: ConvGeometry,
@@ -157,6 +169,11 @@ def runnable(requested: str, op: str, dtype: np.dtype, g: ConvGeometry,
         seen.add(name)
         fallback = get(name).fallback if name in _registry else None
         if fallback is None or fallback in seen:
+            # The chain ends short of this call (an every-tap gradient, which the
+            # universal algorithm does not compute): any algorithm that computes it.
+            for other in algorithms_for(op):
+                if other not in seen and unsupported(other, op, dtype, g, info) is None:
+                    return other
             raise ValueError(f"no registered algorithm computes {op} for dtype "
                              f"{np.dtype(dtype).name}; {requested!r}: "
                              f"{unsupported(requested, op, dtype, g, info)}")

@@ -67,6 +67,11 @@ class ConvGeometry:
     pad_right: int
     groups: int = 1
     depth: Optional[DepthAxis] = None
+    # An input gradient that multiplies every tap, a dy pixel that padding or the stride
+    # leave out counting as 0 (TF's depthwise gradient: an infinite weight on such a tap
+    # gives NaN), where Conv2DBackpropInput and the other front ends' transposed convs
+    # multiply real dy pixels only.
+    padded_products: bool = False
 
     @property
     def k_eff_h(self) -> int:

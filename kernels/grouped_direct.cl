@@ -35,7 +35,9 @@
 // multiplies 0 * w, as TensorFlow's conv2d does (an infinite weight gives NaN).
 // Backprop NDRange: (in_c / VEC, batch * in_h * SW * cdiv(cdiv(in_w, SW), TW)): a run
 // is TW pixels of one column phase (iw = phase + SW * i), so every pixel of a run
-// takes the same taps; only real dy pixels contribute, as in TF's gradient.
+// takes the same taps; only real dy pixels contribute, as in TF's Conv2DBackpropInput,
+// or with ALL_TAPS every tap, a dy pixel that padding or the stride leave out counting
+// as 0, as in TF's depthwise gradient (ConvGeometry.padded_products).
 
 #ifndef TW
 #define TW 4 // output pixels along a row per work-item
@@ -281,24 +283,32 @@ __kernel void grouped_backprop(
         acc[t] = ZERO;
     for (int a = 0; a < k_h; ++a) {
         const int rows = ih + pad_top - a * dil_h;
-        if (MOD(rows, stride_h) != 0)
+        const int oh = rows / stride_h; // exact where rows is a multiple of the stride
+        const bool real_row = MOD(rows, stride_h) == 0 && oh >= 0 && oh < out_h;
+#ifndef ALL_TAPS
+        if (!real_row)
             continue;
-        const int oh = rows / stride_h; // exact: rows is a multiple of the stride
-        if (oh < 0 || oh >= out_h)
-            continue;
+#endif
         for (int b = 0; b < k_w; ++b) {
             // iw = phase + stride_w * (i0 + t); ow = (iw + pad_left - b * dil_w) / stride_w
             const int cols = phase + pad_left - b * dil_w;
-            if (MOD(cols, stride_w) != 0)
-                continue; // no pixel of this phase takes tap b
+            const bool phase_tap = MOD(cols, stride_w) == 0; // this phase's pixels take tap b
+#ifndef ALL_TAPS
+            if (!phase_tap)
+                continue;
+#endif
             const int ow0 = cols / stride_w + i0;
             for (int k = 0; k < opg; ++k) {
                 const VACC wv = W_AT(a, b, j, co0 + k);
                 #pragma unroll
                 for (int t = 0; t < TW; ++t) {
                     const int ow = ow0 + t;
-                    if (ow >= 0 && ow < out_w)
+                    if (real_row && phase_tap && ow >= 0 && ow < out_w)
                         acc[t] += DY_AT(n, oh, ow, co0 + k) * wv;
+#ifdef ALL_TAPS
+                    else // TF's depthwise gradient: a dy pixel left out counts as 0
+                        acc[t] += ZERO * wv;
+#endif
                 }
             }
         }

@@ -9,6 +9,7 @@ second time, even with the queue finished in between; kept alive, never).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 
@@ -91,7 +92,8 @@ DEPTHWISE_WINDOW_CONV = [((2, 4, 16, 8), (3, 3, 1, 8), 1, "SAME"),
 WINDOW_GRADIENT = [((2, 4, 16, 8), (3, 3, 1, 8), "SAME"),
                    ((1, 5, 9, 8), (3, 2, 1, 8), [[0, 0], [3, 0], [1, 4], [0, 0]])]
 GROUP_VEC_CASE_IDS = ["group-vec", "group-vec-window", "group-gemm", "depthwise-window-0",
-                      "depthwise-window-1", "window-gradient-0", "window-gradient-1"]
+                      "depthwise-window-1", "window-gradient-0", "window-gradient-1",
+                      "all-taps-1", "all-taps-2"]  # every-tap gradients at strides 1, 2
 # A grouped conv2d as one GEMM (GROUP_OUT): 2 groups of 16 outputs, padded.
 GROUP_GEMM_CONV = ((1, 5, 6, 8), (3, 3, 4, 32), 1, "SAME")
 MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
@@ -279,15 +281,26 @@ def run_case(case_id: str, spec: str) -> None:
         assert plan.launch.builds[0][0].name == "window_forward", "not the build under test"
         print("ran", case_id, plan.describe())
         return
-    if case_id.startswith("window-gradient-"):
-        x_shape, w_shape, padding = WINDOW_GRADIENT[int(case_id[-1])]
-        g = conv2d_case(x_shape, w_shape, 1, padding)
+    if case_id.startswith(("window-gradient-", "all-taps-")):
+        if case_id.startswith("all-taps-"):  # TF's depthwise gradient (padded_products)
+            stride = int(case_id[-1])
+            g = dataclasses.replace(conv2d_case((1, 5, 13, 8), (3, 3, 1, 8), stride, "SAME"),
+                                    padded_products=True)
+            w_shape = g.w_shape()
+        else:
+            x_shape, w_shape, padding = WINDOW_GRADIENT[int(case_id[-1])]
+            g = conv2d_case(x_shape, w_shape, 1, padding)
         rng = np.random.default_rng(0)
         dy = rng.standard_normal(g.y_shape()).astype(np.float32)
         w = rng.standard_normal(w_shape).astype(np.float32)
+        window = int(g.stride_w == 1)
         plan = plans.get_plan(runtime(spec), "conv2d_backprop_input", g, np.float32, "grouped",
-                              {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
-        assert plan.launch.builds[0][0].name == "window_forward", "not the build under test"
+                              {"TW": 8, "VEC": 4, "WINDOW": window, "LOCAL_SIZE": None})
+        build = plan.launch.builds[0][0]
+        assert build.name == ("window_forward" if window else "grouped_backprop"), \
+            "not the build under test"
+        assert bool(build.defines.get("ALL_TAPS") or not build.defines.get("WIN_REAL_ONLY")) \
+            == g.padded_products, "not the build under test"
         assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
                      reduction_length(g, transpose=True))
         print("ran", case_id, plan.describe())

@@ -201,6 +201,32 @@ def test_depthwise_gradient_nan_and_inf_in_dy_land_where_tensorflow_puts_them(de
     assert_close(got[finite], want[finite], np.float32, 9)
 
 
+@pytest.mark.parametrize("multiplier", [1, 2, 16])  # 16: defaults.yaml sends it to direct
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("strides", [1, 2, 3])
+def test_depthwise_gradient_inf_weights_land_where_tensorflow_puts_them(device, spec, strides,
+                                                                        padding, multiplier):
+    """TF's depthwise input gradient multiplies every tap, a dy pixel that padding or
+    the stride leave out counting as 0 (unlike Conv2DBackpropInput): an infinite weight
+    gives NaN wherever its tap misses dy and +-Inf where it reads it."""
+    f = np.abs(_random((3, 3, 8, multiplier), 22))
+    f[0, 0, 3, 0], f[2, 1, 5, multiplier - 1] = np.inf, -np.inf
+    x_shape = [2, 7, 11, 8]
+    rows, cols = ((-(-7 // strides), -(-11 // strides)) if padding == "SAME"
+                  else ((7 - 3) // strides + 1, (11 - 3) // strides + 1))
+    dy = np.abs(_random((2, rows, cols, 8 * multiplier), 23)) + 0.5
+    s = [1, strides, strides, 1]
+    want = tf.nn.depthwise_conv2d_backprop_input(x_shape, f, dy, s, padding).numpy()
+    got = clconv.depthwise_conv2d_backprop_input(x_shape, f, dy, s, padding, device=spec)
+    assert np.isnan(want).any()
+    for name, mask in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
+        assert np.array_equal(mask(got), mask(want)), (
+            f"{name} at {np.argwhere(mask(got)).tolist()}, TF has it at "
+            f"{np.argwhere(mask(want)).tolist()}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], np.float32, 9 * multiplier)
+
+
 @pytest.mark.parametrize("strides", [1, 2])
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_depthwise_backprop_input_matches_tensorflow(device, spec, padding, strides):

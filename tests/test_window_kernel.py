@@ -186,3 +186,75 @@ def test_gradient_taps_off_dy_add_nothing(spec):
     assert np.isposinf(want).any() and not np.isnan(want).any()
     for mask in (np.isnan, np.isposinf):
         assert np.array_equal(mask(got), mask(want)), np.argwhere(mask(got) != mask(want))
+
+
+def _every_tap_gradient(dy, w, g):
+    """TF's depthwise input gradient in float64, written out: every dx pixel sums all
+    k_h x k_w taps, a dy pixel that padding or the stride leave out counting as 0."""
+    dx = np.zeros((g.batch, g.in_h, g.in_w, g.in_c))
+    with np.errstate(invalid="ignore"):
+        for ih in range(g.in_h):
+            for iw in range(g.in_w):
+                for a in range(g.k_h):
+                    for b in range(g.k_w):
+                        rows = ih + g.pad_top - a * g.dil_h
+                        cols = iw + g.pad_left - b * g.dil_w
+                        oh, ow = rows // g.stride_h, cols // g.stride_w
+                        real = (rows % g.stride_h == 0 and cols % g.stride_w == 0
+                                and 0 <= oh < g.out_h and 0 <= ow < g.out_w)
+                        value = dy[:, oh, ow, :].astype(np.float64) if real else 0.0
+                        dx[:, ih, iw, :] += value * w[a, b, 0, :].astype(np.float64)
+    return dx
+
+
+@pytest.mark.parametrize("stride,config", [
+    (1, {"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None}),  # window_forward
+    (1, {"TW": 4, "VEC": 4, "WINDOW": 0, "LOCAL_SIZE": None}),  # grouped_backprop
+    (2, {"TW": 4, "VEC": 4, "WINDOW": 0, "LOCAL_SIZE": None}),
+    (2, {"TW": 2, "VEC": 1, "WINDOW": 0, "LOCAL_SIZE": None}),  # the one-channel build
+])
+def test_every_tap_gradient_of_infinite_weights(spec, stride, config):
+    """ConvGeometry.padded_products (TF's depthwise gradient, clconv.depthwise): every
+    build multiplies every tap, NaN where an infinite weight's tap misses dy."""
+    import dataclasses
+
+    g = dataclasses.replace(conv2d_case((1, 7, 12, 8), (3, 3, 1, 8), stride, "SAME"),
+                            padded_products=True)
+    dy = np.abs(random_array(g.y_shape(), seed=11)) + 0.5
+    w = np.abs(random_array((3, 3, 1, 8), seed=12))
+    w[0, 0, 0, 3], w[2, 1, 0, 6] = np.inf, -np.inf
+    want = _every_tap_gradient(dy, w, g)
+    plan = plans.get_plan(clconv.runtime(spec), "conv2d_backprop_input", g, np.float32,
+                          "grouped", config)
+    assert plan.launch.builds[0][0].name == ("window_forward" if config["WINDOW"]
+                                             else "grouped_backprop")
+    got = plan.execute(dy, w)
+    assert np.isnan(want).any()
+    for mask in (np.isnan, np.isposinf, np.isneginf):
+        assert np.array_equal(mask(got), mask(want)), np.argwhere(mask(got) != mask(want))
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], np.float32, 9)
+
+
+def test_only_grouped_computes_every_tap_gradients(spec):
+    """A depthwise gradient asked of another algorithm is refused, saying why."""
+    x = np.ones((1, 6, 6, 4), np.float32)
+    with pytest.raises(clconv.UnimplementedError, match="multiplies real dy pixels only"):
+        clconv.depthwise_conv2d_backprop_input([1, 6, 6, 4], np.ones((3, 3, 4, 1), np.float32),
+                                               x, [1, 1, 1, 1], "SAME", device=spec,
+                                               algorithm="direct")
+
+
+def test_an_every_tap_gradient_the_shipped_rule_sends_elsewhere(spec):
+    """A rule that sends a transpose to few channels to `direct` (a multiplier-16
+    depthwise gradient matches it) falls back to the algorithm that computes the
+    every-tap gradient, not to an error."""
+    import dataclasses
+
+    g = dataclasses.replace(conv2d_case((1, 6, 6, 4), (3, 3, 1, 64), 1, "SAME"),
+                            padded_products=True)
+    plan = plans.get_plan(clconv.runtime(spec), "conv2d_backprop_input", g, np.float32)
+    assert plan.algorithm == "grouped", plan.describe()
+    dy, w = random_array(g.y_shape(), seed=13), random_array((3, 3, 1, 64), seed=14)
+    assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
+                 reduction_length(g, transpose=True))
