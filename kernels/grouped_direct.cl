@@ -281,38 +281,55 @@ __kernel void grouped_backprop(
     #pragma unroll
     for (int t = 0; t < TW; ++t)
         acc[t] = ZERO;
+#ifdef ALL_TAPS
+    // TF's depthwise gradient multiplies every tap, a dy pixel left out counting as
+    // 0.  A tap every pixel of the run misses adds 0 * w to each: the sum of those
+    // products, +-0 or NaN (a weight that is not finite), is added once at the end,
+    // which changes no finite sum (acc starts at +0 and so is never -0).
+    VACC missed = ZERO;
+#endif
     for (int a = 0; a < k_h; ++a) {
         const int rows = ih + pad_top - a * dil_h;
         const int oh = rows / stride_h; // exact where rows is a multiple of the stride
-        const bool real_row = MOD(rows, stride_h) == 0 && oh >= 0 && oh < out_h;
-#ifndef ALL_TAPS
-        if (!real_row)
-            continue;
+        if (MOD(rows, stride_h) != 0 || oh < 0 || oh >= out_h) {
+#ifdef ALL_TAPS
+            for (int b = 0; b < k_w; ++b)
+                for (int k = 0; k < opg; ++k)
+                    missed += ZERO * W_AT(a, b, j, co0 + k);
 #endif
+            continue;
+        }
         for (int b = 0; b < k_w; ++b) {
             // iw = phase + stride_w * (i0 + t); ow = (iw + pad_left - b * dil_w) / stride_w
             const int cols = phase + pad_left - b * dil_w;
-            const bool phase_tap = MOD(cols, stride_w) == 0; // this phase's pixels take tap b
-#ifndef ALL_TAPS
-            if (!phase_tap)
-                continue;
+            if (MOD(cols, stride_w) != 0) { // no pixel of this phase takes tap b
+#ifdef ALL_TAPS
+                for (int k = 0; k < opg; ++k)
+                    missed += ZERO * W_AT(a, b, j, co0 + k);
 #endif
+                continue;
+            }
             const int ow0 = cols / stride_w + i0;
             for (int k = 0; k < opg; ++k) {
                 const VACC wv = W_AT(a, b, j, co0 + k);
                 #pragma unroll
                 for (int t = 0; t < TW; ++t) {
                     const int ow = ow0 + t;
-                    if (real_row && phase_tap && ow >= 0 && ow < out_w)
+                    if (ow >= 0 && ow < out_w)
                         acc[t] += DY_AT(n, oh, ow, co0 + k) * wv;
 #ifdef ALL_TAPS
-                    else // TF's depthwise gradient: a dy pixel left out counts as 0
+                    else // this pixel's tap falls on padding
                         acc[t] += ZERO * wv;
 #endif
                 }
             }
         }
     }
+#ifdef ALL_TAPS
+    #pragma unroll
+    for (int t = 0; t < TW; ++t)
+        acc[t] += missed;
+#endif
     #pragma unroll
     for (int t = 0; t < TW; ++t) {
         const int iw = phase + stride_w * (i0 + t);
