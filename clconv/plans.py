@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import pyopencl as cl
 
-from clconv import registry, search_space, tensors, tuning_db
+from clconv import host_output, registry, search_space, tensors, tuning_db
 from clconv.config import (explain_algorithm, explain_config, shipped_algorithm,
                            unprepared_algorithm)
 from clconv.device_select import Runtime, check_process
@@ -277,6 +277,18 @@ class ConvPlan:
                     f"{type(out).__name__}")
             self._check_shape(out, self.output_shape, "out")
             target = tensors.DeviceTensor.of_array(out)
+        elif not resident and self.launch is not None \
+                and host_output.writes_host_memory(queue, self.device):
+            # numpy out on a device whose buffers are host memory: written in place,
+            # no read-back command (clconv.host_output)
+            result = host_output.result_array(self.output_shape, self.dtype)
+            target = host_output.wrap(result, queue)
+            src = tensors.to_device(input, self.dtype, queue, self.device, "input",
+                                    borrow=True, checked=True)
+            weights = self._filters(filters, queue, True)
+            event = self._launch_for(src, weights, target).enqueue(queue, src, weights, target)
+            host_output.wait(queue, event)
+            return result
         else:
             target = tensors.empty_output(self.output_shape, self.dtype, queue, self.device,
                                           zero=False, checked=True)
