@@ -54,15 +54,21 @@ class GroupedLaunch:
         # At most 32 bytes a vector (the search space's vector_of_32_bytes): the
         # shipped "auto" is sized in floats, so a float64 plan halves it.
         vec = min(int(setup.defines["VEC"]), MAX_VECTOR_BYTES // max(setup.dtype.itemsize, 4))
-        if not vectorisable(g, vec, self.forward):
+        window = bool(int(setup.defines.get("WINDOW", 0))) \
+            and window_applies(g, vec, tw, self.forward)
+        if not vectorisable(g, vec, self.forward, window):
             # A caller's explicit configuration (the tuner only tries what the search
             # space's constraints keep): a vector would mix channels of other groups.
             raise InvalidArgumentError(
                 f"config for grouped_direct: VEC={vec} needs a depthwise conv with "
                 f"multiplier 1 whose channels it divides, or a conv2d whose output "
-                f"channels per group it divides; got {g.in_c} input channels, "
+                f"channels per group it divides (with WINDOW=1, where window_forward "
+                f"runs: or 2 or 4 groups' outputs); got {g.in_c} input channels, "
                 f"{g.out_c} output channels, {g.groups} groups (VEC=1 computes any)")
         group_vec = {"GROUP_VEC": 1} if vec > 1 and not depthwise_vectors(g, vec) else {}
+        span = groups_spanned(g, vec)
+        if span > 1 and group_vec:  # window_forward only (vectorisable said so)
+            group_vec.update(GROUP_SPAN=span, GROUP_OPG=g.out_c // g.groups)
         channels = g.out_c if self.forward else g.in_c
         if self.forward:
             runs = g.batch * g.out_h * -(-g.out_w // tw)
@@ -75,7 +81,7 @@ class GroupedLaunch:
         self.window_g: Optional[ConvGeometry] = None
         # An input gradient of every tap (TF's depthwise): padded taps add 0 * w.
         all_taps = {"ALL_TAPS": 1} if g.padded_products and not self.forward else {}
-        if int(setup.defines.get("WINDOW", 0)) and window_applies(g, vec, tw, self.forward):
+        if window:
             if not self.forward:
                 self.window_g = gradient_conv(g)
             self.builds.append(_window_build(setup, self.window_g or g, vec, tw, group_vec,
@@ -126,7 +132,7 @@ def window_applies(g: ConvGeometry, vec: int, tw: int, forward: bool = True) -> 
     the forward conv over dy that ``gradient_conv`` describes)."""
     stride_w = g.stride_w if forward else 1
     span = (tw - 1) * stride_w + (g.k_w - 1) * g.dil_w + 1
-    return vec > 1 and vectorisable(g, vec, forward) and g.depth is None \
+    return vec > 1 and vectorisable(g, vec, forward, window=True) and g.depth is None \
         and span <= WINDOW_MAX_SPAN \
         and (forward or (g.stride_h == g.stride_w == 1 and depthwise_vectors(g, vec)))
 
@@ -168,12 +174,23 @@ def depthwise_vectors(g: ConvGeometry, vec: int) -> bool:
     return g.in_c == g.groups == g.out_c and g.in_c % vec == 0
 
 
-def vectorisable(g: ConvGeometry, vec: int, forward: bool) -> bool:
+def vectorisable(g: ConvGeometry, vec: int, forward: bool, window: bool = False) -> bool:
     """Whether VEC consecutive channels can be one vector: VEC groups of a depthwise
     conv with multiplier 1, or (conv2d; the kernel's GROUP_VEC) VEC output channels of
-    one group, which read the same input channels."""
+    one group, which read the same input channels, or with ``window`` (window_forward
+    runs; GROUP_SPAN) the outputs of 2 or 4 whole groups of at least 2."""
     return vec == 1 or depthwise_vectors(g, vec) or (
-        forward and (g.out_c // g.groups) % vec == 0)
+        forward and ((g.out_c // g.groups) % vec == 0
+                     or (window and groups_spanned(g, vec) in (2, 4))))
+
+
+def groups_spanned(g: ConvGeometry, vec: int) -> int:
+    """How many groups' outputs VEC lanes hold where they hold whole groups of at
+    least 2 outputs (and not a depthwise conv's one each), else 1."""
+    per_group = g.out_c // g.groups
+    if per_group < 2 or vec <= per_group or vec % per_group:
+        return 1
+    return vec // per_group
 
 
 def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
@@ -183,11 +200,21 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
     vectorisable; else 1.  WINDOW "auto" (or absent): window_forward where it can
     run and the column stride is 1 (configs/defaults.yaml says why not 2)."""
     config = dict(config)
+    forward = op == "conv2d"
     if config.get("VEC", "auto") == "auto":
         from clconv.gemm import vector_width
 
+        # Vectors of several groups' outputs where window_forward will run them (a
+        # WINDOW left to the rule below, or 1): a ResNeXt 3x3 of 32 groups of 4 over
+        # 8x56x56x128, Zen 5, alternated: vectors of 8 (two groups) 0.56-0.66x the time
+        # of vectors of 4; groups of 2 over 8x56x56x64, vectors of 8 (four groups)
+        # 0.53-0.78x the time of vectors of 2.
+        window = config.get("WINDOW", "auto") == 1 or (
+            config.get("WINDOW", "auto") == "auto" and g.stride_w == 1)
+        tw = int(config["TW"])
         widths = [v for v in (8, 4, 2) if v <= vector_width(info)]
-        config["VEC"] = next((v for v in widths if vectorisable(g, v, op == "conv2d")), 1)
+        config["VEC"] = next((v for v in widths if vectorisable(g, v, forward) or (
+            window and window_applies(g, v, tw, forward))), 1)
     if config.get("WINDOW", "auto") == "auto":  # absent: a configuration from before it
         config["WINDOW"] = int(g.stride_w == 1 and window_applies(
             g, int(config["VEC"]), int(config["TW"]), op == "conv2d"))

@@ -143,7 +143,9 @@ __kernel void grouped_forward(
 
 #if defined(WIN_KW) && VEC > 1
 // window_forward: grouped_forward's conv2d with vectors (a depthwise conv's VEC
-// groups, or with GROUP_VEC VEC output channels of one group) and the filter's
+// groups, with GROUP_VEC VEC output channels of one group, or with GROUP_SPAN too the
+// outputs of GROUP_SPAN groups of GROUP_OPG: x vectors made of their broadcast
+// inputs, where grouped_forward takes only as many lanes as a group has) and the filter's
 // width, column stride and column dilation known when the kernel is built (WIN_KW,
 // WIN_SW, WIN_DW: one build per such triple).  Two things grouped_forward cannot do
 // with them run-time values:
@@ -162,10 +164,46 @@ __kernel void grouped_forward(
 // A depthwise conv's input gradient at stride 1 runs here too, as the forward conv
 // over dy with the filter turned (clconv.grouped.gradient_conv; WIN_REAL_ONLY).
 #define WIN_SPAN ((TW - 1) * WIN_SW + (WIN_KW - 1) * WIN_DW + 1) // input pixels a run reads
-#ifdef GROUP_VEC
+#if defined(GROUP_SPAN)
+// GROUP_SPAN groups of GROUP_OPG outputs each in one vector (a ResNeXt 3x3 with groups
+// of 4 outputs as vectors of 8): each group's input channel broadcast over its lanes.
+#define XACC VACC
+#define SUBV CAT(ACC, GROUP_OPG)
+#define X1(n, h, w, c) LOAD(x, AT(x, n, h, w, c))
+#if (GROUP_SPAN != 2 && GROUP_SPAN != 4) || (GROUP_SPAN == 4 && VEC != 8)
+#error "GROUP_SPAN must be 2 groups a vector, or 4 in a vector of 8"
+#endif
+// Lane l holds group l / GROUP_OPG's input channel: one load per group, its value in
+// every lane of the group, set by halves or quarters (Oclgrind's uninitialised-value
+// check crashes on a vector built by the constructor from shorter vectors).
+#if GROUP_SPAN == 2
+inline VACC group_lanes(ACC x0, ACC x1)
+{
+    VACC r;
+    r.lo = (SUBV)(x0);
+    r.hi = (SUBV)(x1);
+    return r;
+}
+#define WIN_X(n, h, w, c) group_lanes(X1(n, h, w, c), X1(n, h, w, (c) + ipg))
+#else // four groups of two lanes in a vector of 8
+inline VACC group_lanes(ACC x0, ACC x1, ACC x2, ACC x3)
+{
+    VACC r;
+    r.s01 = (SUBV)(x0);
+    r.s23 = (SUBV)(x1);
+    r.s45 = (SUBV)(x2);
+    r.s67 = (SUBV)(x3);
+    return r;
+}
+#define WIN_X(n, h, w, c) group_lanes(X1(n, h, w, c), X1(n, h, w, (c) + ipg), \
+                                      X1(n, h, w, (c) + 2 * ipg), X1(n, h, w, (c) + 3 * ipg))
+#endif
+#elif defined(GROUP_VEC)
 #define XACC ACC // one input channel, broadcast over the vector of weights
+#define WIN_X X_AT
 #else
 #define XACC VACC
+#define WIN_X X_AT
 #endif
 
 // acc[t] += the input at pixel p of the run's window times each tap b that reaches
@@ -215,7 +253,7 @@ __kernel void window_forward(
             if (real_h && inside_w) {
                 #pragma unroll
                 for (int p = 0; p < WIN_SPAN; ++p) {
-                    const XACC xv = X_AT(n, ih, iw0 + p, ci0 + j);
+                    const XACC xv = WIN_X(n, ih, iw0 + p, ci0 + j);
                     WIN_TAPS(p, xv)
                 }
             } else {
@@ -228,7 +266,7 @@ __kernel void window_forward(
                 for (int p = 0; p < WIN_SPAN; ++p) {
                     const int iw = iw0 + p;
                     if (iw >= 0 && iw < in_w) {
-                        const XACC xv = X_AT(n, ih, iw, ci0 + j);
+                        const XACC xv = WIN_X(n, ih, iw, ci0 + j);
                         WIN_TAPS(p, xv)
                     }
                 }
@@ -237,7 +275,7 @@ __kernel void window_forward(
                 for (int p = 0; p < WIN_SPAN; ++p) {
                     const int iw = iw0 + p;
                     const XACC xv = real_h && iw >= 0 && iw < in_w
-                        ? X_AT(n, ih, iw, ci0 + j) : (XACC)0;
+                        ? WIN_X(n, ih, iw, ci0 + j) : (XACC)0;
                     WIN_TAPS(p, xv)
                 }
 #endif

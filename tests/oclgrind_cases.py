@@ -93,7 +93,8 @@ WINDOW_GRADIENT = [((2, 4, 16, 8), (3, 3, 1, 8), "SAME"),
                    ((1, 5, 9, 8), (3, 2, 1, 8), [[0, 0], [3, 0], [1, 4], [0, 0]])]
 GROUP_VEC_CASE_IDS = ["group-vec", "group-vec-window", "group-gemm", "depthwise-window-0",
                       "depthwise-window-1", "window-gradient-0", "window-gradient-1",
-                      "all-taps-1", "all-taps-2"]  # every-tap gradients at strides 1, 2
+                      "all-taps-1", "all-taps-2",  # every-tap gradients at strides 1, 2
+                      "group-span"]  # vectors of 8 over 2 groups of 4 outputs
 # A grouped conv2d as one GEMM (GROUP_OUT): 2 groups of 16 outputs, padded.
 GROUP_GEMM_CONV = ((1, 5, 6, 8), (3, 3, 4, 32), 1, "SAME")
 MERGE_CASE_IDS = [f"merge-{i}-{algorithm}" for i in range(len(MERGE_CONV))
@@ -264,6 +265,12 @@ def run_case(case_id: str, spec: str) -> None:
         plan = checked_plan("conv2d", GROUP_GEMM_CONV, spec, "gemm",
                             {"TM": 4, "TN": 16, "VEC": 4, "LOCAL_SIZE": None})
         assert plan.launch.gemm.defines.get("GROUP_OUT") == 16, "not the build under test"
+        print("ran", case_id, plan.describe())
+        return
+    if case_id == "group-span":
+        plan = checked_plan("conv2d", GROUP_VEC_CONV, spec, "grouped",
+                            {"TW": 4, "VEC": 8, "WINDOW": 1, "LOCAL_SIZE": None})
+        assert plan.launch.builds[0][0].defines.get("GROUP_SPAN") == 2, "not the build under test"
         print("ran", case_id, plan.describe())
         return
     if case_id in ("group-vec", "group-vec-window"):

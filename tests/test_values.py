@@ -281,8 +281,11 @@ def test_grouped_conv_with_vectors_of_one_groups_outputs(device, spec, dtype, ca
     x_shape, w_shape, strides, padding, dilations, fmt, vec = case
     x, w = random_array(x_shape, dtype, seed=43), random_array(w_shape, dtype, seed=44)
     g = conv2d_case(x_shape, w_shape, strides, padding, fmt, dilations)
+    # grouped_forward's vectors (window_forward, which may also take several groups'
+    # outputs a vector, has tests/test_window_kernel.py)
     plan = clconv.plan("conv2d", x_shape, w_shape, strides, padding, data_format=fmt,
-                       dilations=dilations, dtype=dtype, device=spec, algorithm="grouped")
+                       dilations=dilations, dtype=dtype, device=spec, algorithm="grouped",
+                       config={"TW": 8, "VEC": "auto", "WINDOW": 0, "LOCAL_SIZE": None})
     vector_build = plan.launch.builds[0][0].defines
     from clconv.gemm import vector_width
 
@@ -323,7 +326,12 @@ def test_a_vector_width_the_grouping_cannot_take_is_refused(spec):
     """VEC > 1 would read other groups' channels into one vector: refused, naming why."""
     with pytest.raises(clconv.InvalidArgumentError, match="VEC=4 needs a depthwise conv"):
         clconv.plan("conv2d", (1, 5, 5, 4), (3, 3, 1, 8), 1, "SAME", device=spec,
-                    algorithm="grouped", config={"TW": 4, "VEC": 4, "LOCAL_SIZE": None})
+                    algorithm="grouped", config={"TW": 4, "VEC": 4, "WINDOW": 0,
+                                                 "LOCAL_SIZE": None})
+    with pytest.raises(clconv.InvalidArgumentError, match="VEC=4 needs a depthwise conv"):
+        clconv.plan("conv2d", (1, 5, 5, 6), (3, 3, 1, 18), 1, "SAME", device=spec,
+                    algorithm="grouped", config={"TW": 4, "VEC": 4, "WINDOW": 1,
+                                                 "LOCAL_SIZE": None})  # groups of 3
 
 
 def test_pyopencl_arrays_in_and_out(device, spec):

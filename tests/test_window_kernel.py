@@ -258,3 +258,48 @@ def test_an_every_tap_gradient_the_shipped_rule_sends_elsewhere(spec):
     dy, w = random_array(g.y_shape(), seed=13), random_array((3, 3, 1, 64), seed=14)
     assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
                  reduction_length(g, transpose=True))
+
+
+SPANNING = {  # x_shape, filter: vectors of 8 over 2 or 4 groups' outputs (GROUP_SPAN)
+    "2-groups-of-4": ((2, 9, 19, 16), (3, 3, 4, 16), None),
+    "4-groups-of-2": ((1, 7, 12, 8), (3, 3, 2, 8), None),
+    "multiplier-2": ((2, 6, 10, 24), (3, 3, 1, 48), None),
+    "dilated": ((1, 8, 13, 8), (3, 3, 2, 16), 2),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("case", SPANNING)
+def test_vectors_of_several_groups(device, spec, dtype, case, nan_outputs):
+    if dtype == np.float64 and not device.fp64:
+        pytest.skip("no cl_khr_fp64")
+    x_shape, w_shape, dilations = SPANNING[case]
+    plan = _checked(spec, dtype, (x_shape, w_shape, 1, "SAME", dilations),
+                    {"TW": 8, "VEC": 8, "WINDOW": 1, "LOCAL_SIZE": None})
+    build = plan.launch.builds[0][0]
+    per_group = plan.geometry.out_c // plan.geometry.groups
+    lanes = 4 if dtype == np.float64 else 8  # 32 bytes a vector at most
+    spanned = lanes // per_group if lanes > per_group else None
+    assert build.name == "window_forward" and build.defines.get("GROUP_SPAN") == spanned, \
+        build.defines
+
+
+def test_vectors_of_several_groups_by_default(spec, device):
+    """Where window_forward runs (column stride 1) a group of 4 outputs takes vectors
+    of 8 on a device of 8-wide vectors; at stride 2 (grouped_forward) vectors of 4;
+    asked for without the window kernel, vectors of 8 are refused."""
+    from clconv.gemm import vector_width
+
+    stride_1 = clconv.plan("conv2d", (1, 8, 20, 16), (3, 3, 4, 16), 1, "SAME", device=spec,
+                           algorithm="grouped")
+    stride_2 = clconv.plan("conv2d", (1, 8, 20, 16), (3, 3, 4, 16), 2, "SAME", device=spec,
+                           algorithm="grouped")
+    if vector_width(device) >= 8:
+        assert (stride_1.config["VEC"], stride_1.config["WINDOW"]) == (8, 1)
+        assert stride_1.launch.builds[0][0].defines.get("GROUP_SPAN") == 2
+    assert (stride_2.config["VEC"], stride_2.config["WINDOW"]) == (min(4, vector_width(device)),
+                                                                   0)
+    with pytest.raises(clconv.InvalidArgumentError, match="VEC=8 needs"):
+        clconv.plan("conv2d", (1, 8, 20, 16), (3, 3, 4, 16), 1, "SAME", device=spec,
+                    algorithm="grouped", config={"TW": 8, "VEC": 8, "WINDOW": 0,
+                                                 "LOCAL_SIZE": None})
