@@ -126,10 +126,10 @@ class GroupedLaunch:
 
 def window_applies(g: ConvGeometry, vec: int, tw: int, forward: bool = True) -> bool:
     """Whether ``window_forward`` can compute this call (WINDOW 1): a vector build (VEC
-    > 1 groups of a depthwise conv, or for conv2d VEC output channels of one group), a
-    run's window of input pixels short enough to unroll (at most WINDOW_MAX_SPAN), no
-    depth taps; an input gradient also needs a depthwise conv of stride 1 (it is then
-    the forward conv over dy that ``gradient_conv`` describes)."""
+    > 1 groups of a depthwise conv, or for conv2d VEC output channels of one group or
+    of 2 or 4 whole groups), a run's window of input pixels short enough to unroll (at
+    most WINDOW_MAX_SPAN), no depth taps; an input gradient also needs a depthwise conv
+    of stride 1 (it is then the forward conv over dy that ``gradient_conv`` describes)."""
     stride_w = g.stride_w if forward else 1
     span = (tw - 1) * stride_w + (g.k_w - 1) * g.dil_w + 1
     return vec > 1 and vectorisable(g, vec, forward, window=True) and g.depth is None \
@@ -186,9 +186,10 @@ def vectorisable(g: ConvGeometry, vec: int, forward: bool, window: bool = False)
 
 def groups_spanned(g: ConvGeometry, vec: int) -> int:
     """How many groups' outputs VEC lanes hold where they hold whole groups of at
-    least 2 outputs (and not a depthwise conv's one each), else 1."""
+    least 2 outputs (and not a depthwise conv's one each) and the output channels fill
+    whole vectors, else 1."""
     per_group = g.out_c // g.groups
-    if per_group < 2 or vec <= per_group or vec % per_group:
+    if per_group < 2 or vec <= per_group or vec % per_group or g.out_c % vec:
         return 1
     return vec // per_group
 

@@ -4,7 +4,8 @@
 //                                        * w[a, b, j, co],   g = co / OPG
 //   backprop: dx[n,ih,iw,ci] = sum over the taps (a, b) and the group's output channels
 //             co of dy[n, oh, ow, co] * w[a, b, ci % IPG, co], where
-//             ih = oh*SH - PT + a*DH and iw = ow*SW - PL + b*DW (real dy pixels only)
+//             ih = oh*SH - PT + a*DH and iw = ow*SW - PL + b*DW (real dy pixels only, or
+//             with ALL_TAPS every tap, a dy pixel left out counting as 0: see below)
 //
 // IPG = in_c / groups and OPG = out_c / groups: a depthwise conv has IPG = 1.
 // Why a kernel of its own: the GEMM kernels are ungrouped, and the direct ones

@@ -32,12 +32,19 @@ def _reference_transpose(x, w, stride):
 
 
 def test_numpy_calls_reuse_their_device_memory(device, spec):
-    pool = buffer_pool.for_queue(clconv.runtime(spec).queue)
+    """A numpy call's device output comes from the pool and goes back to it; on PoCL's
+    CPU devices, whose numpy results are written in place (clconv.host_output), the
+    calls take no new device memory either."""
+    from clconv import host_output
+
+    rt = clconv.runtime(spec)
+    pool = buffer_pool.for_queue(rt.queue)
     assert pool is not None
     x, w = _random((2, 8, 8, 16), 1), _random((2, 2, 8, 16), 2)
     clconv.conv2d_transpose(x, w, [2, 16, 16, 8], 2, "VALID", device=spec)
     managed = pool._pool.managed_bytes
-    assert managed > 0  # the output's device buffer came from the pool
+    if not host_output.writes_host_memory(rt.queue, device):
+        assert managed > 0  # the output's device buffer came from the pool
     for _ in range(5):
         y = clconv.conv2d_transpose(x, w, [2, 16, 16, 8], 2, "VALID", device=spec)
     assert pool._pool.managed_bytes == managed  # the same blocks, handed out again
@@ -49,7 +56,10 @@ def test_release_memory_gives_the_held_memory_back(device, spec):
     x, w = _random((1, 8, 8, 16), 8), _random((2, 2, 8, 16), 9)
     kept = clconv.conv2d_transpose(cl_array.to_device(pool_queue(spec), x), w, [1, 16, 16, 8],
                                    2, "VALID")
-    clconv.conv2d_transpose(x, w, [1, 16, 16, 8], 2, "VALID", device=spec)
+    # a result dropped at once goes back to the pool (numpy results on PoCL's CPU
+    # devices never come from it: clconv.host_output writes them in place)
+    clconv.conv2d_transpose(cl_array.to_device(pool_queue(spec), x), w, [1, 16, 16, 8], 2,
+                            "VALID")
     assert pool.held_blocks() > 0
     clconv.release_memory()
     assert pool.held_blocks() == 0

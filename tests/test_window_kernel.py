@@ -303,3 +303,15 @@ def test_vectors_of_several_groups_by_default(spec, device):
         clconv.plan("conv2d", (1, 8, 20, 16), (3, 3, 4, 16), 1, "SAME", device=spec,
                     algorithm="grouped", config={"TW": 8, "VEC": 8, "WINDOW": 0,
                                                  "LOCAL_SIZE": None})
+    # 3 groups of 2 outputs: 6 channels fill no vector of 4 or 8, so vectors stay
+    # inside a group (2 lanes), and asking for more is refused.
+    x, w = random_array((2, 9, 9, 3), seed=15), random_array((3, 3, 1, 6), seed=16)
+    short = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec,
+                        algorithm="grouped")
+    assert short.config["VEC"] in (1, 2) and not short.launch.builds[0][0].defines.get(
+        "GROUP_SPAN"), short.describe()
+    g = conv2d_case(x.shape, w.shape, 1, "SAME")
+    assert_close(short.execute(x, w), conv2d_reference(x, w, g), np.float32, 9)
+    with pytest.raises(clconv.InvalidArgumentError, match="VEC=4 needs"):
+        clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec, algorithm="grouped",
+                    config={"TW": 8, "VEC": 4, "WINDOW": 1, "LOCAL_SIZE": None})
