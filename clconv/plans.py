@@ -267,9 +267,10 @@ class ConvPlan:
         queue = self._queue_for([input, filters, out], queue)
         self._check_shape(input, self.input_shape, "input")
         resident = tensors.is_device_array(input)
-        # numpy in, numpy out: the blocking read below finishes the work before the
-        # borrowed host memory can go away, so inputs need no upload on a CPU device.
+        # numpy in, numpy out: the wait or blocking read below finishes the work before
+        # the borrowed host memory can go away, so inputs need no upload on a CPU device.
         borrow = not resident and out is None
+        in_place = None  # the numpy result the launch writes itself (clconv.host_output)
         if out is not None:
             if not tensors.is_device_array(out) or out.dtype != self.dtype:
                 raise InvalidArgumentError(
@@ -277,18 +278,11 @@ class ConvPlan:
                     f"{type(out).__name__}")
             self._check_shape(out, self.output_shape, "out")
             target = tensors.DeviceTensor.of_array(out)
-        elif not resident and self.launch is not None \
+        elif borrow and self.launch is not None \
                 and host_output.writes_host_memory(queue, self.device):
-            # numpy out on a device whose buffers are host memory: written in place,
-            # no read-back command (clconv.host_output)
-            result = host_output.result_array(self.output_shape, self.dtype)
-            target = host_output.wrap(result, queue)
-            src = tensors.to_device(input, self.dtype, queue, self.device, "input",
-                                    borrow=True, checked=True)
-            weights = self._filters(filters, queue, True)
-            event = self._launch_for(src, weights, target).enqueue(queue, src, weights, target)
-            host_output.wait(queue, event)
-            return result
+            # numpy out on a device whose buffers are host memory: no read-back command
+            in_place = host_output.result_array(self.output_shape, self.dtype)
+            target = host_output.wrap(in_place, queue)
         else:
             target = tensors.empty_output(self.output_shape, self.dtype, queue, self.device,
                                           zero=False, checked=True)
@@ -297,7 +291,7 @@ class ConvPlan:
         else:
             src = tensors.to_device(input, self.dtype, queue, self.device, "input",
                                     borrow=borrow, checked=True)
-            # Both held until the blocking read below: a borrowed tensor of a
+            # Both held until the wait or blocking read below: a borrowed tensor of a
             # non-contiguous array owns the contiguous copy its buffer uses.
             weights = self._filters(filters, queue, borrow)
             event = self._launch_for(src, weights, target).enqueue(queue, src, weights, target)
@@ -305,6 +299,9 @@ class ConvPlan:
             return out
         if resident:
             return target.as_array(queue)
+        if in_place is not None:
+            host_output.wait(queue, event)
+            return in_place
         return target.get(queue, [event] if event is not None else None)
 
     def run_on_device(self, src: tensors.DeviceTensor, filters: tensors.DeviceTensor,

@@ -87,12 +87,25 @@
 #define PUT(v, p, n, h, w, c) STORE(v, p, AT(p, n, h, w, c))
 #endif
 
-__kernel void grouped_forward(
-    __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,
-    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
-    __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,
-    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
-    int groups)
+// The conv2d kernels' arguments (clconv.direct.window_args): input, filter, output,
+// then the window.  RUN_START zeroes a run's TW accumulators, RUN_PUT stores those of
+// its pixels inside the row.
+#define FORWARD_ARGS_DECL                                                              \
+    __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,              \
+    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,                          \
+    __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,                 \
+    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left, \
+    int groups
+#define RUN_START(acc)                                                                 \
+    VACC acc[TW];                                                                      \
+    _Pragma("unroll") for (int t = 0; t < TW; ++t)                                     \
+        acc[t] = ZERO;
+#define RUN_PUT(acc, n, oh, ow0, co)                                                   \
+    _Pragma("unroll") for (int t = 0; t < TW; ++t)                                     \
+        if ((ow0) + t < out_w)                                                         \
+            PUT(acc[t], y, n, oh, (ow0) + t, co);
+
+__kernel void grouped_forward(FORWARD_ARGS_DECL)
 {
     const int co = (int)get_global_id(0) * VEC;
     const int run = (int)get_global_id(1);
@@ -105,10 +118,7 @@ __kernel void grouped_forward(
     const int ipg = in_c / groups;
     const int ci0 = (co / (out_c / groups)) * ipg;
 
-    VACC acc[TW];
-    #pragma unroll
-    for (int t = 0; t < TW; ++t)
-        acc[t] = ZERO;
+    RUN_START(acc)
     for (int a = 0; a < k_h; ++a) {
         const int ih = oh * stride_h - pad_top + a * dil_h;
         const bool real_h = ih >= 0 && ih < in_h;
@@ -136,10 +146,7 @@ __kernel void grouped_forward(
             }
         }
     }
-    #pragma unroll
-    for (int t = 0; t < TW; ++t)
-        if (ow0 + t < out_w)
-            PUT(acc[t], y, n, oh, ow0 + t, co);
+    RUN_PUT(acc, n, oh, ow0, co)
 }
 
 #if defined(WIN_KW) && VEC > 1
@@ -216,12 +223,7 @@ inline VACC group_lanes(ACC x0, ACC x1, ACC x2, ACC x3)
             acc[d / WIN_SW] += (xv) * wv[b];                                    \
     }
 
-__kernel void window_forward(
-    __global const REAL *x, TENSOR_ARGS(x), int in_h, int in_w, int in_c,
-    __global const REAL *w, TENSOR_ARGS(w), int k_h, int k_w,
-    __global REAL *y, TENSOR_ARGS(y), int out_h, int out_w, int out_c,
-    int batch, int stride_h, int stride_w, int dil_h, int dil_w, int pad_top, int pad_left,
-    int groups)
+__kernel void window_forward(FORWARD_ARGS_DECL)
 {
     const int co = (int)get_global_id(0) * VEC;
     const int ow0 = (int)get_global_id(1) * TW;
@@ -239,10 +241,7 @@ __kernel void window_forward(
     const int ipg = 1, ci0 = co; // VEC groups of one channel each
 #endif
 
-    VACC acc[TW];
-    #pragma unroll
-    for (int t = 0; t < TW; ++t)
-        acc[t] = ZERO;
+    RUN_START(acc)
     for (int a = 0; a < k_h; ++a) {
         const int ih = oh * stride_h - pad_top + a * dil_h;
         const bool real_h = ih >= 0 && ih < in_h;
@@ -283,10 +282,7 @@ __kernel void window_forward(
             }
         }
     }
-    #pragma unroll
-    for (int t = 0; t < TW; ++t)
-        if (ow0 + t < out_w)
-            PUT(acc[t], y, n, oh, ow0 + t, co);
+    RUN_PUT(acc, n, oh, ow0, co)
 }
 #endif
 

@@ -127,3 +127,17 @@ def nan_filled_outputs(monkeypatch) -> None:
         return tensor
 
     monkeypatch.setattr(tensors, "empty_output", output)
+
+
+SPECIALS = (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf))
+
+
+def assert_same_specials(got, want, dtype, reduction: int, where: str = "") -> None:
+    """NaN, +Inf and -Inf at the very elements of ``got`` where ``want`` has them; the
+    finite elements within assert_close's tolerance."""
+    for name, mask in SPECIALS:
+        assert np.array_equal(mask(got), mask(want)), (
+            f"{where}{name} at {np.argwhere(mask(got)).tolist()}, expected at "
+            f"{np.argwhere(mask(want)).tolist()}")
+    finite = np.isfinite(want)
+    assert_close(got[finite], want[finite], dtype, reduction)

@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 from conftest import DEVICES
-from helpers import algorithms_computing, call_op, tolerance
+from helpers import algorithms_computing, assert_same_specials, call_op
 
 import clconv
 
@@ -66,14 +66,8 @@ def test_inf_and_nan_land_where_tensorflow_puts_them(device, spec, index, specia
         array.reshape(-1)[flat] = value
     array.reshape(-1)[0] = value  # a corner tap: the one padding meets first
     expected = _tf(op, x, w, out_shape, strides, padding)
-    rtol, atol = tolerance(np.float32, int(np.prod(w_shape[:2])) * w_shape[-1])
+    reduction = int(np.prod(w_shape[:2])) * w_shape[-1]
     for algorithm in algorithms_computing(op, info=device):
         got = call_op(op, x, w, out_shape, strides, padding, spec, algorithm)
-        where = f"{op} {algorithm} {special}"
-        for name, mask in (("NaN", np.isnan), ("+Inf", np.isposinf), ("-Inf", np.isneginf)):
-            assert np.array_equal(mask(got), mask(expected)), (
-                f"{where}: {name} at {np.argwhere(mask(got)).tolist()}, TF has it at "
-                f"{np.argwhere(mask(expected)).tolist()}")
-        finite = np.isfinite(expected)
-        np.testing.assert_allclose(got[finite], expected[finite], rtol=rtol, atol=atol,
-                                   err_msg=where)
+        assert_same_specials(got, expected, np.float32, reduction,
+                             where=f"{op} {algorithm} {special}: ")
