@@ -24,9 +24,9 @@
 #endif
 
 // CO_VEC > 1: the sum over dy channels runs CO_VEC channels at a time, in vectors
-// (vloadN, or vload_halfN for half storage: any alignment, as in a borrowed numpy
-// array), where dy's and the filter's channels are contiguous and each group's count
-// is a multiple of CO_VEC; otherwise the scalar loop runs.  A transpose to a few
+// (VLOADN: any alignment, as in a borrowed numpy array), where dy's and the filter's
+// channels are contiguous and each group's count is a multiple of CO_VEC; otherwise
+// the scalar loop runs.  A transpose to a few
 // channels (a GAN's last layer to RGB: 128 dy channels, 3 dx channels) spends nearly
 // all its time in this sum.
 #ifndef CO_VEC
@@ -37,32 +37,27 @@
 #endif
 #if CO_VEC > 1
 #define CO_VECTORS
-#define BD_CAT_(a, b) a##b
-#define BD_CAT(a, b) BD_CAT_(a, b)
-#define VCO BD_CAT(ACC, CO_VEC)
-#ifdef REAL_IS_HALF
-#define VLOAD_CO BD_CAT(vload_half, CO_VEC)
-#else
-#define VLOAD_CO BD_CAT(vload, CO_VEC)
-#endif
+#define VCO CAT(ACC, CO_VEC)
 
-// The sum of a vector's lanes, halving it.
-static inline ACC lane_sum(VCO v)
+// The sum of a vector's lanes, halving it.  By address: a float16 value argument draws
+// clang's "changes the ABI" warning on a CPU without AVX-512, in every build log.
+static inline ACC lane_sum(const VCO *vp)
 {
+    const VCO v = *vp;
 #if CO_VEC == 16
-    const BD_CAT(ACC, 8) v8 = v.lo + v.hi;
+    const CAT(ACC, 8) v8 = v.lo + v.hi;
 #elif CO_VEC == 8
-    const BD_CAT(ACC, 8) v8 = v;
+    const CAT(ACC, 8) v8 = v;
 #endif
 #if CO_VEC >= 8
-    const BD_CAT(ACC, 4) v4 = v8.lo + v8.hi;
+    const CAT(ACC, 4) v4 = v8.lo + v8.hi;
 #elif CO_VEC == 4
-    const BD_CAT(ACC, 4) v4 = v;
+    const CAT(ACC, 4) v4 = v;
 #endif
 #if CO_VEC >= 4
-    const BD_CAT(ACC, 2) v2 = v4.lo + v4.hi;
+    const CAT(ACC, 2) v2 = v4.lo + v4.hi;
 #else
-    const BD_CAT(ACC, 2) v2 = v;
+    const CAT(ACC, 2) v2 = v;
 #endif
     return v2.x + v2.y;
 }
@@ -93,7 +88,7 @@ __kernel void backprop_direct(
     ACC acc[CI_BLOCK]; // `#pragma unroll` on every loop over them keeps them in registers
     #pragma unroll
     for (int j = 0; j < CI_BLOCK; ++j) {
-        row[j] = min(ci0 + j, group_ci + in_per_group - 1) - group_ci;
+        row[j] = MIN_INT(ci0 + j, group_ci + in_per_group - 1) - group_ci;
         acc[j] = (ACC)0;
     }
 #ifdef CO_VECTORS
@@ -143,10 +138,10 @@ __kernel void backprop_direct(
 #ifdef CO_VECTORS
             if (vectors) {
                 for (int co = co_begin; co < co_begin + out_per_group; co += CO_VEC) {
-                    const VCO g = VLOAD_CO(0, dy + dy_base + co);
+                    const VCO g = VLOADN(CO_VEC, dy, dy_base + co);
                     #pragma unroll
                     for (int j = 0; j < CI_BLOCK; ++j)
-                        part[j] += g * VLOAD_CO(0, w + w_base + co + row[j] * w_s2);
+                        part[j] += g * VLOADN(CO_VEC, w, w_base + co + row[j] * w_s2);
                 }
                 continue;
             }
@@ -164,7 +159,7 @@ __kernel void backprop_direct(
 #ifdef CO_VECTORS
     #pragma unroll
     for (int j = 0; j < CI_BLOCK; ++j)
-        acc[j] += lane_sum(part[j]);
+        acc[j] += lane_sum(&part[j]);
 #endif
     #pragma unroll
     for (int j = 0; j < CI_BLOCK; ++j)

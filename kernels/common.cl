@@ -33,6 +33,37 @@
 #define STORE(v, p, i) ((p)[i] = (REAL)(v))
 #endif
 
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+
+// VLOADN(N, p, i) / VSTOREN(N, v, p, i): N consecutive elements from p + i, any
+// alignment, as vloadN / vstoreN (vload_halfN / vstore_halfN_rte for half storage).
+// For float and double they are pointer casts to vector types declared with the
+// element's alignment: pip PoCL 3.0 on an AVX2 CPU calls vloadN as a function (its
+// builtin library is not inlined into the kernel), which spilled every accumulator
+// around each call and ran the gather kernels 2-4x slower than Debian's PoCL.
+#ifdef REAL_IS_HALF
+#define VLOADN(N, p, i) CAT(vload_half, N)(0, (p) + (i))
+#define VSTOREN(N, v, p, i) CAT(CAT(vstore_half, N), _rte)((v), 0, (p) + (i))
+#else
+#define UNALIGNED_VECTORS(T, A)                                                        \
+    typedef T##2 T##2_ua __attribute__((aligned(A)));                                  \
+    typedef T##4 T##4_ua __attribute__((aligned(A)));                                  \
+    typedef T##8 T##8_ua __attribute__((aligned(A)));                                  \
+    typedef T##16 T##16_ua __attribute__((aligned(A)));
+#ifdef REAL_IS_DOUBLE
+UNALIGNED_VECTORS(double, 8)
+#else
+UNALIGNED_VECTORS(float, 4)
+#endif
+#define VLOADN(N, p, i) (*(const __global CAT(CAT(REAL, N), _ua) *)((p) + (i)))
+#define VSTOREN(N, v, p, i) (*(__global CAT(CAT(REAL, N), _ua) *)((p) + (i)) = (v))
+#endif
+
+// The smaller of two ints.  pip PoCL 3.0 on an AVX2 CPU calls the builtin min() as a
+// function (see VLOADN); a comparison is inlined everywhere.
+#define MIN_INT(a, b) ((a) < (b) ? (a) : (b))
+
 // IDX, the type of element offsets and strides: int, or long in a build for tensors
 // past 2^31 - 1 elements (the host defines INDEX_64 for those plans only: 64-bit
 // arithmetic costs registers and time on GPUs).  Pixel and channel counts stay int.

@@ -52,7 +52,7 @@ __kernel void conv2d_direct(
     int co[CO_BLOCK];
     ACC acc[CO_BLOCK];
     for (int j = 0; j < CO_BLOCK; ++j) {
-        co[j] = min(co0 + j, co_end - 1);
+        co[j] = MIN_INT(co0 + j, co_end - 1);
         acc[j] = (ACC)0;
     }
 

@@ -78,8 +78,6 @@
 #error "TN must be at most 64 channels"
 #endif
 
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
 #define VACC CAT(ACC, VEC) // accumulators and packed-filter vectors (float for half)
 #define NV (TN / VEC)
 
@@ -160,7 +158,7 @@ static inline void gemm_tile(
 #endif
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int m = min(mb * TM + i, m_count - 1); // rows past the end are computed, not stored
+        const int m = MIN_INT(mb * TM + i, m_count - 1); // rows past the end are computed, not stored
         img[i] = m / (rows * cols);
 #ifdef DEPTH_TAPS
         depth0[i] = img[i] % depths * src_mul_d;

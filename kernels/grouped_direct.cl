@@ -53,20 +53,12 @@
 #error "VEC must be 1, 2, 4, 8 or 16 (an OpenCL vector width)"
 #endif
 
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-
 #if VEC > 1
 #define VACC CAT(ACC, VEC)
 // Channel index c of a pixel whose channels are contiguous (the host checked).
 #define AT_V(p, i0, i1, i2, c) (p##_off + (i0) * p##_s0 + (i1) * p##_s1 + (i2) * p##_s2 + (c))
-#ifdef REAL_IS_HALF
-#define LOADV(p, i) CAT(vload_half, VEC)(0, (p) + (i))
-#define STOREV(v, p, i) CAT(CAT(vstore_half, VEC), _rte)((v), 0, (p) + (i))
-#else
-#define LOADV(p, i) CAT(vload, VEC)(0, (p) + (i))
-#define STOREV(v, p, i) CAT(vstore, VEC)((v), 0, (p) + (i))
-#endif
+#define LOADV(p, i) VLOADN(VEC, p, i)
+#define STOREV(v, p, i) VSTOREN(VEC, v, p, i)
 #define ZERO ((VACC)0)
 #ifdef GROUP_VEC
 // VEC output channels of one group: they read the same input channel, one scalar

@@ -26,7 +26,7 @@ __kernel void pad_columns(
         return;
     const int n = row / in_h;
     const int h = row - n * in_h;
-    const int end = min(first + PAD_PIXELS, p_w);
+    const int end = MIN_INT(first + PAD_PIXELS, p_w);
     const IDX out_row = (IDX)row * p_w * chans;
     if (x_s3 == 1 && x_s2 == chans) {
         // A dense source row: the padded row is zeros, the row's in_w * chans
