@@ -187,12 +187,23 @@ def tile_rule(info: DeviceInfo) -> Optional[str]:
 # Source channels per tap up to which a GEMM with few channels gets 4 x 64 tiles (see
 # tile_for).
 FEW_SOURCE_CHANNELS = 16
+# Source channels up to which a 1x1 conv on an AVX2 core gets 2 x 32 tiles (tile_for).
+POINTWISE_FEW_CHANNELS = 32
+
+
+def _tm_for_three_vectors(config: dict[str, Any], info: DeviceInfo) -> int:
+    """TM for a tile of three 8-wide vectors: the configuration's, or 6 where 6 x 24
+    fits the vector registers (AVX-512) and 4 where it does not (AVX2)."""
+    if config.get("TM", "auto") != "auto":
+        return int(config["TM"])
+    return 6 if _fits_registers(6, 24, 8, info) else 4
 
 
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
-             ch_count: Optional[int] = None) -> dict[str, Any]:
+             ch_count: Optional[int] = None, pointwise: bool = False) -> dict[str, Any]:
     """Fill TM/TN/VEC left as "auto" for a GEMM of ``n_out`` output channels that reads
-    ``ch_count`` source channels per tap (None: not known).
+    ``ch_count`` source channels per tap (None: not known), over one tap if
+    ``pointwise`` (a 1x1 filter).
 
     On cores with two 512-bit FMA pipes, 4 x 64 for multiples of 64 read from at most
     FEW_SOURCE_CHANNELS channels per tap.  Otherwise TN: the narrowest tile that wastes
@@ -217,6 +228,18 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
         # run to the next in an earlier sweep: no rule there).
         config.update(TM=4, TN=64, VEC=16)
         return config
+    if (all(config.get(key, "auto") == "auto" for key in ("TM", "TN", "VEC"))
+            and pointwise and ch_count is not None and ch_count <= POINTWISE_FEW_CHANNELS
+            and n_out % 32 == 0 and vector_width(info) == 8):
+        # A 1x1 conv over few channels on an AVX2 core (16 vector registers): a short
+        # K loop, so a tile's set-up (a row pointer and bounds per pixel) weighs, and
+        # 2 x 32 pays it for 64 outputs where 6 x 16 pays three times as much for 96.
+        # Zen 3, prepared filters, seven alternated rounds, time relative to 6 x 16
+        # (Debian PoCL; pip PoCL): 16 -> 96 0.67; 0.56, 32 -> 64 0.84; 0.92, 32 -> 128
+        # 0.79; 0.76, 32 -> 192 0.79; 0.77; from 64 channels 0.90-1.03, and 3x3 convs
+        # over 16-64 channels 1.03-1.18 (their K loop is long enough).
+        config.update(TM=2, TN=32, VEC=8)
+        return config
     if config.get("TN", "auto") == "auto":
         if n_out <= 4:
             config["TN"] = 4
@@ -237,11 +260,15 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
             # transpose to 48 0.70.
             config["TN"] = 48
         elif 16 < n_out < 32 and width >= 8 and config.get("VEC", "auto") == "auto" \
-                and _fits_registers(6, -(-n_out // 8) * 8, 8, info):
+                and _fits_registers(_tm_for_three_vectors(config, info), -(-n_out // 8) * 8,
+                                    8, info):
             # A few more channels than a 16-wide tile: one tile of 8-wide vectors covers
             # them (fcn8s_up8's 21 channels: TN 24 / VEC 8 ran 1.35-1.66x faster than
-            # TN 8 on both PoCLs of a Zen 4), each input value feeding TN/8 FMAs.
+            # TN 8 on both PoCLs of a Zen 4), each input value feeding TN/8 FMAs.  With 16
+            # vector registers (AVX2) 4 pixels a tile, not 6: a 1x1 96 -> 24 on a Zen 3
+            # ran 0.63x the time of 6 x 8 and 6 x 16 on both PoCLs.
             config["TN"], config["VEC"] = -(-n_out // 8) * 8, 8
+            config["TM"] = _tm_for_three_vectors(config, info)
         elif n_out <= 8 or (n_out % 16 and n_out % 16 <= 8 and n_out < 64):
             config["TN"] = 8
         else:
@@ -547,7 +574,8 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
             config["VEC"] = min(int(config["VEC"]), config["TN"])
         return config
     return tile_for(config, g.out_c if forward else g.in_c, info,
-                    g.in_c if forward else g.out_c)
+                    g.in_c if forward else g.out_c,
+                    pointwise=g.k_h == g.k_w == 1 and g.depth is None)
 
 
 def kernel_defines(role: str, defines: dict[str, Any], dtype: Any) -> dict[str, Any]:

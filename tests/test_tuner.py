@@ -434,10 +434,12 @@ def test_gemm_tiles_follow_the_devices_vector_width_and_registers(monkeypatch):
     auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
     assert gemm.vector_width(avx512) == 16 and gemm.vector_width(avx2) == 8
     assert gemm.vector_width(gpu) == 4  # the narrowest width the kernel has
-    # fcn8s_up8's 21 channels: one 24-wide tile of 8-wide vectors where 32 registers
-    # hold its 6 x 3 accumulators; with 16 registers (AVX2) they would spill.
-    assert gemm.tile_for(auto, 21, avx512)["TN"] == 24
-    assert (gemm.tile_for(auto, 21, avx512)["VEC"], gemm.tile_for(auto, 21, avx2)["TN"]) == (8, 8)
+    # fcn8s_up8's 21 channels: one 24-wide tile of 8-wide vectors, 6 pixels where 32
+    # registers hold its 6 x 3 accumulators, 4 with 16 registers (AVX2: 6 would spill).
+    tile = {name: tuple(gemm.tile_for(auto, 21, info)[key] for key in ("TM", "TN", "VEC"))
+            for name, info in (("avx512", avx512), ("avx2", avx2))}
+    assert tile == {"avx512": (6, 24, 8), "avx2": (4, 24, 8)}
+    assert gemm.tile_for({**auto, "TM": 6}, 21, avx2)["TN"] == 8  # a caller's TM that cannot
     assert gemm.tile_for(auto, 256, avx512)["VEC"] == 16
     assert gemm.tile_for(auto, 256, avx2)["VEC"] == 8
     # 4 x 64 for few source channels is for cores with two 512-bit FMA pipes only.
@@ -449,6 +451,36 @@ def test_gemm_tiles_follow_the_devices_vector_width_and_registers(monkeypatch):
         context = search_space.context(g, info, "conv2d", "gemm")
         config = {"TM": 6, "TN": 24, "VEC": 8, "LOCAL_SIZE": None}
         assert (space.problem(config, context) is None) == fits
+    context = search_space.context(g, avx2, "conv2d", "gemm")  # 4 x 24/8 + 3 + 1 = 16
+    assert space.problem({**gemm.tile_for(auto, 21, avx2), "LOCAL_SIZE": None}, context) is None
+
+
+def test_avx2_cores_get_wide_tiles_for_pointwise_convs_over_few_channels(monkeypatch):
+    from clconv import gemm
+
+    monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: False)
+    avx2 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=8)
+    avx512 = dataclasses.replace(avx2, preferred_float_vector_width=16)
+    auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
+
+    def tile(n_out, ch, pointwise, info=avx2, config=auto):
+        resolved = gemm.tile_for(config, n_out, info, ch, pointwise=pointwise)
+        return tuple(resolved[key] for key in ("TM", "TN", "VEC"))
+
+    # A 1x1 conv over up to 32 channels to whole 32-channel tiles: 2 x 32.
+    assert [tile(n, ch, True) for n, ch in ((192, 32), (96, 16), (64, 3))] == [(2, 32, 8)] * 3
+    # Not over more channels, to other counts, for 3x3 filters, on AVX-512, or where the
+    # caller set part of the tile.
+    assert tile(192, 33, True) == tile(48, 32, True) == tile(192, 32, False) == (6, 16, 8)
+    assert tile(192, 32, True, avx512) == (6, 16, 16)
+    assert tile(192, 32, True, config={**auto, "TM": 6}) == (6, 16, 8)
+    # What 2 x 32 resolves to for a 1x1 conv is a configuration the search space allows.
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    g = conv2d_geometry((2, 28, 28, 32), (1, 1, 32, 192), parse_attrs(1, "SAME", "NHWC", None))
+    context = search_space.context(g, avx2, "conv2d", "gemm")
+    assert space.problem({**gemm._resolve(dict(auto), "conv2d", g, avx2), "LOCAL_SIZE": None},
+                         context) is None
+    assert gemm._resolve(dict(auto), "conv2d", g, avx2)["TN"] == 32
 
 
 def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
