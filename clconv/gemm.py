@@ -230,7 +230,7 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
         return config
     if (all(config.get(key, "auto") == "auto" for key in ("TM", "TN", "VEC"))
             and pointwise and ch_count is not None and ch_count <= POINTWISE_FEW_CHANNELS
-            and n_out % 32 == 0 and vector_width(info) == 8):
+            and n_out % 32 == 0 and info.kind == "CPU" and vector_width(info) == 8):
         # A 1x1 conv over few channels on an AVX2 core (16 vector registers): a short
         # K loop, so a tile's set-up (a row pointer and bounds per pixel) weighs, and
         # 2 x 32 pays it for 64 outputs where 6 x 16 pays three times as much for 96.

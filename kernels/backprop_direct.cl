@@ -26,9 +26,8 @@
 // CO_VEC > 1: the sum over dy channels runs CO_VEC channels at a time, in vectors
 // (VLOADN: any alignment, as in a borrowed numpy array), where dy's and the filter's
 // channels are contiguous and each group's count is a multiple of CO_VEC; otherwise
-// the scalar loop runs.  A transpose to a few
-// channels (a GAN's last layer to RGB: 128 dy channels, 3 dx channels) spends nearly
-// all its time in this sum.
+// the scalar loop runs.  A transpose to a few channels (a GAN's last layer to RGB: 128
+// dy channels, 3 dx channels) spends nearly all its time in this sum.
 #ifndef CO_VEC
 #define CO_VEC 1
 #endif

@@ -158,7 +158,8 @@ static inline void gemm_tile(
 #endif
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        const int m = MIN_INT(mb * TM + i, m_count - 1); // rows past the end are computed, not stored
+        // rows past the end are computed, not stored
+        const int m = MIN_INT(mb * TM + i, m_count - 1);
         img[i] = m / (rows * cols);
 #ifdef DEPTH_TAPS
         depth0[i] = img[i] % depths * src_mul_d;

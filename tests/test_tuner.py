@@ -404,7 +404,10 @@ def test_interrupted_run_resumes(one_rt, db, tmp_path, monkeypatch, capsys):
     entries = {e["case"]: e for e in tuning_db.entries(db)}
     assert set(entries) == {"a", "b", "c"}
     assert entries["b"]["search"]["status"] != "interrupted"
-    assert "from database" in capsys.readouterr().out
+    # On a loaded machine the first run's 6 s can end before the cheapest case got a
+    # timing (no entry, so nothing to take from the database): the resumed run then
+    # tunes all three, which the set comparison above already demands.
+    assert ("from database" in capsys.readouterr().out) == bool(finished_first)
 
 
 def test_two_tuners_at_once_keep_both_results(one_rt, db, tmp_path):
@@ -473,6 +476,7 @@ def test_avx2_cores_get_wide_tiles_for_pointwise_convs_over_few_channels(monkeyp
     # caller set part of the tile.
     assert tile(192, 33, True) == tile(48, 32, True) == tile(192, 32, False) == (6, 16, 8)
     assert tile(192, 32, True, avx512) == (6, 16, 16)
+    assert tile(192, 32, True, dataclasses.replace(avx2, kind="GPU")) == (6, 16, 8)
     assert tile(192, 32, True, config={**auto, "TM": 6}) == (6, 16, 8)
     # What 2 x 32 resolves to for a 1x1 conv is a configuration the search space allows.
     space = search_space.shipped_spaces()["gemm_implicit"]
