@@ -206,16 +206,19 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
     ``pointwise`` (a 1x1 filter).
 
     On cores with two 512-bit FMA pipes, 4 x 64 for multiples of 64 read from at most
-    FEW_SOURCE_CHANNELS channels per tap.  Otherwise TN: the narrowest tile that wastes
-    little on n_out channels, or on such cores 32 (48 for multiples of 48 that are not
-    of 32); VEC: the device's vector width (``vector_width``), never wider than TN;
-    TM: 6 pixels.  Measured by the
-    tuner over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on narrow
-    layers (Cout = 3) and was the most frequent winner elsewhere.
+    FEW_SOURCE_CHANNELS channels per tap; on AVX2 cores, 2 x 32 for 1x1 convs over at
+    most POINTWISE_FEW_CHANNELS channels to multiples of 32.  Otherwise TN: the
+    narrowest tile that wastes little on n_out channels, or on such cores 32 (48 for
+    multiples of 48 that are not of 32); VEC: the device's vector width
+    (``vector_width``), never wider than TN; TM: 6 pixels (4 for tiles of three 8-wide
+    vectors on AVX2).  Measured by the tuner over the suite on both PoCL builds: TM=6
+    beat TM=12 by 1.4-1.7x on narrow layers (Cout = 3) and was the most frequent winner
+    elsewhere.
     """
     config = dict(config)
     width = vector_width(info)
-    if (all(config.get(key, "auto") == "auto" for key in ("TM", "TN", "VEC"))
+    whole_tile_auto = all(config.get(key, "auto") == "auto" for key in ("TM", "TN", "VEC"))
+    if (whole_tile_auto
             and ch_count is not None and ch_count <= FEW_SOURCE_CHANNELS and n_out % 64 == 0
             and width >= 16 and _two_wide_fma_pipes(info)):
         # Few channels per tap (a stem over RGB, an early layer): each tap's channel
@@ -228,9 +231,9 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
         # run to the next in an earlier sweep: no rule there).
         config.update(TM=4, TN=64, VEC=16)
         return config
-    if (all(config.get(key, "auto") == "auto" for key in ("TM", "TN", "VEC"))
+    if (whole_tile_auto
             and pointwise and ch_count is not None and ch_count <= POINTWISE_FEW_CHANNELS
-            and n_out % 32 == 0 and info.kind == "CPU" and vector_width(info) == 8):
+            and n_out % 32 == 0 and info.kind == "CPU" and width == 8):
         # A 1x1 conv over few channels on an AVX2 core (16 vector registers): a short
         # K loop, so a tile's set-up (a row pointer and bounds per pixel) weighs, and
         # 2 x 32 pays it for 64 outputs where 6 x 16 pays three times as much for 96.
@@ -241,6 +244,7 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
         config.update(TM=2, TN=32, VEC=8)
         return config
     if config.get("TN", "auto") == "auto":
+        three_vectors_tm = _tm_for_three_vectors(config, info)
         if n_out <= 4:
             config["TN"] = 4
         elif (n_out % 32 == 0 or 16 < n_out < 32) and config.get("VEC", "auto") == "auto" \
@@ -260,15 +264,14 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
             # transpose to 48 0.70.
             config["TN"] = 48
         elif 16 < n_out < 32 and width >= 8 and config.get("VEC", "auto") == "auto" \
-                and _fits_registers(_tm_for_three_vectors(config, info), -(-n_out // 8) * 8,
-                                    8, info):
+                and _fits_registers(three_vectors_tm, -(-n_out // 8) * 8, 8, info):
             # A few more channels than a 16-wide tile: one tile of 8-wide vectors covers
             # them (fcn8s_up8's 21 channels: TN 24 / VEC 8 ran 1.35-1.66x faster than
             # TN 8 on both PoCLs of a Zen 4), each input value feeding TN/8 FMAs.  With 16
             # vector registers (AVX2) 4 pixels a tile, not 6: a 1x1 96 -> 24 on a Zen 3
             # ran 0.63x the time of 6 x 8 and 6 x 16 on both PoCLs.
             config["TN"], config["VEC"] = -(-n_out // 8) * 8, 8
-            config["TM"] = _tm_for_three_vectors(config, info)
+            config["TM"] = three_vectors_tm
         elif n_out <= 8 or (n_out % 16 and n_out % 16 <= 8 and n_out < 64):
             config["TN"] = 8
         else:
