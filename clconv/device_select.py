@@ -335,11 +335,21 @@ def find_device(spec: DeviceSpec = None) -> tuple[cl.Device, DeviceInfo]:
 # --------------------------------------------------------------------------- the default
 
 _process_default: DeviceSpec = None
-_thread = threading.local()
+
+
+class _ThreadDefaults(threading.local):
+    """Each thread's stack of ``with clconv.device(...)`` devices, empty until used (a
+    class attribute read rather than a missing one: ``default_token`` runs on every
+    call, and a getattr that raises AttributeError costs more than the rest of it)."""
+
+    stack: tuple = ()
+
+
+_thread = _ThreadDefaults()
 
 
 def _chosen_default() -> DeviceSpec:
-    stack = getattr(_thread, "stack", None)
+    stack = _thread.stack
     return stack[-1] if stack else _process_default
 
 
@@ -368,8 +378,8 @@ def device(spec: DeviceSpec):
     run on ``spec``; nests, and other threads keep theirs.  Yields the DeviceInfo."""
     found_device, info = find_device(spec)
     _check_usable(found_device, info)
-    stack = getattr(_thread, "stack", None)
-    if stack is None:
+    stack = _thread.stack
+    if not stack:
         stack = _thread.stack = []
     stack.append(spec)
     try:

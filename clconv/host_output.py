@@ -21,6 +21,7 @@ else (another vendor's CPU runtime may copy a misaligned host array).
 from __future__ import annotations
 
 import threading
+from typing import Optional
 
 import numpy as np
 import pyopencl as cl
@@ -52,7 +53,13 @@ def _check(queue: cl.CommandQueue) -> bool:
 
 def writes_host_memory(queue: cl.CommandQueue, info) -> bool:
     """Whether results may be written into numpy memory on ``queue``'s device."""
-    if not ENABLED or not _is_pocl_cpu(info):
+    return ENABLED and can_write_host_memory(queue, info)
+
+
+def can_write_host_memory(queue: cl.CommandQueue, info) -> bool:
+    """``writes_host_memory`` whatever ENABLED says (a plan asks once and keeps the
+    answer with its context, which it holds: no later context can take its address)."""
+    if not _is_pocl_cpu(info):
         return False
     key = queue.context.int_ptr
     verdict = _verdicts.get(key)
@@ -76,9 +83,16 @@ def wrap(host: np.ndarray, queue: cl.CommandQueue) -> tensors.DeviceTensor:
     return tensors.DeviceTensor(buffer, host.shape, host.dtype, borrowed=host)
 
 
-def wait(queue: cl.CommandQueue, event) -> None:
-    """Until the call's last command has run (an out-of-order queue: all of them)."""
-    if queue.properties & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE:
+def in_order(queue: cl.CommandQueue) -> bool:
+    return not queue.properties & cl.command_queue_properties.OUT_OF_ORDER_EXEC_MODE_ENABLE
+
+
+def wait(queue: cl.CommandQueue, event, queue_in_order: Optional[bool] = None) -> None:
+    """Until the call's last command has run (an out-of-order queue: all of them).
+    ``queue_in_order``: what ``in_order(queue)`` says, when the caller knows it."""
+    if queue_in_order is None:
+        queue_in_order = in_order(queue)
+    if not queue_in_order:
         queue.finish()
     elif event is not None:
         event.wait()

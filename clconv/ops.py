@@ -49,6 +49,11 @@ _memo_lock = threading.Lock()
 _calls: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
 
 
+# Arguments of these types are the same argument when equal, once their types are in
+# the key too (1 == 1.0 == True, and TF takes only the first as a stride).
+_PLAIN_TYPES = frozenset({str, int, type(None)})
+
+
 class _NoKey(Exception):
     pass
 
@@ -61,6 +66,9 @@ def _arg_key(value: Any) -> Any:
     if kind is int:
         return (int, value)  # not equal to a str, nor to True (a bool equals 1)
     if kind in (list, tuple):
+        types = tuple(map(type, value))
+        if _PLAIN_TYPES.issuperset(types):  # strides, shapes: flat ints, fast
+            return (kind, types, tuple(value))
         return (kind.__name__,) + tuple(_arg_key(v) for v in value)
     if kind is np.ndarray and value.ndim <= 1 and value.size <= 8:
         return ("ndarray", value.dtype.str, tuple(value.tolist()))
@@ -84,6 +92,22 @@ def _out_queue(out: Any) -> Any:
     raise _NoKey
 
 
+# The variables a call's device and tuning database depend on, read at every call.
+_ENV_NAMES = (ENV_DEVICE, tuning_db.ENV_DB)
+_ENCODED_ENV_NAMES = (tuple(os.environ.encodekey(name) for name in _ENV_NAMES)
+                      if hasattr(os.environ, "encodekey") else None)
+
+
+def _environment() -> tuple:
+    """The values of _ENV_NAMES as a key (None where unset).  CPython's os.environ
+    keeps them in a dict of encoded names, read there in 0.06 us; os.environ.get
+    raises and catches a KeyError for each unset one, ~1 us on every call."""
+    data = getattr(os.environ, "_data", None)
+    if type(data) is dict and _ENCODED_ENV_NAMES is not None:
+        return tuple(map(data.get, _ENCODED_ENV_NAMES))
+    return tuple(map(os.environ.get, _ENV_NAMES))
+
+
 def call_key(op: str, data: Any, filters: Any, out: Any, *args: Any) -> Optional[tuple]:
     """The memo key of one call, or None where the call is not remembered (operands of
     other kinds, arguments that are not plain values).  ``out`` counts by its queue:
@@ -91,11 +115,14 @@ def call_key(op: str, data: Any, filters: Any, out: Any, *args: Any) -> Optional
     try:
         operands = (operand_key(data), operand_key(filters), None if out is None else
                     _out_queue(out))
-        attrs = tuple(_arg_key(a) for a in args)
+        types = tuple(map(type, args))
+        if _PLAIN_TYPES.issuperset(types):  # ints, strings, None: the common call, fast
+            attrs = (types, args)
+        else:  # first item None: never equal to a tuple of types above
+            attrs = (None, tuple(_arg_key(a) for a in args))
     except _NoKey:
         return None
-    return (op, operands, attrs, os.environ.get(ENV_DEVICE), default_token(),
-            tuning_db.generation(), os.environ.get(tuning_db.ENV_DB))
+    return (op, operands, attrs, _environment(), default_token(), tuning_db.generation())
 
 
 def recall(key: Optional[tuple]) -> Optional[tuple]:

@@ -13,6 +13,14 @@ and once per device ``bare``: one trivial pyopencl kernel launch plus the
 read-back of its result, the floor any OpenCL library pays.  Medians of
 REPEAT calls after a warm-up; ratios, not absolute times, are what carry
 from one machine to another.
+
+A shared machine's load comes in bursts that slowed one contender and not the
+one timed a second later: ratios moved by 30% from run to run.  So each
+contender is timed in ROUNDS turns, taken in turn with every other one, and
+its time is the median of its best turn.  The first WARM_UP calls of a turn
+are not counted, and the cases of more than SMALL_WORK_US are timed after
+the rounds: after a millisecond layer had kept PoCL's threads busy, a bare
+launch ran at 1.5x its time for more than 60 calls (Zen 3, Debian PoCL 3.1).
 """
 
 from __future__ import annotations
@@ -34,24 +42,27 @@ CASES = (
     ("gan_tiny_b1", "conv2d_transpose", (1, 4, 4, 512), (4, 4, 256, 512), (1, 8, 8, 256), 2,
      "SAME"),
 )
-REPEAT = 300
-MAX_SECONDS = 1.5
+REPEAT = 300  # calls per contender
+ROUNDS = 10
+WARM_UP = 5  # calls at the start of each turn, not counted
+MAX_SECONDS = 1.5  # per contender, all rounds together
+SMALL_WORK_US = 500  # an op's time (first call after the warm-up) up to which it takes turns
 
 
-def _median_us(call: Callable[[], Any], repeat: int, max_seconds: float) -> float:
-    call()  # warm-up: builds, first-touch
+def _times(call: Callable[[], Any], repeat: int, max_seconds: float) -> list[float]:
+    """Seconds per call of up to ``repeat`` calls, stopping after ``max_seconds``."""
     times = []
     deadline = time.perf_counter() + max_seconds
     for _ in range(repeat):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-        if time.perf_counter() > deadline and len(times) >= 5:
+        if time.perf_counter() > deadline:
             break
-    return statistics.median(times) * 1e6
+    return times
 
 
-def bare_launch_us(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS) -> float:
+def bare_launch(spec: str) -> Callable[[], None]:
     """One trivial kernel over 1,024 floats plus the blocking read-back of them."""
     from clconv.device_select import runtime
 
@@ -69,7 +80,7 @@ def bare_launch_us(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SEC
         cl.enqueue_nd_range_kernel(rt.queue, kernel, (host.size,), None)
         cl.enqueue_copy(rt.queue, host, buffer)
 
-    return _median_us(call, repeat, max_seconds)
+    return call
 
 
 @dataclass
@@ -110,12 +121,14 @@ def _tf_call(op: str, x, w, out_shape, strides, padding) -> Optional[Callable[[]
         padding=padding).numpy()
 
 
-def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS
-            ) -> tuple[float, list[OverheadRow]]:
-    """(bare launch microseconds, one row per case) on device ``spec``."""
+def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS,
+            rounds: int = ROUNDS) -> tuple[float, list[OverheadRow]]:
+    """(bare launch microseconds, one row per case) on device ``spec``: medians of
+    each contender's calls (see the module's docstring for the order they run in)."""
     import clconv
 
-    bare = bare_launch_us(spec, repeat, max_seconds)
+    contenders: list[tuple[Optional[OverheadRow], str, Callable[[], Any]]] = [
+        (None, "bare", bare_launch(spec))]
     rows = []
     for name, op, x_shape, w_shape, out_shape, strides, padding in CASES:
         x, w = _operands(name, x_shape, w_shape)
@@ -123,14 +136,28 @@ def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS
                            device=spec)
         packed = plan.prepare_filters(w)
         row = OverheadRow(name, op)
-        row.us["op"] = _median_us(_op_call(op, x, w, out_shape, strides, padding, spec),
-                                  repeat, max_seconds)
-        row.us["plan"] = _median_us(lambda p=plan, x=x, w=w: p.execute(x, w), repeat,
-                                    max_seconds)
-        row.us["prepared"] = _median_us(lambda p=plan, x=x, f=packed: p.execute(x, f), repeat,
-                                        max_seconds)
+        rows.append(row)
+        contenders += [
+            (row, "op", _op_call(op, x, w, out_shape, strides, padding, spec)),
+            (row, "plan", lambda p=plan, x=x, w=w: p.execute(x, w)),
+            (row, "prepared", lambda p=plan, x=x, f=packed: p.execute(x, f))]
         tf_call = _tf_call(op, x, w, out_shape, strides, padding)
         if tf_call is not None:
-            row.us["tensorflow"] = _median_us(tf_call, repeat, max_seconds)
-        rows.append(row)
-    return bare, rows
+            contenders.append((row, "tensorflow", tf_call))
+    small, large = [], []  # indices into contenders
+    for index, (_, _, call) in enumerate(contenders):
+        call()  # warm-up: builds, first-touch
+        (small if _times(call, 1, 0)[0] * 1e6 <= SMALL_WORK_US else large).append(index)
+    turns: list[list[float]] = [[] for _ in contenders]  # median of each turn
+    per_round = max(1, -(-repeat // rounds))
+    for _ in range(rounds):
+        for index in small:
+            times = _times(contenders[index][2], WARM_UP + per_round, max_seconds / rounds)
+            turns[index].append(statistics.median(times[WARM_UP:] or times[-1:]))
+    for index in large:
+        turns[index].append(statistics.median(_times(contenders[index][2], repeat,
+                                                     max_seconds)))
+    medians = [min(times) * 1e6 for times in turns]
+    for (row, name, _), us in zip(contenders[1:], medians[1:]):
+        row.us[name] = us
+    return medians[0], rows

@@ -100,6 +100,9 @@ class ConvPlan:
         self.algorithm, self.algorithm_source = algorithm, algorithm_source
         self.config, self.config_source, self.family = config, config_source, family
         self._default_queue = rt.queue
+        # Asked once: every queue this plan runs on is of its context (_queue_for).
+        self._host_writable = host_output.can_write_host_memory(rt.queue, rt.info)
+        self._in_order = host_output.in_order(rt.queue)  # of the default queue
         self._serial = _simulator_lock(rt) if rt.info.kind == "simulator" else None
         forward = op == "conv2d"
         self.input_shape = g.x_shape() if forward else g.y_shape()
@@ -183,7 +186,10 @@ class ConvPlan:
     # -- operands
     def _queue_for(self, operands: list[Any], queue: Optional[cl.CommandQueue]
                    ) -> cl.CommandQueue:
-        queue = queue or tensors.find_queue(operands) or self._default_queue
+        if queue is None:
+            queue = tensors.find_queue(operands)
+            if queue is None:  # host operands: the plan's own queue, of its context
+                return self._default_queue
         if queue.context != self.context:
             raise InvalidArgumentError(
                 f"the operands' queue belongs to another OpenCL context than this plan's "
@@ -278,8 +284,8 @@ class ConvPlan:
                     f"{type(out).__name__}")
             self._check_shape(out, self.output_shape, "out")
             target = tensors.DeviceTensor.of_array(out)
-        elif borrow and self.launch is not None \
-                and host_output.writes_host_memory(queue, self.device):
+        elif borrow and self.launch is not None and host_output.ENABLED \
+                and self._host_writable:
             # numpy out on a device whose buffers are host memory: no read-back command
             in_place = host_output.result_array(self.output_shape, self.dtype)
             target = host_output.wrap(in_place, queue)
@@ -300,7 +306,8 @@ class ConvPlan:
         if resident:
             return target.as_array(queue)
         if in_place is not None:
-            host_output.wait(queue, event)
+            host_output.wait(queue, event,
+                             self._in_order if queue is self._default_queue else None)
             return in_place
         return target.get(queue, [event] if event is not None else None)
 
@@ -341,8 +348,11 @@ class ConvPlan:
         what int offsets index (a pyopencl array deep inside a large buffer).  A packing
         does not depend on the index width, so prepared filters serve both.  Tensors
         clconv made are this plan's shapes from offset 0: the plan was sized for them."""
+        if self.wide or src.array is None and out.array is None and (
+                not isinstance(filters, tensors.DeviceTensor) or filters.array is None):
+            return self.launch  # the common call: no caller's array, nothing to measure
         limit = tensors.WIDE_INDEX_ABOVE
-        if self.wide or not any(
+        if not any(
                 isinstance(t, tensors.DeviceTensor) and t.array is not None and t.reach() > limit
                 for t in (src, out, filters)):
             return self.launch

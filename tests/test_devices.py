@@ -281,3 +281,24 @@ def test_among_cpu_runtimes_pocl_ranks_first_then_the_newer_driver():
                                                        "2026.22.10.0.01_160000"]
     more_cores = dataclasses.replace(cpu[0], compute_units=4)  # compute units come first
     assert device_select._default_rank(more_cores, 0) < device_select._default_rank(cpu[2], 2)
+
+
+def test_the_ops_follow_clconv_device_from_one_call_to_the_next(monkeypatch, caplog):
+    """The call memo reads CLCONV_DEVICE at every call: a remembered call moves to the
+    device the variable names now (its plan is built there)."""
+    if len(USABLE) < 2:
+        pytest.skip("needs two usable devices")
+    import numpy as np
+
+    first, last = USABLE[0], USABLE[-1]
+    x, w = np.ones((1, 3, 3, 1), np.float32), np.ones((1, 1, 1, 1), np.float32)
+    clconv.plans.forget_all()
+    clconv.ops.forget_calls()
+    monkeypatch.setenv(device_select.ENV_DEVICE, first.spec)
+    for _ in range(2):  # remembered on the first device
+        clconv.conv2d(x, w, 1, "SAME")
+    monkeypatch.setenv(device_select.ENV_DEVICE, last.spec)
+    with caplog.at_level("DEBUG", logger="clconv"):
+        clconv.conv2d(x, w, 1, "SAME")
+    built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("plan built")]
+    assert len(built) == 1 and f"[{last.spec}]" in built[0], built

@@ -631,3 +631,23 @@ def test_remembered_1d_calls_read_strided_device_views(device, spec):
     for _ in range(3):  # the first call through the 2-D op, then remembered
         got = clconv.conv1d_transpose(x_view, w_dev, [2, 12, 5], **kwargs)
         assert_close(got.get(), exact, np.float32, 4 * 8)
+
+
+def test_the_call_memo_does_not_take_equal_values_of_other_types_for_the_same(spec):
+    """1.0 and True equal 1 in Python, but TF's checks tell them apart: after a good
+    call is remembered, the same call with such an argument raises just as it does
+    when nothing is remembered."""
+    x, w = random_array((1, 5, 5, 2), seed=51), random_array((3, 3, 3, 2), seed=52)
+
+    def transpose(output_shape):
+        return clconv.conv2d_transpose(x, w, output_shape, 2, "SAME", device=spec)
+
+    bad_shapes = [((1.0, 10, 10, 3), TypeError, "must hold integers"),
+                  ([1, 10, 10, True], clconv.InvalidArgumentError, "evenly divisible")]
+    for good in ((1, 10, 10, 3), [1, 10, 10, 3]):
+        clconv.ops.forget_calls()
+        for _ in range(2):  # the second call is remembered
+            assert transpose(good).shape == (1, 10, 10, 3)
+        for bad, error, message in bad_shapes:
+            with pytest.raises(error, match=message):
+                transpose(bad)
