@@ -10,9 +10,9 @@ process and one after another, for each case (numpy in, numpy out):
 - each peer's eager op (TensorFlow), when installed;
 
 and once per device ``bare``: one trivial pyopencl kernel launch plus the
-read-back of its result, the floor any OpenCL library pays.  Medians of
-REPEAT calls after a warm-up; ratios, not absolute times, are what carry
-from one machine to another.
+read-back of its result, the floor any OpenCL library pays.  REPEAT calls
+each after a warm-up; ratios, not absolute times, are what carry from one
+machine to another.
 
 A shared machine's load comes in bursts that slowed one contender and not the
 one timed a second later: ratios moved by 30% from run to run.  So each
@@ -83,6 +83,27 @@ def bare_launch(spec: str) -> Callable[[], None]:
     return call
 
 
+def time_in_turns(calls: list[Callable[[], Any]], repeat: int = REPEAT,
+                  max_seconds: float = MAX_SECONDS, rounds: int = ROUNDS) -> list[float]:
+    """Seconds per call of each of ``calls``, timed as the module's docstring says:
+    after one warm-up call each, the calls of up to SMALL_WORK_US take ``rounds``
+    turns of WARM_UP + repeat / rounds calls, in order; the others follow, each
+    in one piece.  Each call's time is the median of its best turn."""
+    small, large = [], []
+    for index, call in enumerate(calls):
+        call()  # warm-up: builds, first-touch
+        (small if _times(call, 1, 0)[0] * 1e6 <= SMALL_WORK_US else large).append(index)
+    turns: list[list[float]] = [[] for _ in calls]  # the median of each turn
+    per_round = max(1, -(-repeat // rounds))
+    for _ in range(rounds):
+        for index in small:
+            times = _times(calls[index], WARM_UP + per_round, max_seconds / rounds)
+            turns[index].append(statistics.median(times[WARM_UP:] or times[-1:]))
+    for index in large:
+        turns[index].append(statistics.median(_times(calls[index], repeat, max_seconds)))
+    return [min(medians) for medians in turns]
+
+
 @dataclass
 class OverheadRow:
     name: str
@@ -144,20 +165,8 @@ def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS,
         tf_call = _tf_call(op, x, w, out_shape, strides, padding)
         if tf_call is not None:
             contenders.append((row, "tensorflow", tf_call))
-    small, large = [], []  # indices into contenders
-    for index, (_, _, call) in enumerate(contenders):
-        call()  # warm-up: builds, first-touch
-        (small if _times(call, 1, 0)[0] * 1e6 <= SMALL_WORK_US else large).append(index)
-    turns: list[list[float]] = [[] for _ in contenders]  # median of each turn
-    per_round = max(1, -(-repeat // rounds))
-    for _ in range(rounds):
-        for index in small:
-            times = _times(contenders[index][2], WARM_UP + per_round, max_seconds / rounds)
-            turns[index].append(statistics.median(times[WARM_UP:] or times[-1:]))
-    for index in large:
-        turns[index].append(statistics.median(_times(contenders[index][2], repeat,
-                                                     max_seconds)))
-    medians = [min(times) * 1e6 for times in turns]
+    medians = [seconds * 1e6 for seconds in time_in_turns(
+        [call for _, _, call in contenders], repeat, max_seconds, rounds)]
     for (row, name, _), us in zip(contenders[1:], medians[1:]):
         row.us[name] = us
     return medians[0], rows

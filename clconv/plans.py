@@ -270,13 +270,17 @@ class ConvPlan:
         instead = self._for_unprepared(filters)
         if instead is not None:
             return instead._execute(input, filters, out, queue)
+        if out is None and queue is None and type(input) is np.ndarray \
+                and type(filters) in (np.ndarray, PreparedFilters) and self._in_host_memory():
+            # The call of an inference loop: host operands, so the plan's own queue.
+            self._check_shape(input, self.input_shape, "input")
+            return self._run_in_host_memory(input, filters, self._default_queue)
         queue = self._queue_for([input, filters, out], queue)
         self._check_shape(input, self.input_shape, "input")
         resident = tensors.is_device_array(input)
         # numpy in, numpy out: the wait or blocking read below finishes the work before
         # the borrowed host memory can go away, so inputs need no upload on a CPU device.
         borrow = not resident and out is None
-        in_place = None  # the numpy result the launch writes itself (clconv.host_output)
         if out is not None:
             if not tensors.is_device_array(out) or out.dtype != self.dtype:
                 raise InvalidArgumentError(
@@ -284,11 +288,8 @@ class ConvPlan:
                     f"{type(out).__name__}")
             self._check_shape(out, self.output_shape, "out")
             target = tensors.DeviceTensor.of_array(out)
-        elif borrow and self.launch is not None and host_output.ENABLED \
-                and self._host_writable:
-            # numpy out on a device whose buffers are host memory: no read-back command
-            in_place = host_output.result_array(self.output_shape, self.dtype)
-            target = host_output.wrap(in_place, queue)
+        elif borrow and self._in_host_memory():
+            return self._run_in_host_memory(input, filters, queue)
         else:
             target = tensors.empty_output(self.output_shape, self.dtype, queue, self.device,
                                           zero=False, checked=True)
@@ -305,11 +306,27 @@ class ConvPlan:
             return out
         if resident:
             return target.as_array(queue)
-        if in_place is not None:
-            host_output.wait(queue, event,
-                             self._in_order if queue is self._default_queue else None)
-            return in_place
         return target.get(queue, [event] if event is not None else None)
+
+    def _in_host_memory(self) -> bool:
+        """Whether a call with numpy operands may write its result into a numpy array
+        (clconv.host_output): no read-back command."""
+        return self.launch is not None and host_output.ENABLED and self._host_writable
+
+    def _run_in_host_memory(self, input: Any, filters: Any, queue: cl.CommandQueue
+                            ) -> np.ndarray:
+        """A call with host input and numpy out, on a device whose buffers are host
+        memory: the input's own memory in, the result written in place."""
+        result = host_output.result_array(self.output_shape, self.dtype)
+        target = host_output.wrap(result, queue)
+        # Both held until the wait below: a borrowed tensor of a non-contiguous array
+        # owns the contiguous copy its buffer uses.
+        src = tensors.to_device(input, self.dtype, queue, self.device, "input", borrow=True,
+                                checked=True)
+        weights = self._filters(filters, queue, True)
+        event = self._launch_for(src, weights, target).enqueue(queue, src, weights, target)
+        host_output.wait(queue, event, self._in_order if queue is self._default_queue else None)
+        return result
 
     def run_on_device(self, src: tensors.DeviceTensor, filters: tensors.DeviceTensor,
                       queue: cl.CommandQueue) -> tensors.DeviceTensor:

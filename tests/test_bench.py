@@ -11,6 +11,7 @@ exercise the padding mappings, and a disagreeing peer is flagged; mistakes
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -302,6 +303,43 @@ def test_alternated_runs_take_turns_and_stop_on_the_first_calls_time():
     times, _ = bench.time_alternated([lambda: order.append("a"), lambda: order.append("b")],
                                      10, 0.0)
     assert [len(t) for t in times] == [bench.MIN_RUNS] * 2
+
+
+def test_overhead_contenders_take_turns_and_milliseconds_come_last():
+    """``clconv bench --overhead``'s timing order (clconv.overhead.time_in_turns): a
+    warm-up and a sizing call each, then turns of WARM_UP + repeat / rounds calls
+    of the sub-millisecond contenders, in order; a slow one after all turns."""
+    from clconv import overhead
+
+    order = []
+    slow_seconds = overhead.SMALL_WORK_US * 2e-6
+
+    def slow():
+        order.append("slow")
+        time.sleep(slow_seconds)
+
+    seconds = overhead.time_in_turns([lambda: order.append("a"), slow,
+                                      lambda: order.append("b")], 4, 60.0, 2)
+    turn = overhead.WARM_UP + 2
+    assert order == ["a", "a", "slow", "slow", "b", "b"] + (["a"] * turn + ["b"] * turn) * 2 \
+        + ["slow"] * 4
+    assert seconds[1] >= slow_seconds > max(seconds[0], seconds[2])
+
+
+def test_overhead_takes_each_contenders_best_turn():
+    """A burst of load over two of three turns does not reach the result."""
+    from clconv import overhead
+
+    turn = overhead.WARM_UP + 1
+    calls = []
+
+    def bursty():  # calls 0-1: warm-up and sizing; then turns of `turn` calls
+        if 2 <= len(calls) < 2 + 2 * turn:
+            time.sleep(300e-6)
+        calls.append(1)
+
+    (seconds,) = overhead.time_in_turns([bursty], 3, 60.0, 3)
+    assert len(calls) == 2 + 3 * turn and seconds < 300e-6
 
 
 def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):
