@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import pyopencl.array as cl_array
 
 from clconv import ops, tensors
 from clconv.device_select import DeviceSpec
@@ -86,7 +85,7 @@ def _run_remembered(known: _Remembered, data: Any, filters: Any) -> Any:
         queue = data.queue
         y = plan.run_on_device(DeviceTensor.of_array(data).with_unit_axis(known.data_axis),
                                DeviceTensor.of_array(filters).with_unit_axis(0), queue)
-        return cl_array.Array(queue, known.out_shape, plan.dtype, data=y.buffer)
+        return tensors.array_over(queue, known.out_shape, plan.dtype, y.buffer)
     result = plan.execute(_expand(data, known.data_axis, "input"),
                           _expand(filters, 0, "filters"))
     return result.reshape(known.out_shape)

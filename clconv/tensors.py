@@ -191,7 +191,7 @@ class DeviceTensor:
         """A pyopencl array of this (C-contiguous, unborrowed) tensor on ``queue``."""
         if self.array is not None:
             return self.array
-        return cl_array.Array(queue, self.shape, self.dtype, data=self.buffer)
+        return array_over(queue, self.shape, self.dtype, self.buffer)
 
     def get(self, queue: cl.CommandQueue, wait_for: Optional[list] = None) -> np.ndarray:
         """Copy to a new numpy array, after ``wait_for`` and (on an in-order queue)
@@ -217,6 +217,50 @@ class DeviceTensor:
         return cl.enqueue_fill_buffer(queue, self.buffer, np.array(value, self.dtype),
                                       self.offset * self.dtype.itemsize,
                                       max(self.size, 0) * self.dtype.itemsize)
+
+
+# Whether pyopencl's fast constructor builds the same arrays as its checked one here
+# (None: not compared yet).
+_fast_constructor_agrees: Optional[bool] = None
+
+
+def array_over(queue: cl.CommandQueue, shape: tuple[int, ...], dtype: np.dtype,
+               buffer: cl.Buffer) -> cl_array.Array:
+    """A C-contiguous pyopencl array of ``shape`` over ``buffer`` from its start.
+
+    pyopencl's constructor checks its arguments with numpy reductions: 24 us a
+    call on a Zen 3, most of a tiny layer's host time.  Its fast constructor (the
+    one its own views use) takes the values already worked out.  The first array
+    is made both ways and compared; if they differ in anything (another pyopencl
+    version), the checked constructor stays in use.
+    """
+    global _fast_constructor_agrees
+    if _fast_constructor_agrees is False:
+        return cl_array.Array(queue, shape, dtype, data=buffer)
+    dtype = np.dtype(dtype)
+    try:
+        fast = cl_array.Array(
+            None, shape, dtype, data=buffer,
+            strides=tuple(s * dtype.itemsize for s in contiguous_strides(shape)),
+            _fast=True, _size=math.prod(shape), _context=queue.context, _queue=queue)
+    except TypeError:  # a pyopencl without that constructor
+        fast = None
+    if _fast_constructor_agrees is None:
+        checked = cl_array.Array(queue, shape, dtype, data=buffer)
+        _fast_constructor_agrees = fast is not None and _same_array(fast, checked)
+        return checked
+    return fast
+
+
+def _same_array(a: cl_array.Array, b: cl_array.Array) -> bool:
+    fields = ("shape", "dtype", "strides", "size", "nbytes", "offset", "queue", "context",
+              "allocator", "events")
+    try:
+        return a.base_data is b.base_data and all(
+            getattr(a, name) == getattr(b, name) for name in fields) \
+            and type(a.flags) is type(b.flags) and vars(a.flags) == vars(b.flags)
+    except Exception:  # noqa: BLE001  any attribute missing or odd: do not trust it
+        return False
 
 
 def check_fits(nbytes: int, what: str, info) -> None:
