@@ -7,6 +7,9 @@ process and one after another, for each case (numpy in, numpy out):
 - ``op``: the public op, as a user calls it in a loop;
 - ``plan``: ``ConvPlan.execute`` of a plan the caller holds;
 - ``prepared``: the same with the filter packed once (``prepare_filters``);
+- ``resident``: the op with pyopencl arrays in and out, until the queue is done
+  (a pipeline that keeps its tensors on the device; the filter is packed at
+  every call);
 - each peer's eager op (TensorFlow), when installed;
 
 and once per device ``bare``: one trivial pyopencl kernel launch plus the
@@ -18,9 +21,10 @@ A shared machine's load comes in bursts that slowed one contender and not the
 one timed a second later: ratios moved by 30% from run to run.  So each
 contender is timed in ROUNDS turns, taken in turn with every other one, and
 its time is the median of its best turn.  The first WARM_UP calls of a turn
-are not counted, and the cases of more than SMALL_WORK_US are timed after
-the rounds: after a millisecond layer had kept PoCL's threads busy, a bare
-launch ran at 1.5x its time for more than 60 calls (Zen 3, Debian PoCL 3.1).
+are not counted, and the cases of more than SMALL_WORK_US take their turns
+after those rounds, among themselves: after a millisecond layer had kept
+PoCL's threads busy, a bare launch ran at 1.5x its time for more than 60
+calls (Zen 3, Debian PoCL 3.1).
 """
 
 from __future__ import annotations
@@ -87,20 +91,19 @@ def time_in_turns(calls: list[Callable[[], Any]], repeat: int = REPEAT,
                   max_seconds: float = MAX_SECONDS, rounds: int = ROUNDS) -> list[float]:
     """Seconds per call of each of ``calls``, timed as the module's docstring says:
     after one warm-up call each, the calls of up to SMALL_WORK_US take ``rounds``
-    turns of WARM_UP + repeat / rounds calls, in order; the others follow, each
-    in one piece.  Each call's time is the median of its best turn."""
+    turns of WARM_UP + repeat / rounds calls, in order; then the others do the
+    same among themselves.  Each call's time is the median of its best turn."""
     small, large = [], []
     for index, call in enumerate(calls):
         call()  # warm-up: builds, first-touch
         (small if _times(call, 1, 0)[0] * 1e6 <= SMALL_WORK_US else large).append(index)
     turns: list[list[float]] = [[] for _ in calls]  # the median of each turn
     per_round = max(1, -(-repeat // rounds))
-    for _ in range(rounds):
-        for index in small:
-            times = _times(calls[index], WARM_UP + per_round, max_seconds / rounds)
-            turns[index].append(statistics.median(times[WARM_UP:] or times[-1:]))
-    for index in large:
-        turns[index].append(statistics.median(_times(calls[index], repeat, max_seconds)))
+    for group in (small, large):
+        for _ in range(rounds):
+            for index in group:
+                times = _times(calls[index], WARM_UP + per_round, max_seconds / rounds)
+                turns[index].append(statistics.median(times[WARM_UP:] or times[-1:]))
     return [min(medians) for medians in turns]
 
 
@@ -117,7 +120,25 @@ def _operands(name: str, x_shape, w_shape) -> tuple[np.ndarray, np.ndarray]:
             rng.uniform(-1, 1, w_shape).astype(np.float32))
 
 
-def _op_call(op: str, x, w, out_shape, strides, padding, spec: str) -> Callable[[], Any]:
+def _resident_call(op: str, x, w, out_shape, strides, padding, spec: str
+                   ) -> Callable[[], None]:
+    import pyopencl.array as cl_array
+
+    from clconv.device_select import runtime
+
+    queue = runtime(spec).queue
+    call = _op_call(op, cl_array.to_device(queue, x), cl_array.to_device(queue, w),
+                    out_shape, strides, padding, None)
+
+    def resident() -> None:
+        call()
+        queue.finish()
+
+    return resident
+
+
+def _op_call(op: str, x, w, out_shape, strides, padding,
+             spec: Optional[str]) -> Callable[[], Any]:
     import clconv
 
     if op == "conv2d":
@@ -142,11 +163,16 @@ def _tf_call(op: str, x, w, out_shape, strides, padding) -> Optional[Callable[[]
         padding=padding).numpy()
 
 
-def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS,
-            rounds: int = ROUNDS) -> tuple[float, list[OverheadRow]]:
+def measure(spec: str, repeat: Optional[int] = None, max_seconds: Optional[float] = None,
+            rounds: Optional[int] = None) -> tuple[float, list[OverheadRow]]:
     """(bare launch microseconds, one row per case) on device ``spec``: medians of
-    each contender's calls (see the module's docstring for the order they run in)."""
+    each contender's calls (see the module's docstring for the order they run in);
+    REPEAT, MAX_SECONDS and ROUNDS where not given."""
     import clconv
+
+    repeat = REPEAT if repeat is None else repeat
+    max_seconds = MAX_SECONDS if max_seconds is None else max_seconds
+    rounds = ROUNDS if rounds is None else rounds
 
     contenders: list[tuple[Optional[OverheadRow], str, Callable[[], Any]]] = [
         (None, "bare", bare_launch(spec))]
@@ -161,7 +187,8 @@ def measure(spec: str, repeat: int = REPEAT, max_seconds: float = MAX_SECONDS,
         contenders += [
             (row, "op", _op_call(op, x, w, out_shape, strides, padding, spec)),
             (row, "plan", lambda p=plan, x=x, w=w: p.execute(x, w)),
-            (row, "prepared", lambda p=plan, x=x, f=packed: p.execute(x, f))]
+            (row, "prepared", lambda p=plan, x=x, f=packed: p.execute(x, f)),
+            (row, "resident", _resident_call(op, x, w, out_shape, strides, padding, spec))]
         tf_call = _tf_call(op, x, w, out_shape, strides, padding)
         if tf_call is not None:
             contenders.append((row, "tensorflow", tf_call))

@@ -308,7 +308,7 @@ def test_alternated_runs_take_turns_and_stop_on_the_first_calls_time():
 def test_overhead_contenders_take_turns_and_milliseconds_come_last():
     """``clconv bench --overhead``'s timing order (clconv.overhead.time_in_turns): a
     warm-up and a sizing call each, then turns of WARM_UP + repeat / rounds calls
-    of the sub-millisecond contenders, in order; a slow one after all turns."""
+    of the sub-millisecond contenders, in order; the slow ones' turns after."""
     from clconv import overhead
 
     order = []
@@ -322,7 +322,7 @@ def test_overhead_contenders_take_turns_and_milliseconds_come_last():
                                       lambda: order.append("b")], 4, 60.0, 2)
     turn = overhead.WARM_UP + 2
     assert order == ["a", "a", "slow", "slow", "b", "b"] + (["a"] * turn + ["b"] * turn) * 2 \
-        + ["slow"] * 4
+        + ["slow"] * turn * 2
     assert seconds[1] >= slow_seconds > max(seconds[0], seconds[2])
 
 
@@ -340,6 +340,27 @@ def test_overhead_takes_each_contenders_best_turn():
 
     (seconds,) = overhead.time_in_turns([bursty], 3, 60.0, 3)
     assert len(calls) == 2 + 3 * turn and seconds < 300e-6
+
+
+def test_overhead_times_every_contender_of_every_case(capsys, tmp_path, spec, monkeypatch):
+    """``clconv bench --overhead`` (few calls each) prints and writes a time for each
+    contender of each case and the bare launch."""
+    from clconv import overhead
+
+    monkeypatch.setattr(overhead, "REPEAT", 4)
+    monkeypatch.setattr(overhead, "ROUNDS", 2)
+    monkeypatch.setattr(overhead, "MAX_SECONDS", 0.5)
+    monkeypatch.setattr(overhead, "_tf_call", lambda *args: None)  # TF's own time: not here
+    out_json = tmp_path / "overhead.json"
+    code, out, err = _bench(capsys, "--overhead", "--device", spec, "--json", str(out_json))
+    assert code == 0, err
+    data = json.loads(out_json.read_text())
+    assert data["mode"] == "overhead" and data["bare_launch_us"] > 0
+    assert [case["name"] for case in data["cases"]] == [case[0] for case in overhead.CASES]
+    for case in data["cases"]:
+        assert set(case["us"]) == {"op", "plan", "prepared", "resident"}, case
+        assert all(us > 0 for us in case["us"].values()), case
+        assert case["name"] in out
 
 
 def test_disagreeing_peer_is_flagged(capsys, monkeypatch, spec):

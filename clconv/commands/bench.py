@@ -154,8 +154,9 @@ def _overhead(info, json_path) -> int:
     bare, rows = overhead.measure(info.spec)
     print(f"clconv bench --overhead on {info.label}")
     print(f"  machine: {machine_line()}")
-    print(f"  median microseconds per call, numpy in and numpy out; bare: one trivial "
-          f"kernel launch + read-back = {bare:.0f} us")
+    print(f"  microseconds per call (the median of each one's best turn), numpy in and "
+          f"numpy out but resident: pyopencl arrays; bare: one trivial kernel launch + "
+          f"read-back = {bare:.0f} us")
     contenders = list(dict.fromkeys(k for r in rows for k in r.us))
     table = []
     for r in rows:
