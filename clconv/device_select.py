@@ -342,7 +342,7 @@ class _ThreadDefaults(threading.local):
     class attribute read rather than a missing one: ``default_token`` runs on every
     call, and a getattr that raises AttributeError costs more than the rest of it)."""
 
-    stack: tuple = ()
+    stack: "tuple | list" = ()  # a list once this thread enters clconv.device(...)
 
 
 _thread = _ThreadDefaults()
