@@ -151,9 +151,11 @@ def _tuning_losses(results: list[CaseResult]) -> str:
 
 
 def _overhead(info, json_path) -> int:
-    bare, rows = overhead.measure(info.spec)
     print(f"clconv bench --overhead on {info.label}")
     print(f"  machine: {machine_line()}")
+    print(f"  timing {len(overhead.CASES)} cases in {overhead.ROUNDS} rounds (up to "
+          f"{overhead.MAX_SECONDS:g} s per contender) ...", flush=True)
+    bare, rows = overhead.measure(info.spec)
     print(f"  microseconds per call (the median of each one's best turn), numpy in and "
           f"numpy out but resident: pyopencl arrays; bare: one trivial kernel launch + "
           f"read-back = {bare:.0f} us")
