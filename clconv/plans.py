@@ -270,11 +270,6 @@ class ConvPlan:
         instead = self._for_unprepared(filters)
         if instead is not None:
             return instead._execute(input, filters, out, queue)
-        if out is None and queue is None and type(input) is np.ndarray \
-                and type(filters) in (np.ndarray, PreparedFilters) and self._in_host_memory():
-            # The call of an inference loop: host operands, so the plan's own queue.
-            self._check_shape(input, self.input_shape, "input")
-            return self._run_in_host_memory(input, filters, self._default_queue)
         queue = self._queue_for([input, filters, out], queue)
         self._check_shape(input, self.input_shape, "input")
         resident = tensors.is_device_array(input)
