@@ -5,9 +5,9 @@ configs/bench_suite.yaml) or built from the command line.  clconv is timed two
 ways: device-resident (pyopencl arrays in and out, wall time of the call plus
 ``queue.finish()``) and end to end (numpy in, numpy out).  Peers, when
 installed, run the equivalent op on the same data, are checked against
-clconv's result and are timed the same way: a warm-up, then the median of
-several runs.  TensorFlow and PyTorch are imported lazily and only here; they
-are never runtime dependencies.
+clconv's result and are timed the same way: in rounds, taken in turn, each
+contender's time the median of its best round.  TensorFlow and PyTorch are
+imported lazily and only here; they are never runtime dependencies.
 """
 
 from __future__ import annotations
@@ -328,27 +328,34 @@ def select_cases(cases: Sequence[BenchCase], names: Optional[Sequence[str]]) -> 
 # --------------------------------------------------------------------------- timing
 
 
-MIN_RUNS = 3  # the fewest timed runs a median is taken of, whatever the time cap
-PEER_SETTLE_S = 0.3  # pause before a case's clconv runs where peers ran before (run_case)
+MIN_RUNS = 3  # the fewest timed runs of a contender, over all rounds, whatever the time cap
+ROUNDS = 3  # blocks of runs each contender takes, in turn with the others (run_case)
+PEER_SETTLE_S = 0.3  # pause before a round's clconv runs where peers ran before (run_case)
+# Untimed calls at the start of each round, for at least this long.  The first calls
+# after another contender's block ran slow and sped up over about five: a 1 ms layer
+# (MobileNet's 1x1 32 -> 192 over 8x28x28, Zen 3) at 2.2, 1.7, 1.4, 1.6, 1.5 ms, then
+# 1.1-1.3, and TensorFlow's the same way; one warm-up call left most of that in the
+# median of a five-run round.
+ROUND_WARM_UP_S = 0.1
 
 
 def time_runs(call: Callable[[], Any], repeat: int,
-              max_seconds: Optional[float] = None) -> list[float]:
+              max_seconds: Optional[float] = None, min_runs: int = MIN_RUNS) -> list[float]:
     """Wall-clock seconds of ``repeat`` calls (the caller has warmed up); with
-    ``max_seconds``, stop early once the runs add up to that, after MIN_RUNS."""
+    ``max_seconds``, stop early once the runs add up to that, after ``min_runs``."""
     times: list[float] = []
     for _ in range(repeat):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-        if (max_seconds is not None and len(times) >= MIN_RUNS
+        if (max_seconds is not None and len(times) >= min_runs
                 and sum(times) >= max_seconds):
             break
     return times
 
 
 def time_alternated(calls: Sequence[Callable[[], Any]], repeat: int,
-                    max_seconds: Optional[float] = None
+                    max_seconds: Optional[float] = None, min_runs: int = MIN_RUNS
                     ) -> tuple[list[list[float]], list[float]]:
     """``time_runs`` for several calls taking turns, one run each per round, the order
     reversed every other round; stops as time_runs does on the first call's runs.
@@ -366,14 +373,33 @@ def time_alternated(calls: Sequence[Callable[[], Any]], repeat: int,
             times[i].append(time.perf_counter() - start)
             if i == 0:
                 first_cpu.append(time.process_time() - cpu)
-        if (max_seconds is not None and len(times[0]) >= MIN_RUNS
+        if (max_seconds is not None and len(times[0]) >= min_runs
                 and sum(times[0]) >= max_seconds):
             break
     return times, first_cpu
 
 
+def warm_up(calls: Sequence[Callable[[], Any]], seconds: Optional[float] = None) -> None:
+    """Call each of ``calls`` in turn, untimed, until ``seconds`` (ROUND_WARM_UP_S)
+    have passed, each at least once."""
+    deadline = time.perf_counter() + (ROUND_WARM_UP_S if seconds is None else seconds)
+    while True:
+        for call in calls:
+            call()
+        if time.perf_counter() >= deadline:
+            return
+
+
 def median_ms(times: Sequence[float]) -> float:
     return statistics.median(times) * 1e3
+
+
+def best_round_ms(rounds: Sequence[Sequence[float]]) -> float:
+    """The median of the fastest round (seconds in, milliseconds out).  A burst of
+    load from another process slows whichever contender runs through it; taking
+    each contender's best round keeps one burst from deciding a ratio, where an
+    overall median of block after block would not."""
+    return min(median_ms(r) for r in rounds if r)
 
 
 def agreement(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -655,7 +681,8 @@ class PeerResult:
     ratio: Optional[float] = None  # peer ms / clconv device-resident ms
     max_rel_diff: Optional[float] = None
     agrees: Optional[bool] = None
-    runs_ms: list[float] = field(default_factory=list)
+    runs_ms: list[float] = field(default_factory=list)  # every run, all rounds
+    round_ms: list[float] = field(default_factory=list)  # each round's median
     error: Optional[str] = None
     algorithm: Optional[str] = None  # what clconv's own peers ran (None for the others)
 
@@ -667,10 +694,12 @@ class CaseResult:
     algorithm: Optional[str]
     clconv_ms: float
     end_to_end_ms: float
-    clconv_runs_ms: list[float]
+    clconv_runs_ms: list[float]  # every run of every round
     end_to_end_runs_ms: list[float]
     peers: dict[str, PeerResult]
     cores: Optional[float] = None  # process CPU time / wall time of the resident runs
+    clconv_round_ms: list[float] = field(default_factory=list)  # each round's median
+    end_to_end_round_ms: list[float] = field(default_factory=list)
 
     @property
     def gflops(self) -> float:
@@ -689,23 +718,28 @@ class CaseResult:
             "end_to_end_ms": self.end_to_end_ms, "end_to_end_gflops": self.end_to_end_gflops,
             "clconv_runs_ms": self.clconv_runs_ms, "clconv_cores": self.cores,
             "end_to_end_runs_ms": self.end_to_end_runs_ms,
+            "clconv_round_ms": self.clconv_round_ms,
+            "end_to_end_round_ms": self.end_to_end_round_ms,
             "peers": {name: dataclasses.asdict(p) for name, p in self.peers.items()},
         }
 
 
 def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
-             algorithm: Optional[str], max_seconds: Optional[float] = None) -> CaseResult:
+             algorithm: Optional[str], max_seconds: Optional[float] = None,
+             rounds: int = ROUNDS) -> CaseResult:
     """Time one case on device ``spec`` and on every peer.
 
-    Each contender -- clconv device-resident, clconv end to end, each peer -- is
-    warmed up once and then timed ``repeat`` times in a row (fewer, but at least
-    MIN_RUNS, once its runs add up to ``max_seconds``).  Not round-robin:
-    PyTorch's OpenMP and TF's thread pools spin for a while after a call, which
-    on a small CPU would slow whatever runs next; a warm-up absorbs it.  clconv's
-    own peers (``untuned``) are the exception: PoCL's threads do not spin, so they
-    take turns with the device-resident runs (``time_alternated``).  clconv's
-    warm-up also builds its kernels and gives the result each peer is checked
-    against.
+    Each contender -- clconv device-resident, clconv end to end, each peer -- takes
+    ``rounds`` turns; in each it is timed ``repeat`` times in a row (fewer once its
+    runs add up to ``max_seconds``, but at least MIN_RUNS over all rounds), and its
+    time is the median of its best round (``best_round_ms``).  Within a round the
+    contenders run block after block, not call for call: PyTorch's OpenMP and TF's
+    thread pools spin for a while after a call, which on a small CPU would slow
+    whatever runs next, so clconv's block starts with a pause, and every block with
+    untimed calls (``warm_up``).  clconv's own peers (``untuned``) are the exception:
+    PoCL's threads do not spin, so they take call-for-call turns with the
+    device-resident runs (``time_alternated``).  clconv's warm-up also builds its
+    kernels and gives the result each peer is checked against.
     """
     import pyopencl.array as cl_array
 
@@ -734,63 +768,93 @@ def run_case(case: BenchCase, spec: str, peers: Sequence[Peer], repeat: int,
         return _clconv_call(case, x, w, spec, algorithm)
 
     expected = resident().get()
+    end_to_end()
     results: dict[str, PeerResult] = {}
     alternated = [resident]  # clconv's device-resident runs, then its own peers'
     own: list[PeerResult] = []  # the results of alternated[1:]
+    frameworks: list[tuple[PeerResult, Callable[[], Any]]] = []
     for peer in peers:
-        if peer.is_clconv:
-            result = results[peer.name] = PeerResult()
-            call = _untuned_call(case, x_dev, w_dev, algorithm, rt.queue)
-            try:
+        result = results[peer.name] = PeerResult()
+        try:
+            if peer.is_clconv:
+                call = _untuned_call(case, x_dev, w_dev, algorithm, rt.queue)
                 with _without_tuning_database():
                     result.algorithm = plans.get_plan(rt, op2d, plane, np.float32,
                                                       algorithm).runs(prepared=False)
                 result.max_rel_diff = agreement(call().get(), expected)  # also the warm-up
-            except Exception as exc:  # noqa: BLE001 - reported in its column, as a peer's
-                result.error = _one_line(exc)
-                continue
-            result.agrees = result.max_rel_diff <= AGREEMENT_RTOL
-            alternated.append(call)
-            own.append(result)
-    if any(not p.is_clconv for p in peers):
-        # The last case's peers (TF's Eigen pool, PyTorch's OpenMP threads) spin for a
-        # while after their runs, and PoCL's threads do not: without a pause a case's
-        # clconv runs shared the cores with them (u_odd_40_72 after TF: 1.1 cores busy,
-        # 3.6 ms; alone 1.8 cores, 1.8 ms, Zen 5), while the peers never ran beside
-        # spinning PoCL threads.
-        time.sleep(PEER_SETTLE_S)
-    # The process's CPU time over the runs' wall time: how many cores the runtime kept
-    # busy.  PoCL runs one launch on one thread or on all from one call to the next
-    # (1.03 against 1.77 for the same conv1d on a 2-core Zen 5); this tells a slow
-    # run from a one-core one.
-    all_times, cpu_times = time_alternated(alternated, repeat, max_seconds)
-    resident_times = all_times[0]
-    cores = sum(cpu_times) / max(sum(resident_times), 1e-9)
-    end_to_end()
-    e2e_times = time_runs(end_to_end, repeat, max_seconds)
-    clconv_ms = median_ms(resident_times)
-    for result, times in zip(own, all_times[1:]):
-        _record(result, times, clconv_ms)
-
-    for peer in peers:
-        if peer.is_clconv:
-            continue
-        result = results[peer.name] = PeerResult()
-        try:
-            call, to_numpy = peer.prepare(case, x, w)
-            result.max_rel_diff = agreement(to_numpy(call()), expected)  # also the warm-up
-            result.agrees = result.max_rel_diff <= AGREEMENT_RTOL
-            times = time_runs(call, repeat, max_seconds)
+            else:
+                call, to_numpy = peer.prepare(case, x, w)
+                result.max_rel_diff = agreement(to_numpy(call()), expected)
         except PeerUnsupported as exc:
             result.error = str(exc)
             continue
         except Exception as exc:  # noqa: BLE001 - a peer's refusal is reported, not fatal
             result.error = _one_line(exc)
             continue
-        _record(result, times, clconv_ms)
-    return CaseResult(case, useful_flops(case), used, clconv_ms, median_ms(e2e_times),
-                      [t * 1e3 for t in resident_times], [t * 1e3 for t in e2e_times], results,
-                      cores)
+        result.agrees = result.max_rel_diff <= AGREEMENT_RTOL
+        if peer.is_clconv:
+            alternated.append(call)
+            own.append(result)
+        else:
+            frameworks.append((result, call))
+
+    rounds = max(1, rounds)
+    min_runs = -(-MIN_RUNS // rounds)  # MIN_RUNS over all rounds
+    resident_rounds: list[list[float]] = []
+    own_rounds: list[list[list[float]]] = [[] for _ in own]
+    e2e_rounds: list[list[float]] = []
+    framework_rounds: list[list[list[float]]] = [[] for _ in frameworks]
+    cpu_seconds = 0.0
+    for _ in range(rounds):
+        if frameworks:
+            # The peers' pools (TF's Eigen threads, PyTorch's OpenMP) spin for a while
+            # after their runs, and PoCL's threads do not: without a pause clconv's runs
+            # shared the cores with them (u_odd_40_72 after TF: 1.1 cores busy, 3.6 ms;
+            # alone 1.8 cores, 1.8 ms, Zen 5), while the peers never ran beside
+            # spinning PoCL threads.
+            time.sleep(PEER_SETTLE_S)
+        warm_up(alternated)
+        times, cpu = time_alternated(alternated, repeat, max_seconds, min_runs)
+        resident_rounds.append(times[0])
+        for kept, own_times in zip(own_rounds, times[1:]):
+            kept.append(own_times)
+        # The process's CPU time over the runs' wall time: how many cores the runtime
+        # kept busy.  PoCL runs one launch on one thread or on all from one call to the
+        # next (1.03 against 1.77 for the same conv1d on a 2-core Zen 5); this tells a
+        # slow run from a one-core one.
+        cpu_seconds += sum(cpu)
+        warm_up([end_to_end])
+        e2e_rounds.append(time_runs(end_to_end, repeat, max_seconds, min_runs))
+        for (result, call), kept in zip(frameworks, framework_rounds):
+            if result.error is not None:
+                continue
+            try:
+                warm_up([call])  # its pool has slept through clconv's runs
+                kept.append(time_runs(call, repeat, max_seconds, min_runs))
+            except Exception as exc:  # noqa: BLE001 - as a refusal in its first call
+                result.error = _one_line(exc)
+
+    resident_times = [t for r in resident_rounds for t in r]
+    cores = cpu_seconds / max(sum(resident_times), 1e-9)
+    clconv_ms = best_round_ms(resident_rounds)
+    for result, kept in zip(own, own_rounds):
+        _record(result, kept, clconv_ms)
+    for (result, _), kept in zip(frameworks, framework_rounds):
+        if result.error is None:
+            _record(result, kept, clconv_ms)
+    return CaseResult(case, useful_flops(case), used, clconv_ms, best_round_ms(e2e_rounds),
+                      _ms(resident_rounds), _ms(e2e_rounds), results, cores,
+                      _round_ms(resident_rounds), _round_ms(e2e_rounds))
+
+
+def _ms(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Every run of every round, in the order they ran, in milliseconds."""
+    return [t * 1e3 for r in rounds for t in r]
+
+
+def _round_ms(rounds: Sequence[Sequence[float]]) -> list[float]:
+    """Each round's median, in milliseconds."""
+    return [median_ms(r) for r in rounds if r]
 
 
 def _untuned_call(case: BenchCase, x_dev: Any, w_dev: Any, algorithm: Optional[str],
@@ -808,9 +872,10 @@ def _one_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"[:200]
 
 
-def _record(result: PeerResult, times: Sequence[float], clconv_ms: float) -> None:
-    result.runs_ms = [t * 1e3 for t in times]
-    result.ms = median_ms(times)
+def _record(result: PeerResult, rounds: Sequence[Sequence[float]], clconv_ms: float) -> None:
+    result.runs_ms = _ms(rounds)
+    result.round_ms = _round_ms(rounds)
+    result.ms = best_round_ms(rounds)
     result.ratio = result.ms / clconv_ms if clconv_ms > 0 else None
 
 

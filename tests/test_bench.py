@@ -4,7 +4,8 @@ Checked: a one-off case from the command line and a small custom suite run on
 one PoCL device, print the table's columns and write JSON with the expected
 keys; useful FLOPs follow the suite file's formula (hand-computed counts); the
 peers (TensorFlow / PyTorch, when installed) agree with clconv on shapes that
-exercise the padding mappings, and a disagreeing peer is flagged; mistakes
+exercise the padding mappings, and a disagreeing peer is flagged; the contenders
+take their rounds in turn and each keeps its best round; mistakes
 (malformed suite, unknown case, half a one-off case) end as one line, exit 2.
 """
 
@@ -121,8 +122,9 @@ def test_one_off_case(capsys, tmp_path, spec):
     out_json = tmp_path / "one.json"
     code, out, err = _bench(capsys, "--op", "conv2d_transpose", "--input", "1,3,3,4",
                             "--filter", "3,3,2,4", "--output", "[1, 6, 6, 2]", "--strides", "2",
-                            "--device", spec, "--repeat", "2", "--peers", "none",
-                            "--algorithm", "via_forward", "--json", str(out_json))
+                            "--device", spec, "--repeat", "2", "--rounds", "2",
+                            "--peers", "none", "--algorithm", "via_forward",
+                            "--json", str(out_json))
     assert code == 0, err
     header = _header(out)
     cells = [cell.strip() for cell in header.split("  ") if cell.strip()]
@@ -130,7 +132,9 @@ def test_one_off_case(capsys, tmp_path, spec):
         assert column in cells, (column, header)
     assert "cli" in out and "via_forward" in out
     data = json.loads(out_json.read_text())
-    assert {"suite", "device", "versions", "repeat", "peers", "cases", "geomean_ratio"} <= set(data)
+    assert {"suite", "device", "versions", "rounds", "repeat", "peers", "cases",
+            "geomean_ratio"} <= set(data)
+    assert (data["rounds"], data["repeat"]) == (2, 2)
     assert data["device"]["spec"] == spec and data["versions"]["clconv"]
     # The default tile's reason, on the CPUs the FMA probe concerns (16-wide vectors).
     probed = data["device"]["kind"] == "CPU" and data["device"][
@@ -143,7 +147,10 @@ def test_one_off_case(capsys, tmp_path, spec):
     assert case["shapes"] == {"input": [1, 3, 3, 4], "filter": [3, 3, 2, 4],
                               "output": [1, 6, 6, 2]}
     assert case["flops"] == 2 * 1 * 3 * 3 * 3 * 3 * 2 * 4
-    assert case["algorithm"] == "via_forward" and len(case["clconv_runs_ms"]) == 2
+    assert case["algorithm"] == "via_forward" and len(case["clconv_runs_ms"]) == 4
+    assert len(case["clconv_round_ms"]) == len(case["end_to_end_round_ms"]) == 2
+    assert case["clconv_ms"] == min(case["clconv_round_ms"])
+    assert case["end_to_end_ms"] == min(case["end_to_end_round_ms"])
     assert case["clconv_ms"] > 0 and case["end_to_end_ms"] > 0
     assert case["clconv_cores"] > 0  # CPU time of the process over wall time
 
@@ -278,7 +285,8 @@ def test_untuned_peer_runs_without_the_tuning_database(capsys, tmp_path, spec, d
     out_json = tmp_path / "untuned.json"
     code, out, err = _bench(capsys, "--op", "conv2d_transpose", "--input", "1,5,5,8",
                             "--filter", "3,3,16,8", "--output", "1,10,10,16", "--strides", "2",
-                            "--device", spec, "--repeat", "3", "--peers", "untuned",
+                            "--device", spec, "--repeat", "3", "--rounds", "2",
+                            "--peers", "untuned",
                             "--json", str(out_json))
     assert code == 0, out + err
     assert os.environ[tuning_db.ENV_DB] == str(db)
@@ -289,7 +297,8 @@ def test_untuned_peer_runs_without_the_tuning_database(capsys, tmp_path, spec, d
     untuned = case["peers"]["untuned"]
     assert (case["algorithm"], untuned["algorithm"]) == ("direct", shipped)
     assert untuned["error"] is None and untuned["agrees"], untuned
-    assert len(untuned["runs_ms"]) == len(case["clconv_runs_ms"]) == 3
+    assert len(untuned["runs_ms"]) == len(case["clconv_runs_ms"]) == 6
+    assert len(untuned["round_ms"]) == len(case["clconv_round_ms"]) == 2
     assert untuned["ratio"] == pytest.approx(untuned["ms"] / case["clconv_ms"])
 
 
@@ -303,6 +312,52 @@ def test_alternated_runs_take_turns_and_stop_on_the_first_calls_time():
     times, _ = bench.time_alternated([lambda: order.append("a"), lambda: order.append("b")],
                                      10, 0.0)
     assert [len(t) for t in times] == [bench.MIN_RUNS] * 2
+
+
+def test_warm_up_calls_each_in_turn_for_its_time():
+    order = []
+    bench.warm_up([lambda: order.append("a"), lambda: order.append("b")], 0.0)
+    assert order == ["a", "b"]
+    order.clear()
+    start = time.perf_counter()
+    bench.warm_up([lambda: order.append("a") or time.sleep(0.01)], 0.05)
+    assert time.perf_counter() - start >= 0.05 and len(order) >= 2
+
+
+def test_case_rounds_take_turns_and_each_contender_keeps_its_best_round(spec, monkeypatch):
+    """In each round clconv's runs (device-resident, then end to end) come first and
+    then the peer's, each block after an untimed warm-up call; a peer slowed through two of
+    three rounds is timed by its fast round, where an overall median of its runs
+    would be the slow time."""
+    events = []
+    real_call = bench._clconv_call
+    monkeypatch.setattr(bench, "_clconv_call",
+                        lambda *a, **k: events.append("c") or real_call(*a, **k))
+    monkeypatch.setattr(bench, "ROUND_WARM_UP_S", 0.0)  # one warm-up call per block
+    peer_calls = []
+
+    def prepare(case, x, w):
+        def call():
+            peer_calls.append(1)
+            events.append("p")
+            time.sleep(0.03 if 1 <= len(peer_calls) <= 7 else 0.001)  # the check + 2 rounds
+        return call, (lambda _: np.zeros(case.shapes()["output"], np.float32))
+
+    peer = bench.Peer("torch", "fake", "0", "sleeps", prepare)
+    case = bench.make_case({"name": "r", "op": "conv2d", "input": [1, 4, 4, 2],
+                            "filter": [1, 1, 2, 2]}, "test")
+    result = bench.run_case(case, spec, [peer], 2, None, None, rounds=3)
+    # The first resident call gives the expected result, then e2e's warm-up, the peer's
+    # check; then each round: clconv device-resident (a warm-up and 2 runs), end to end
+    # (the same), the peer (the same).
+    assert "".join(events) == "ccp" + ("cccccc" + "ppp") * 3
+    timed = result.peers["torch"]
+    assert len(timed.runs_ms) == 6 and len(timed.round_ms) == 3
+    assert timed.round_ms[0] > 25 and timed.round_ms[1] > 25, timed.round_ms
+    assert timed.ms == min(timed.round_ms) < 15, timed.round_ms
+    assert np.median(timed.runs_ms) > 25
+    assert len(result.clconv_runs_ms) == len(result.end_to_end_runs_ms) == 6
+    assert result.clconv_ms == min(result.clconv_round_ms)
 
 
 def test_overhead_contenders_take_turns_and_milliseconds_come_last():
@@ -417,6 +472,7 @@ def test_malformed_suite_is_one_line(capsys, tmp_path, text, expected):
     (["--op", "conv2d", "--input", "1,4,4,2", "--filter", "3,3,5,2"], "command line"),
     (["no_such_suite.yaml"], "cannot read suite file 'no_such_suite.yaml'"),
     (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
     (["--max-seconds", "-1"], "--max-seconds must be 0 (no cap) or more"),
     (["--peers", "jax"], "unknown peer 'jax'"),
 ])

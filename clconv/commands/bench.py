@@ -14,6 +14,8 @@ from clconv.bench import (
     AGREEMENT_RTOL,
     MIN_RUNS,
     PEERS,
+    ROUND_WARM_UP_S,
+    ROUNDS,
     SELF_PEERS,
     BenchCase,
     CaseResult,
@@ -37,13 +39,13 @@ from clconv.gemm import tile_rule
 
 HELP = "time ops on a benchmark suite (or one case), side by side with TensorFlow/PyTorch"
 
-# Each timing is 1 warm-up + up to REPEAT runs, for clconv (device-resident),
-# clconv end to end and each peer; a contender stops after MAX_SECONDS of runs
-# (at least bench.MIN_RUNS).  On a 2-core CPU with PoCL this keeps the shipped
-# suite to about a minute with the GEMM kernels and a few minutes with the
-# direct ones (1-5 s a call on the large cases).
+# Each contender (clconv device-resident, clconv end to end, each peer) takes ROUNDS
+# turns of up to REPEAT runs, a turn ending after MAX_SECONDS of runs (at least
+# bench.MIN_RUNS over all rounds).  On a 2-core CPU with PoCL this keeps the shipped
+# suite to about a minute with the GEMM kernels and a few minutes with the direct
+# ones (1-5 s a call on the large cases).
 DEFAULT_REPEAT = 10
-DEFAULT_MAX_SECONDS = 2.0
+DEFAULT_MAX_SECONDS = 0.5
 # The loss past which the report lists a case as slower with the tuning database than
 # without (issue 10's bound for `clconv autotune`).
 TUNING_LOSS = 0.10
@@ -54,12 +56,15 @@ PEER_ALIASES = {"tensorflow": "tensorflow", "tf": "tensorflow", "torch": "torch"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_case_arguments(parser, "time")
     add_device_argument(parser)
+    parser.add_argument("--rounds", type=int, default=ROUNDS, metavar="R",
+                        help=f"turns each contender takes, in turn with the others; its time "
+                             f"is the median of its best turn (default {ROUNDS})")
     parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT, metavar="N",
-                        help=f"timed runs per measurement after one warm-up; the median is "
-                             f"reported (default {DEFAULT_REPEAT})")
+                        help=f"timed runs per turn (default {DEFAULT_REPEAT})")
     parser.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS, metavar="S",
-                        help=f"stop a measurement's runs once they add up to S seconds, after "
-                             f"at least {MIN_RUNS} (default {DEFAULT_MAX_SECONDS:g}; 0: no cap)")
+                        help=f"end a turn once its runs add up to S seconds, after at least "
+                             f"{MIN_RUNS} runs over all turns (default {DEFAULT_MAX_SECONDS:g}; "
+                             f"0: no cap)")
     parser.add_argument("--algorithm", choices=all_algorithms(),
                         help="force this algorithm on every case whose op has it (the others "
                              "keep the library's choice); default: the library's choice")
@@ -180,6 +185,8 @@ def _overhead(info, json_path) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.repeat < 1:
         raise UsageError(f"--repeat must be at least 1, got {args.repeat}")
+    if args.rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {args.rounds}")
     if args.max_seconds < 0:
         raise UsageError(f"--max-seconds must be 0 (no cap) or more, got {args.max_seconds}")
     try:
@@ -201,10 +208,11 @@ def _run(args, cases, origin, info, peers, missing) -> int:
     tiles = tile_rule(info)
     if tiles:
         print(f"  {tiles}")
-    cap = (f" (fewer, at least {MIN_RUNS}, once they take {args.max_seconds:g} s)"
+    cap = (f" (fewer once they take {args.max_seconds:g} s, at least {MIN_RUNS} in all)"
            if args.max_seconds else "")
-    print(f"  timing: per contender, 1 warm-up, then the median of {args.repeat} runs in a "
-          f"row{cap}")
+    print(f"  timing: per contender, {args.rounds} turn(s), taken in turn with the others, of "
+          f"{ROUND_WARM_UP_S:g} s of untimed calls and {args.repeat} timed runs{cap}; "
+          f"its time: the median of its best turn")
     print("  ms: device-resident (pyopencl arrays in and out, the call + queue.finish()); "
           "e2e ms: numpy in, numpy out")
     print("  cores: the process's CPU time over the wall time of the ms runs (how many "
@@ -237,7 +245,7 @@ def _run(args, cases, origin, info, peers, missing) -> int:
     results: list[CaseResult] = []
     for case in cases:
         result = run_case(case, info.spec, peers, args.repeat, args.algorithm,
-                          args.max_seconds or None)
+                          args.max_seconds or None, args.rounds)
         results.append(result)
         print(table.row(result, peers), flush=True)
 
@@ -272,8 +280,8 @@ def _run(args, cases, origin, info, peers, missing) -> int:
         print("\n" + "\n".join(problems))
     phases = {}
     if args.phases:
-        phases = {r.case.name: phase_breakdown(r.case, info.spec, args.repeat, r.clconv_ms,
-                                               r.algorithm)
+        phases = {r.case.name: phase_breakdown(r.case, info.spec, args.repeat * args.rounds,
+                                               r.clconv_ms, r.algorithm)
                   for r in results}
         print("\nwhere the device-resident time goes (ms; kernels from profiling events):")
         names = list(dict.fromkeys(n for p in phases.values() for n in p))
@@ -284,7 +292,7 @@ def _run(args, cases, origin, info, peers, missing) -> int:
         document = {
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
             "cpu": cpu_model(), "tile_rule": tile_rule(info),
-            "versions": versions(), "repeat": args.repeat, "warmup": 1,
+            "versions": versions(), "rounds": args.rounds, "repeat": args.repeat, "warmup": 1,
             "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
             "algorithm": args.algorithm,
             "peers": {p.name: {"version": p.version, "config": p.config} for p in peers},
