@@ -25,6 +25,7 @@ import pyopencl as cl
 from clconv import buffer_pool, compiler_probe
 from clconv.errors import DeviceNotFoundError, DeviceUnusableError, ForkedProcessError
 from clconv.llvm_guard import protect_opencl_runtimes
+from clconv.worker_affinity import pinned_pocl_workers
 
 ENV_DEVICE = "CLCONV_DEVICE"
 _SIMULATORS = ("oclgrind",)
@@ -150,7 +151,8 @@ def _enumerate_devices() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
     _opened_in = os.getpid()
     found: list[tuple[cl.Device, DeviceInfo]] = []
     try:
-        platforms = cl.get_platforms()
+        with pinned_pocl_workers():  # PoCL starts its CPU worker threads here
+            platforms = cl.get_platforms()
     except cl.Error:  # the ICD loader found no platform at all
         platforms = []
     for p_index, platform in enumerate(platforms):

@@ -141,6 +141,9 @@ def test_one_off_case(capsys, tmp_path, spec):
         "preferred_float_vector_width"] >= 16
     assert (data["tile_rule"] or "").startswith("FMA chains: ") == probed, data["tile_rule"]
     assert (data["tile_rule"] or "") in out
+    on_pocl = data["device"]["platform"] == "Portable Computing Language"
+    assert isinstance(data["pocl_workers"], str) == on_pocl, data["pocl_workers"]
+    assert (f"PoCL worker threads: {data['pocl_workers']}" in out) == on_pocl
     (case,) = data["cases"]
     assert {"name", "op", "shapes", "flops", "clconv_ms", "end_to_end_ms", "gflops",
             "algorithm", "peers"} <= set(case)

@@ -8,7 +8,7 @@ import math
 import platform
 from typing import Optional
 
-from clconv import overhead
+from clconv import overhead, worker_affinity
 from clconv.commands import json_output
 from clconv.bench import (
     AGREEMENT_RTOL,
@@ -145,6 +145,17 @@ class _Table:
         return self._line(cells)
 
 
+def _pocl_workers(info) -> Optional[str]:
+    """How PoCL's worker threads run (clconv.worker_affinity), on a PoCL device."""
+    return worker_affinity.decision() if "Portable Computing Language" in info.platform else None
+
+
+def _print_pocl_workers(info) -> None:
+    line = _pocl_workers(info)
+    if line:
+        print(f"  PoCL worker threads: {line}")
+
+
 def _tuning_losses(results: list[CaseResult]) -> str:
     """The cases the tuning database made more than TUNING_LOSS slower: tuned ms over
     untuned ms past 1 + TUNING_LOSS."""
@@ -158,6 +169,7 @@ def _tuning_losses(results: list[CaseResult]) -> str:
 def _overhead(info, json_path) -> int:
     print(f"clconv bench --overhead on {info.label}")
     print(f"  machine: {machine_line()}")
+    _print_pocl_workers(info)
     print(f"  timing {len(overhead.CASES)} cases in {overhead.ROUNDS} rounds (up to "
           f"{overhead.MAX_SECONDS:g} s per contender) ...", flush=True)
     bare, rows = overhead.measure(info.spec)
@@ -205,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args, cases, origin, info, peers, missing) -> int:
     print(f"clconv bench: {len(cases)} case(s) from {origin} on {info.label}")
     print(f"  machine: {machine_line()}")
+    _print_pocl_workers(info)
     tiles = tile_rule(info)
     if tiles:
         print(f"  {tiles}")
@@ -291,7 +304,7 @@ def _run(args, cases, origin, info, peers, missing) -> int:
     if args.json:
         document = {
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
-            "cpu": cpu_model(), "tile_rule": tile_rule(info),
+            "cpu": cpu_model(), "tile_rule": tile_rule(info), "pocl_workers": _pocl_workers(info),
             "versions": versions(), "rounds": args.rounds, "repeat": args.repeat, "warmup": 1,
             "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
             "algorithm": args.algorithm,
