@@ -518,6 +518,10 @@ def decide(rt: Runtime, op: str, g: ConvGeometry, dtype: Any, algorithm: Optiona
         config, config_source = dict(config), "explicit"
     config = {k: list(v) if isinstance(v, tuple) else v
               for k, v in alg.resolve(dict(config), op, g, rt.info).items()}
+    if config_source == "explicit":
+        # What the caller left out and the algorithm did not fill ("auto" tiles): the
+        # family's defaults (a work-group shape of null: the launch's choice).
+        config = {**space.default_config(), **config}
     limits = search_space.context(alg.kernel_geometry(op, g), rt.info, op, name,
                                   dtype.itemsize)
     problem = space.problem(config, limits, constraints=False)

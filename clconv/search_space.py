@@ -265,8 +265,12 @@ class SearchSpace:
         if not isinstance(config, Mapping):
             return f"expected a mapping of {', '.join(self.names)}, got {config!r}"
         if set(config) != set(self.names):
-            return (f"tunables {', '.join(sorted(map(str, config)))} are not the family's "
-                    f"{', '.join(self.names)}")
+            missing = [name for name in self.names if name not in config]
+            unknown = sorted(str(name) for name in config if name not in self.names)
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unknown {', '.join(unknown)}"] if unknown else [])
+            return (f"{'; '.join(parts)} (the family's tunables: "
+                    f"{', '.join(self.names)})")
         for tunable in self.tunables:
             value = config[tunable.name]
             if isinstance(value, list):

@@ -651,3 +651,26 @@ def test_the_call_memo_does_not_take_equal_values_of_other_types_for_the_same(sp
         for bad, error, message in bad_shapes:
             with pytest.raises(error, match=message):
                 transpose(bad)
+
+
+def test_a_configuration_may_leave_tunables_to_their_defaults(spec):
+    """An explicit configuration without LOCAL_SIZE runs with the family's default
+    (the launch's choice), and one without TN with the device's tile rule; a name the
+    family does not have is refused, saying which."""
+    x = np.random.default_rng(5).standard_normal((1, 8, 8, 32)).astype(np.float32)
+    w = np.random.default_rng(6).standard_normal((1, 1, 32, 64)).astype(np.float32)
+    expected = np.einsum("nhwc,co->nhwo", x.astype(np.float64), w[0, 0].astype(np.float64))
+    for config in ({"TM": 2, "TN": 32, "VEC": 8}, {"TM": 2, "VEC": 8}):
+        plan = clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec,
+                           algorithm="gemm", config=config)
+        assert "TM=2" in plan.describe() and "LOCAL_SIZE=auto" in plan.describe()
+        assert "explicit" in plan.describe()
+        np.testing.assert_allclose(plan.execute(x, w), expected, rtol=1e-4, atol=1e-4)
+    for config, named in (({"TM": 2, "TN": 32, "VEC": 8, "LOCAL_SIZE": None, "TK": 4},
+                           "unknown TK"),
+                          ({"TM": 2, "LOCAL": None}, "unknown LOCAL")):
+        with pytest.raises(clconv.InvalidArgumentError) as raised:
+            clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", device=spec,
+                        algorithm="gemm", config=config)
+        assert (f"config for gemm_implicit: {named} (the family's tunables: TM, TN, "
+                "VEC, LOCAL_SIZE)") in str(raised.value)
