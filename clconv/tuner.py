@@ -408,6 +408,14 @@ def default_candidate(case: TuneCase, info: DeviceInfo, pools: Sequence[Pool]) -
 
 
 _slowest_build: dict[tuple, float] = {}  # (device, family) -> seconds, over the process
+# The first launches of programs new to this process, the RECENT last per (device,
+# family): PoCL compiles a kernel for its work-group size at its first launch, which
+# nothing can interrupt, and that compile may miss PoCL's cache where the build hit
+# pyopencl's (pip PoCL on a busy 2-core Zen 3: a 0.18 s build, then a 2.5 s first
+# launch that ended 1.4 s past a 3 s budget, when the case's earlier first launches,
+# all cached, had taken 20 ms).  Recent ones, not the slowest ever: once PoCL's cache
+# holds the kernels, a run of cached launches lowers the estimate again.
+_new_program_firsts: dict[tuple, collections.deque] = {}
 _builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="clconv-build")
 
 
@@ -511,7 +519,15 @@ class Session:
                 scale = max(1.0, self._work(candidate.algorithm) / min(
                     self._work(a) for a in self.first_by_algorithm))
                 first, run = first * scale, run * scale
+        if needs_build:
+            first = max(first, self._new_program_first(candidate))
         return build + first + run
+
+    def _new_program_first(self, candidate: Candidate) -> float:
+        """What the first launch of a program new to this process may take: the slowest
+        of the recent such launches of the family on the device, at least COLD_BUILD_S."""
+        recent = _new_program_firsts.get((self.rt.info.spec, candidate.family), ())
+        return max((COLD_BUILD_S, *recent))
 
     def hopeless(self, algorithm: str) -> bool:
         """True when even the fastest run of ``algorithm`` so far is HOPELESS_FACTOR
@@ -532,6 +548,7 @@ class Session:
     def _trial(self, candidate: Candidate) -> Trial:
         pool = self.pools[candidate.algorithm]
         started = time.monotonic()
+        new_program = self._program_key(candidate) not in self.built
         building = _builder.submit(self._prepare_launch, pool, candidate)
         try:
             left = self.time_left()
@@ -555,6 +572,8 @@ class Session:
         # the default ran 0.45 s past a busy machine's budget when it counted as free.
         first = self.first_by_algorithm.get(
             candidate.algorithm, max(self.firsts, default=time.monotonic() - started))
+        if new_program:
+            first = max(first, self._new_program_first(candidate))
         if self.time_left() <= first:
             return Trial(candidate, "untimed", detail="the budget ran out after its build")
         # Check before timing: NaN in the output shows any element the kernel skips.
@@ -567,6 +586,9 @@ class Session:
             self.rt.queue.finish()
             return Trial(candidate, "launch failed", detail=_first_lines(str(exc)))
         self.firsts.append(first_wall)
+        if new_program:
+            _new_program_firsts.setdefault((self.rt.info.spec, candidate.family),
+                                           collections.deque(maxlen=RECENT)).append(first_wall)
         self.first_by_algorithm[candidate.algorithm] = max(
             first_wall, self.first_by_algorithm.get(candidate.algorithm, 0.0))
         check = compare(got, self.expected, self.dtype, self.reduction)
