@@ -414,8 +414,10 @@ _slowest_build: dict[tuple, float] = {}  # (device, family) -> seconds, over the
 # pyopencl's (pip PoCL on a busy 2-core Zen 3: a 0.18 s build, then a 2.5 s first
 # launch that ended 1.4 s past a 3 s budget, when the case's earlier first launches,
 # all cached, had taken 20 ms).  Recent ones, not the slowest ever: once PoCL's cache
-# holds the kernels, a run of cached launches lowers the estimate again.
+# holds the kernels, a run of cached launches lowers the estimate again.  A program
+# launched once in this process, in any case, launches without a compile.
 _new_program_firsts: dict[tuple, collections.deque] = {}
+_launched: set[tuple] = set()  # (device, program) that have had their first launch
 _builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="clconv-build")
 
 
@@ -519,9 +521,13 @@ class Session:
                 scale = max(1.0, self._work(candidate.algorithm) / min(
                     self._work(a) for a in self.first_by_algorithm))
                 first, run = first * scale, run * scale
-        if needs_build:
+        if self._never_launched(candidate):
             first = max(first, self._new_program_first(candidate))
         return build + first + run
+
+    def _never_launched(self, candidate: Candidate) -> bool:
+        """True for a program this process has not launched yet (in any case)."""
+        return (self.rt.info.spec,) + self._program_key(candidate) not in _launched
 
     def _new_program_first(self, candidate: Candidate) -> float:
         """What the first launch of a program new to this process may take: the slowest
@@ -548,7 +554,7 @@ class Session:
     def _trial(self, candidate: Candidate) -> Trial:
         pool = self.pools[candidate.algorithm]
         started = time.monotonic()
-        new_program = self._program_key(candidate) not in self.built
+        new_program = self._never_launched(candidate)
         building = _builder.submit(self._prepare_launch, pool, candidate)
         try:
             left = self.time_left()
@@ -586,6 +592,7 @@ class Session:
             self.rt.queue.finish()
             return Trial(candidate, "launch failed", detail=_first_lines(str(exc)))
         self.firsts.append(first_wall)
+        _launched.add((self.rt.info.spec,) + self._program_key(candidate))
         if new_program:
             _new_program_firsts.setdefault((self.rt.info.spec, candidate.family),
                                            collections.deque(maxlen=RECENT)).append(first_wall)
