@@ -134,7 +134,8 @@ def test_one_off_case(capsys, tmp_path, spec):
     data = json.loads(out_json.read_text())
     assert {"suite", "device", "versions", "rounds", "repeat", "peers", "cases",
             "geomean_ratio"} <= set(data)
-    assert (data["rounds"], data["repeat"]) == (2, 2)
+    assert (data["rounds"], data["repeat"], data["round_warm_up_s"]) == (2, 2,
+                                                                     bench.ROUND_WARM_UP_S)
     assert data["device"]["spec"] == spec and data["versions"]["clconv"]
     # The default tile's reason, on the CPUs the FMA probe concerns (16-wide vectors).
     probed = data["device"]["kind"] == "CPU" and data["device"][

@@ -306,6 +306,7 @@ def _run(args, cases, origin, info, peers, missing) -> int:
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
             "cpu": cpu_model(), "tile_rule": tile_rule(info), "pocl_workers": _pocl_workers(info),
             "versions": versions(), "rounds": args.rounds, "repeat": args.repeat, "warmup": 1,
+            "round_warm_up_s": ROUND_WARM_UP_S,
             "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
             "algorithm": args.algorithm,
             "peers": {p.name: {"version": p.version, "config": p.config} for p in peers},
