@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_case_arguments(parser, "tune")
     add_device_argument(parser)
     parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="hard bound on the wall-clock time of the whole run, shared out "
-                             "among the cases (default: none)")
+                        help="bound on the wall-clock time of the whole run, shared out "
+                             "among the cases; a launch under way is waited for, which for a "
+                             "kernel's first (compiling) launch can be seconds (default: none)")
     parser.add_argument("--strategy", choices=tuner.STRATEGIES,
                         help="exhaustive: every candidate; random: a random order; greedy: "
                              "coordinate descent from the defaults, then random while the "
