@@ -7,7 +7,7 @@ VM (Debian PoCL 3.1), a 0.8 ms GEMM launch called in a loop ran on one worker in
 others (the second worker waited on the CPU the first one held).  With the workers
 pinned, one CPU each (PoCL's own ``POCL_AFFINITY=1``), 1-3% of the calls.  In
 ``clconv bench`` beside TensorFlow the cores busy rose from 1.1-2.0 to 1.7-2.0 per
-layer, and the worst layer's TF/clconv from 0.47 to 0.84.
+layer, and the worst layer's TF/clconv (odd_c3s2) from 0.47-0.55 to 0.84-0.93.
 
 PoCL reads the variable in each worker thread as the thread starts, during the
 process's first ``clGetPlatformIDs``, and pins worker i to CPU i whatever CPUs the
