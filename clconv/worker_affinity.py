@@ -33,9 +33,19 @@ def should_pin(environ: Mapping[str, str], allowed: Optional[set[int]],
     """Whether to ask PoCL for pinned workers: the user left ``POCL_AFFINITY`` unset,
     and the CPUs the process may use (``allowed``; None where the platform cannot
     say) are all of 0 .. ``cpu_count`` - 1, so that PoCL's CPU i is one of them."""
-    if VARIABLE in environ or allowed is None or not cpu_count or cpu_count < 2:
-        return False
-    return allowed == set(range(cpu_count))
+    return _decide(environ, allowed, cpu_count)[0]
+
+
+def _decide(environ: Mapping[str, str], allowed: Optional[set[int]],
+            cpu_count: Optional[int]) -> tuple[bool, str]:
+    """(pin or not, the line ``decision`` reports)."""
+    if VARIABLE in environ:
+        return False, f"as {VARIABLE}={environ[VARIABLE]} says (set outside clconv)"
+    if allowed is None or not cpu_count or cpu_count < 2:
+        return False, "free"
+    if allowed != set(range(cpu_count)):
+        return False, f"free (this process may use CPUs {sorted(allowed)} only)"
+    return True, f"one CPU each (clconv set {VARIABLE}=1 for its platform query)"
 
 
 def _allowed_cpus() -> Optional[set[int]]:
@@ -53,24 +63,12 @@ def decision() -> str:
     return _decision or "no platform query yet"
 
 
-def _describe(pin: bool, allowed: Optional[set[int]]) -> str:
-    if pin:
-        return f"one CPU each (clconv set {VARIABLE}=1 for its platform query)"
-    if VARIABLE in os.environ:
-        return f"as {VARIABLE}={os.environ[VARIABLE]} says (set outside clconv)"
-    if allowed is not None and allowed != set(range(os.cpu_count() or 0)):
-        return f"free (this process may use CPUs {sorted(allowed)} only)"
-    return "free"
-
-
 @contextlib.contextmanager
 def pinned_pocl_workers() -> Iterator[bool]:
     """Around a platform query: ``POCL_AFFINITY=1`` while it runs, where
     ``should_pin`` says so; yields whether it was set."""
     global _decision
-    allowed = _allowed_cpus()
-    pin = should_pin(os.environ, allowed, os.cpu_count())
-    _decision = _describe(pin, allowed)
+    pin, _decision = _decide(os.environ, _allowed_cpus(), os.cpu_count())
     if pin:
         os.environ[VARIABLE] = "1"
     try:
