@@ -113,6 +113,7 @@ def _load_builtins() -> None:
         from clconv import direct  # noqa: F401
         from clconv import tiled  # noqa: F401
         from clconv import grouped  # noqa: F401
+        from clconv import col2im  # noqa: F401
 
 
 def get(name: str) -> Algorithm:
