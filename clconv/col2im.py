@@ -29,7 +29,7 @@ COLUMN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _I = np.int32
 _VIEW = [INDEX] * 5
 PACK_ARGS = [None, *_VIEW, None, _I, _I, _I, _I, _I]
-SUM_ARGS = [None, _I, None, *_VIEW, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+SUM_ARGS = [None, _I, None, *_VIEW, *[_I] * 14]
 SUM_GROUP = 64  # work-items of a col2im group along its first dimension
 
 
@@ -51,8 +51,6 @@ def _unsupported(op: str, dtype: np.dtype, g: ConvGeometry, info: DeviceInfo
         return f"col2im computes float32 and float64 only (got {dtype.name})"
     if g.groups != 1:
         return f"col2im computes ungrouped convolutions only (got {g.groups} groups)"
-    if g.dil_h != 1 or g.dil_w != 1:
-        return f"col2im computes undilated convolutions only (got dilations {g.dil_h}, {g.dil_w})"
     elements = columns_elements(g)
     if elements > tensors.INT32_LIMIT:
         return f"col2im's columns would hold {elements} elements, more than 2^31 - 1"
@@ -155,8 +153,8 @@ class Col2imLaunch:
             timeline.append(("gemm", event))
         event = self.summer.enqueue(queue, *self.sum_range, [
             columns.buffer, n, dx.buffer, *dx.activation_view(g.data_format), g.in_h,
-            g.in_w, g.in_c, g.out_h, g.out_w, g.k_h, g.k_w, g.stride_h, g.stride_w,
-            g.pad_top, g.pad_left, g.batch])
+            g.in_w, g.in_c, g.out_h, g.out_w, g.k_h, g.k_w, g.stride_h, g.stride_w, g.dil_h,
+            g.dil_w, g.pad_top, g.pad_left, g.batch])
         if timeline is not None:
             timeline.append(("col2im", event))
         self.columns.give(columns, queue, event)

@@ -107,7 +107,10 @@ __kernel void backprop_direct(
     const int th0 = ih + pad_top, tw0 = iw + pad_left;
     const bool unit_h = dil_h == 1, unit_w = dil_w == 1;
     const int a_step = unit_h ? stride_h : 1, b_step = unit_w ? stride_w : 1;
-    const int a0 = unit_h ? th0 % stride_h : 0, b0 = unit_w ? tw0 % stride_w : 0;
+    // th0 < 0 (a negative leading padding: ONNX's output_shape past the full transposed
+    // conv) reaches no dy row; a0 >= 0 all the same, or the loop would read tap -1.
+    const int a0 = unit_h ? (th0 % stride_h + stride_h) % stride_h : 0;
+    const int b0 = unit_w ? (tw0 % stride_w + stride_w) % stride_w : 0;
     int oh = unit_h ? th0 / stride_h : 0; // the dy row of tap a (unit dilation)
     for (int a = a0; a < k_h; a += a_step, --oh) {
         const int th = th0 - a * dil_h; // = oh * stride_h for a real dy row

@@ -48,13 +48,14 @@ static inline int floor_mod(int a, int b) { return (a % b + b) % b; }
 
 // One dx value a work-item: channel co of pixel (R, C) = (rq*s_h + ph, cq*s_w + pw) of
 // image img, where the phase (ph, pw) comes from dimension 2, so that every work-item
-// of a group shares its taps: a = a0 + i*s_h reads dy row r0 - i (and the same along
-// the columns), with no division per tap.
+// of a group shares its taps: undilated, a = a0 + i*s_h reads dy row r0 - i (and the
+// same along the columns), with no division per tap.  A dilated filter (ONNX allows
+// dilations with strides) tests every tap.
 // NDRange: (co_count * cdiv(dx_w, s_w), cdiv(dx_h, s_h), batch * s_h * s_w).
 __kernel void col2im(
     __global const REAL *cols, int n_cols, __global REAL *dx, TENSOR_ARGS(dx),
     int dx_h, int dx_w, int co_count, int dy_h, int dy_w, int k_h, int k_w,
-    int s_h, int s_w, int pad_top, int pad_left, int batch)
+    int s_h, int s_w, int dil_h, int dil_w, int pad_top, int pad_left, int batch)
 {
     const int i = (int)get_global_id(0);
     const int co = i % co_count, cq = i / co_count;
@@ -64,22 +65,41 @@ __kernel void col2im(
     const int R = rq * s_h + ph, C = cq * s_w + pw;
     if (R >= dx_h || C >= dx_w || img >= batch)
         return;
-    const int a0 = floor_mod(ph + pad_top, s_h), b0 = floor_mod(pw + pad_left, s_w);
-    const int r0 = rq + (ph + pad_top - a0) / s_h; // an exact division
-    const int c0 = cq + (pw + pad_left - b0) / s_w;
+    __global const REAL *image = cols + (IDX)img * dy_h * dy_w * n_cols + co;
     ACC acc = (ACC)0;
-    for (int a = a0, r = r0; a < k_h; a += s_h, --r) {
-        if (r < 0)
-            break; // the rows only go down from here
-        if (r >= dy_h)
-            continue;
-        __global const REAL *row = cols + ((IDX)(img * dy_h + r) * dy_w) * n_cols
-                                   + a * k_w * co_count + co;
-        for (int b = b0, c = c0; b < k_w; b += s_w, --c) {
-            if (c < 0)
+    if (dil_h == 1 && dil_w == 1) {
+        const int a0 = floor_mod(ph + pad_top, s_h), b0 = floor_mod(pw + pad_left, s_w);
+        const int r0 = rq + (ph + pad_top - a0) / s_h; // an exact division
+        const int c0 = cq + (pw + pad_left - b0) / s_w;
+        for (int a = a0, r = r0; a < k_h; a += s_h, --r) {
+            if (r < 0)
+                break; // the rows only go down from here
+            if (r >= dy_h)
+                continue;
+            __global const REAL *row = image + (IDX)r * dy_w * n_cols + a * k_w * co_count;
+            for (int b = b0, c = c0; b < k_w; b += s_w, --c) {
+                if (c < 0)
+                    break;
+                if (c < dy_w)
+                    acc += LOAD(row, (IDX)c * n_cols + b * co_count);
+            }
+        }
+    } else {
+        for (int a = 0; a < k_h; ++a) {
+            const int from_r = R + pad_top - a * dil_h; // r * s_h for the dy row r it reads
+            if (from_r < 0)
                 break;
-            if (c < dy_w)
-                acc += LOAD(row, (IDX)c * n_cols + b * co_count);
+            if (from_r % s_h != 0 || from_r / s_h >= dy_h)
+                continue;
+            __global const REAL *row = image + (IDX)(from_r / s_h) * dy_w * n_cols
+                                       + a * k_w * co_count;
+            for (int b = 0; b < k_w; ++b) {
+                const int from_c = C + pad_left - b * dil_w;
+                if (from_c < 0)
+                    break;
+                if (from_c % s_w == 0 && from_c / s_w < dy_w)
+                    acc += LOAD(row, (IDX)(from_c / s_w) * n_cols + b * co_count);
+            }
         }
     }
     STORE(acc, dx, AT(dx, img, R, C, co));

@@ -76,6 +76,11 @@ CASES = {  # name -> (op, X shape, W shape, bias?, attributes)
                                            output_padding=[1, 1])),
     "transpose_output_shape": ("ConvTranspose", (1, 3, 4, 4), (3, 2, 3, 3), False,
                                dict(strides=[2, 2], output_shape=[8, 7])),
+    # past the full transposed conv: a negative leading padding, dx pixels no tap reaches
+    "transpose_output_shape_past_full": ("ConvTranspose", (1, 3, 4, 4), (3, 2, 3, 3), False,
+                                         dict(strides=[2, 2], output_shape=[12, 11])),
+    "transpose_negative_pads": ("ConvTranspose", (1, 3, 4, 4), (3, 2, 3, 3), False,
+                                dict(strides=[2, 2], pads=[-2, -1, -1, -1])),
     "transpose_output_shape_same_upper": ("ConvTranspose", (1, 3, 4, 4), (3, 2, 3, 3), False,
                                           dict(strides=[2, 2], output_shape=[8, 8],
                                                auto_pad="SAME_UPPER")),
