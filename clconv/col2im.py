@@ -29,7 +29,8 @@ COLUMN_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _I = np.int32
 _VIEW = [INDEX] * 5
 PACK_ARGS = [None, *_VIEW, None, _I, _I, _I, _I, _I]
-SUM_ARGS = [None, _I, None, *_VIEW, *[_I] * 14]
+SUM_ARGS = [None, None, *_VIEW, *[_I] * 9]
+SUM_BLOCK = 8  # dx channels a work-item of the sum adds (col2im.cl's CB)
 SUM_GROUP = 64  # work-items of a col2im group along its first dimension
 
 
@@ -66,6 +67,21 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
     return tile_for(config, columns.out_c, info, columns.in_c, pointwise=True)
 
 
+def kernel_defines(role: str, defines: dict[str, Any], dtype: Any,
+                   g: Optional[ConvGeometry] = None) -> dict[str, Any]:
+    """The sum is built for its geometry (see col2im.cl); with no geometry (an offline
+    compile) for a k4 s2 transpose to 3 channels.  The other kernels: the plan's."""
+    if role != "sum":
+        return defines
+    if g is None:
+        g = ConvGeometry("NHWC", 1, 8, 8, 3, 4, 4, 4, 4, 8, 2, 2, 1, 1, 1, 1, 1, 1)
+    built = {**defines, "CO": g.in_c, "K_H": g.k_h, "K_W": g.k_w, "S_H": g.stride_h,
+             "S_W": g.stride_w}
+    if g.dil_h == g.dil_w == 1:
+        built["UNIT_DILATION"] = 1
+    return built
+
+
 class Col2imLaunch:
     """The prepared launches of one col2im plan: the filter packing, the GEMM into
     columns and the sum over taps."""
@@ -97,8 +113,11 @@ class Col2imLaunch:
         self.packer = TypedKernel(context, pack_source, pack_name, setup.defines, PACK_ARGS)
         self.pack_range = launch_range(info, (g.out_c, self.n_padded // tn), None)
         sum_source, sum_name = setup.space.helper_kernels["sum"]
-        self.summer = TypedKernel(context, sum_source, sum_name, setup.defines, SUM_ARGS)
-        work = (g.in_c * -(-g.in_w // g.stride_w), -(-g.in_h // g.stride_h),
+        self.summer = TypedKernel(context, sum_source, sum_name,
+                                  kernel_defines("sum", setup.defines, setup.dtype, g),
+                                  SUM_ARGS)
+        blocks = -(-g.in_c // SUM_BLOCK)
+        work = (blocks * -(-g.in_w // g.stride_w), -(-g.in_h // g.stride_h),
                 g.batch * g.stride_h * g.stride_w)
         self.sum_range = ndrange(work, (max(1, min(SUM_GROUP, info.group_limit(0))), 1, 1),
                                  info.kind)
@@ -152,9 +171,8 @@ class Col2imLaunch:
         if timeline is not None:
             timeline.append(("gemm", event))
         event = self.summer.enqueue(queue, *self.sum_range, [
-            columns.buffer, n, dx.buffer, *dx.activation_view(g.data_format), g.in_h,
-            g.in_w, g.in_c, g.out_h, g.out_w, g.k_h, g.k_w, g.stride_h, g.stride_w, g.dil_h,
-            g.dil_w, g.pad_top, g.pad_left, g.batch])
+            columns.buffer, dx.buffer, *dx.activation_view(g.data_format), g.in_h, g.in_w,
+            g.out_h, g.out_w, g.dil_h, g.dil_w, g.pad_top, g.pad_left, g.batch])
         if timeline is not None:
             timeline.append(("col2im", event))
         self.columns.give(columns, queue, event)
@@ -165,6 +183,7 @@ class Col2imLaunch:
 
 ALGORITHM = register(Algorithm(
     name="col2im", prepare=Col2imLaunch, unsupported=_unsupported, resolve=_resolve,
-    kernel_geometry=lambda op, g: columns_geometry(g), fallback="gemm",
+    kernel_geometry=lambda op, g: columns_geometry(g), fallback="direct",
+    kernel_defines=kernel_defines,
     doc="one GEMM of dy by every tap's filter slice into columns, then each dx value "
         "adds the columns that land on it (transposes to few channels)"))

@@ -46,61 +46,87 @@ __kernel void pack_columns(
 // an output larger than the full transposed conv).
 static inline int floor_mod(int a, int b) { return (a % b + b) % b; }
 
-// One dx value a work-item: channel co of pixel (R, C) = (rq*s_h + ph, cq*s_w + pw) of
+// The sum is built for its geometry (the host defines them): CO dx channels, K_H x K_W
+// taps, strides S_H, S_W and UNIT_DILATION; with them constant, the index arithmetic
+// per dx value is a few multiplications, where with runtime values (divisions by
+// co_count and the strides) it took 3.8 ms for a 128 x 128 x 3 x 8 output that reads
+// 6.3 MB of columns, against 0.55 ms built for it (Zen 3, Debian PoCL).
+//
+// A work-item: CB channels (from cb * CB) of pixel (R, C) = (rq*S_H + ph, cq*S_W + pw) of
 // image img, where the phase (ph, pw) comes from dimension 2, so that every work-item
-// of a group shares its taps: undilated, a = a0 + i*s_h reads dy row r0 - i (and the
+// of a group shares its taps: undilated, a = a0 + i*S_H reads dy row r0 - i (and the
 // same along the columns), with no division per tap.  A dilated filter (ONNX allows
 // dilations with strides) tests every tap.
-// NDRange: (co_count * cdiv(dx_w, s_w), cdiv(dx_h, s_h), batch * s_h * s_w).
+// NDRange: (cdiv(CO, CB) * cdiv(dx_w, S_W), cdiv(dx_h, S_H), batch * S_H * S_W).
+#ifdef CO // the packing's build has no geometry
+#define CB (CO < 8 ? CO : 8)
+#define BLOCKS ((CO + CB - 1) / CB)
 __kernel void col2im(
-    __global const REAL *cols, int n_cols, __global REAL *dx, TENSOR_ARGS(dx),
-    int dx_h, int dx_w, int co_count, int dy_h, int dy_w, int k_h, int k_w,
-    int s_h, int s_w, int dil_h, int dil_w, int pad_top, int pad_left, int batch)
+    __global const REAL *cols, __global REAL *dx, TENSOR_ARGS(dx),
+    int dx_h, int dx_w, int dy_h, int dy_w, int dil_h, int dil_w, int pad_top,
+    int pad_left, int batch)
 {
+    const int n_cols = K_H * K_W * CO;
     const int i = (int)get_global_id(0);
-    const int co = i % co_count, cq = i / co_count;
+    const int cq = i / BLOCKS, c_first = i % BLOCKS * CB;
     const int rq = (int)get_global_id(1);
     const int z = (int)get_global_id(2);
-    const int img = z / (s_h * s_w), ph = z / s_w % s_h, pw = z % s_w;
-    const int R = rq * s_h + ph, C = cq * s_w + pw;
+    const int img = z / (S_H * S_W), ph = z / S_W % S_H, pw = z % S_W;
+    const int R = rq * S_H + ph, C = cq * S_W + pw;
     if (R >= dx_h || C >= dx_w || img >= batch)
         return;
-    __global const REAL *image = cols + (IDX)img * dy_h * dy_w * n_cols + co;
-    ACC acc = (ACC)0;
-    if (dil_h == 1 && dil_w == 1) {
-        const int a0 = floor_mod(ph + pad_top, s_h), b0 = floor_mod(pw + pad_left, s_w);
-        const int r0 = rq + (ph + pad_top - a0) / s_h; // an exact division
-        const int c0 = cq + (pw + pad_left - b0) / s_w;
-        for (int a = a0, r = r0; a < k_h; a += s_h, --r) {
-            if (r < 0)
-                break; // the rows only go down from here
-            if (r >= dy_h)
-                continue;
-            __global const REAL *row = image + (IDX)r * dy_w * n_cols + a * k_w * co_count;
-            for (int b = b0, c = c0; b < k_w; b += s_w, --c) {
-                if (c < 0)
-                    break;
-                if (c < dy_w)
-                    acc += LOAD(row, (IDX)c * n_cols + b * co_count);
-            }
-        }
-    } else {
-        for (int a = 0; a < k_h; ++a) {
-            const int from_r = R + pad_top - a * dil_h; // r * s_h for the dy row r it reads
-            if (from_r < 0)
+    __global const REAL *image = cols + (IDX)img * dy_h * dy_w * n_cols + c_first;
+    ACC acc[CB];
+    #pragma unroll
+    for (int j = 0; j < CB; ++j)
+        acc[j] = (ACC)0;
+#ifdef UNIT_DILATION
+    const int a0 = floor_mod(ph + pad_top, S_H), b0 = floor_mod(pw + pad_left, S_W);
+    const int r0 = rq + (ph + pad_top - a0) / S_H; // an exact division
+    const int c0 = cq + (pw + pad_left - b0) / S_W;
+    for (int a = a0, r = r0; a < K_H; a += S_H, --r) {
+        if (r < 0)
+            break; // the rows only go down from here
+        if (r >= dy_h)
+            continue;
+        __global const REAL *row = image + (IDX)r * dy_w * n_cols + a * K_W * CO;
+        for (int b = b0, c = c0; b < K_W; b += S_W, --c) {
+            if (c < 0)
                 break;
-            if (from_r % s_h != 0 || from_r / s_h >= dy_h)
-                continue;
-            __global const REAL *row = image + (IDX)(from_r / s_h) * dy_w * n_cols
-                                       + a * k_w * co_count;
-            for (int b = 0; b < k_w; ++b) {
-                const int from_c = C + pad_left - b * dil_w;
-                if (from_c < 0)
-                    break;
-                if (from_c % s_w == 0 && from_c / s_w < dy_w)
-                    acc += LOAD(row, (IDX)(from_c / s_w) * n_cols + b * co_count);
+            if (c < dy_w) {
+                __global const REAL *at = row + (IDX)c * n_cols + b * CO;
+                #pragma unroll
+                for (int j = 0; j < CB; ++j)
+                    if (c_first + j < CO)
+                        acc[j] += LOAD(at, j);
             }
         }
     }
-    STORE(acc, dx, AT(dx, img, R, C, co));
+#else
+    for (int a = 0; a < K_H; ++a) {
+        const int from_r = R + pad_top - a * dil_h; // r * S_H for the dy row r it reads
+        if (from_r < 0)
+            break;
+        if (from_r % S_H != 0 || from_r / S_H >= dy_h)
+            continue;
+        __global const REAL *row = image + (IDX)(from_r / S_H) * dy_w * n_cols + a * K_W * CO;
+        for (int b = 0; b < K_W; ++b) {
+            const int from_c = C + pad_left - b * dil_w;
+            if (from_c < 0)
+                break;
+            if (from_c % S_W == 0 && from_c / S_W < dy_w) {
+                __global const REAL *at = row + (IDX)(from_c / S_W) * n_cols + b * CO;
+                #pragma unroll
+                for (int j = 0; j < CB; ++j)
+                    if (c_first + j < CO)
+                        acc[j] += LOAD(at, j);
+            }
+        }
+    }
+#endif
+    #pragma unroll
+    for (int j = 0; j < CB; ++j)
+        if (c_first + j < CO)
+            STORE(acc[j], dx, AT(dx, img, R, C, c_first + j));
 }
+#endif

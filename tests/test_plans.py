@@ -306,7 +306,7 @@ def test_only_the_registry_names_the_algorithms():
     """Outside the modules that declare them (and docstrings), no code spells an
     algorithm's name: ops, plans, tuner, conformance and bench read the registry."""
     package = Path(clconv.__file__).parent
-    declaring = {"registry.py", "gemm.py", "direct.py", "tiled.py", "grouped.py"}
+    declaring = {"registry.py", "gemm.py", "direct.py", "tiled.py", "grouped.py", "col2im.py"}
     names = "|".join(registry.algorithms_for("conv2d_transpose"))
     quoted = re.compile(rf"""["']({names})["']""")
     found = []
