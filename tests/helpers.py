@@ -19,11 +19,11 @@ __all__ = ["call_op", "assert_close", "random_array", "tolerance", "max_relative
            "algorithms_computing"]
 
 
-def algorithms_computing(op: str, groups: int = 1, info=None) -> list:
-    """The registered algorithms that compute ``op`` for a small float32 conv with
+def algorithms_computing(op: str, groups: int = 1, info=None, dtype=np.float32) -> list:
+    """The registered algorithms that compute ``op`` for a small ``dtype`` conv with
     ``groups`` groups of 2 channels (on ``info``'s device, else the first one): what
     a test may force.  ``grouped`` takes only grouped convs, the GEMMs only ungrouped
-    ones; the registry says so, not the test."""
+    ones, ``col2im`` no float16; the registry says so, not the test."""
     import clconv
     from clconv import registry
 
@@ -31,7 +31,7 @@ def algorithms_computing(op: str, groups: int = 1, info=None) -> list:
     g = ConvGeometry("NHWC", 1, 4, 4, 2 * groups, 3, 3, 4, 4, 2 * groups, 1, 1, 1, 1, 1, 1,
                      1, 1, groups)
     return [name for name in registry.algorithms_for(op)
-            if registry.unsupported(name, op, np.dtype(np.float32), g, info) is None]
+            if registry.unsupported(name, op, np.dtype(dtype), g, info) is None]
 
 
 def call_op(op, x, w, out_shape, strides, padding, spec, algorithm=None):

@@ -61,12 +61,13 @@ def test_64_bit_builds_give_the_references_values(device, spec, wide_everywhere,
     for dtype in _dtypes(device):
         x, w = random_array(x_shape, dtype, 1), random_array(w_shape, dtype, 2)
         dy, tw = random_array(back.y_shape(), dtype, 3), random_array(tw_shape, dtype, 4)
-        for algorithm in algorithms_computing("conv2d", groups, rt.info):
+        for algorithm in algorithms_computing("conv2d", groups, rt.info, dtype):
             plan = plans.build_plan(rt, "conv2d", conv, dtype, algorithm)
             assert plan.wide and "64-bit indices" in plan.describe()
             assert_close(plan.execute(x, w), conv2d_reference(x, w, conv), dtype,
                          reduction_length(conv))
-        for algorithm in algorithms_computing("conv2d_backprop_input", groups, rt.info):
+        for algorithm in algorithms_computing("conv2d_backprop_input", groups, rt.info,
+                                              dtype):
             plan = plans.build_plan(rt, "conv2d_backprop_input", back, dtype, algorithm)
             assert plan.wide
             assert_close(plan.execute(dy, tw), backprop_input_reference(dy, tw, back), dtype,
