@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import yaml
 
+from clconv import host_cpu
 from clconv.errors import InvalidArgumentError
 from clconv.shapes import ConvGeometry, backprop_input_geometry, conv2d_geometry, parse_attrs
 
@@ -936,20 +937,6 @@ def tuning_database_line(info: Any) -> str:
     return f"{path} ({mine} of its {len(found)} entries for this device)"
 
 
-def cpu_model() -> str:
-    """The CPU's model name as the kernel reports it (Linux), else platform's guess."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
-
-
 def sgemm_gflops(size: int = 1024, runs: int = 5) -> float:
     """numpy's float32 matrix product of two size x size matrices (the best of ``runs``):
     the machine's practical peak that every figure can be read against."""
@@ -966,7 +953,7 @@ def sgemm_gflops(size: int = 1024, runs: int = 5) -> float:
 
 
 def machine_line() -> str:
-    return (f"{cpu_model()}, {os.cpu_count()} logical CPUs; numpy sgemm "
+    return (f"{host_cpu.describe()}, {os.cpu_count()} logical CPUs; numpy sgemm "
             f"{sgemm_gflops():.0f} GFLOP/s (1024^3, best of 5)")
 
 

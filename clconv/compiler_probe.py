@@ -24,6 +24,7 @@ from typing import Optional
 
 import pyopencl as cl
 
+from clconv import host_cpu
 from clconv.llvm_guard import conflict_error
 
 PROBE_SOURCE = "__kernel void clconv_probe(__global int *out) { out[0] = 1; }"
@@ -65,32 +66,14 @@ def _probe(device: cl.Device) -> Optional[str]:
     return None
 
 
-def host_cpu() -> str:
-    """This machine's CPU as /proc/cpuinfo names it: model, vendor, family, model
-    number (what LLVM's host detection goes by); "this CPU" where that cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            head = cpuinfo.read(8192)
-    except OSError:
-        return "this CPU"
-    fields = dict(re.findall(r"^(model name|vendor_id|cpu family|model)\s*:\s*(.*)$",
-                             head, re.MULTILINE))
-    if "model name" not in fields:
-        return "this CPU"
-    details = " ".join(f"{label}{fields[key].strip()}" for key, label in
-                       (("vendor_id", ""), ("cpu family", "family "), ("model", "model "))
-                       if key in fields)
-    return f"{fields['model name'].strip()} ({details})"
-
-
 def explain(build_error: str) -> str:
     """A reason a user can act on, from a failed probe build's message."""
     lines = [line.strip() for line in build_error.splitlines() if line.strip()]
     unknown_cpu = re.search(r"unknown target CPU '([^']*)'", build_error)
     if unknown_cpu:
-        return (f"its compiler does not know this machine's CPU, {host_cpu()}: every build "
-                f"fails with \"unknown target CPU '{unknown_cpu.group(1)}'\" (its LLVM is older "
-                "than the CPU).  Use another device, or install an OpenCL runtime that knows "
+        return (f"its compiler does not know this machine's CPU, {host_cpu.describe()}: every "
+                f"build fails with \"unknown target CPU '{unknown_cpu.group(1)}'\" (its LLVM is "
+                "older than the CPU).  Use another device, or install an OpenCL runtime that knows "
                 "the CPU: as root, `apt-get install pocl-opencl-icd` (Debian's PoCL 3.1); "
                 "without root, Intel's CPU runtime from pip (see the README's Devices)")
     detail = next((line for line in lines if "error" in line.lower()),

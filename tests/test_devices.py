@@ -15,7 +15,7 @@ import pyopencl as cl
 import pytest
 
 import clconv
-from clconv import compiler_probe, device_select
+from clconv import compiler_probe, device_select, host_cpu
 from clconv.device_select import find_device, runtime
 from conftest import UNUSABLE
 
@@ -215,7 +215,7 @@ def test_an_llvm_older_than_the_cpu_is_explained():
            "'generic'\nDevice pthread-AMD EPYC failed to build the program")
     why = compiler_probe.explain(log)
     assert "does not know this machine's CPU" in why and "'generic'" in why
-    assert compiler_probe.host_cpu() in why and "apt-get install pocl-opencl-icd" in why
+    assert host_cpu.describe() in why and "apt-get install pocl-opencl-icd" in why
     other = compiler_probe.explain("clBuildProgram failed\n<source>:1:9: error: expected ')'\n")
     assert other == "it cannot build a one-line OpenCL kernel: <source>:1:9: error: expected ')'"
 

@@ -8,7 +8,7 @@ import math
 import platform
 from typing import Optional
 
-from clconv import overhead, worker_affinity
+from clconv import host_cpu, overhead, worker_affinity
 from clconv.commands import json_output
 from clconv.bench import (
     AGREEMENT_RTOL,
@@ -21,7 +21,6 @@ from clconv.bench import (
     CaseResult,
     SuiteError,
     all_algorithms,
-    cpu_model,
     geometric_mean,
     load_peers,
     machine_line,
@@ -188,7 +187,7 @@ def _overhead(info, json_path) -> int:
                                "tf/op"]))
     print("  op/bare: the op's time in bare launches; tf/op > 1: clconv is faster per call")
     json_output.write(json_path, "bench", {
-        "mode": "overhead", "device": dict(info.__dict__), "cpu": cpu_model(),
+        "mode": "overhead", "device": dict(info.__dict__), "cpu": host_cpu.describe(),
         "bare_launch_us": bare, "cases": [{"name": r.name, "op": r.op, "us": r.us}
                                           for r in rows]})
     return 0
@@ -304,7 +303,8 @@ def _run(args, cases, origin, info, peers, missing) -> int:
     if args.json:
         document = {
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
-            "cpu": cpu_model(), "tile_rule": tile_rule(info), "pocl_workers": _pocl_workers(info),
+            "cpu": host_cpu.describe(), "tile_rule": tile_rule(info),
+            "pocl_workers": _pocl_workers(info),
             "versions": versions(), "rounds": args.rounds, "repeat": args.repeat, "warmup": 1,
             "round_warm_up_s": ROUND_WARM_UP_S,
             "max_seconds": args.max_seconds or None, "min_runs": MIN_RUNS,
