@@ -40,6 +40,10 @@ TWO_PIPES_RATIO = 1.15
 ROUNDS = 5
 STEPS = 1 << 20  # FMA steps per chain of the 6-chain kernel (12 chains: half): ~1 ms
 
+# The FMA is written `acc * a + a`, as the GEMM writes its own (OpenCL C contracts it to
+# one vfmadd on an FMA core: checked in both PoCLs' objects): the fma() builtin of pip
+# PoCL 3.0 on a Zen 4 does not compile for float16 ("LLVM ERROR: Cannot select: i64 =
+# fma"), and the program then builds without its kernels.
 TEMPLATE = """
 __kernel void chains{n}(__global float16 *out, const float16 a, const int steps) {{
     float16 acc[{n}];
@@ -48,7 +52,7 @@ __kernel void chains{n}(__global float16 *out, const float16 a, const int steps)
     for (int s = 0; s < steps; ++s) {{
         #pragma unroll
         for (int i = 0; i < {n}; ++i)
-            acc[i] = fma(acc[i], a, a);
+            acc[i] = acc[i] * a + a;
     }}
     float16 sum = acc[0];
     for (int i = 1; i < {n}; ++i)
@@ -85,6 +89,8 @@ def _measure(device: cl.Device) -> Optional[float]:
         items = 1
         out = cl.Buffer(context, cl.mem_flags.WRITE_ONLY, items * 64)
         a = np.full(16, 0.999, np.float32).view(cl.cltypes.float16)[0]
+        # A build that LLVM gave up on can "succeed" without its kernels (pip PoCL 3.0):
+        # pyopencl then raises AttributeError for the kernel's name.
         kernels = {n: getattr(program, f"chains{n}") for n in CHAINS}
         for n, kernel in kernels.items():
             kernel.set_args(out, a, np.int32(STEPS * CHAINS[0] // n))
@@ -96,6 +102,6 @@ def _measure(device: cl.Device) -> Optional[float]:
                 if round_index:
                     best[n] = min(best[n], time.perf_counter() - start)
         return best[CHAINS[0]] / best[CHAINS[1]]
-    except cl.Error as exc:
+    except (cl.Error, AttributeError) as exc:
         logger.debug("FMA chain probe failed: %s", exc)
         return None
