@@ -152,21 +152,35 @@ static inline void gemm_tile(
 
     // Where each of the tile's TM pixels lives: its image (with depth taps, the
     // image's first source plane and the depth its depth taps start from), row, column.
+    // The first pixel by division, the others by stepping along the rows: TM x 3
+    // integer divisions cost as much as a 1x1 conv's short K loop (see
+    // docs/cpu-performance.md).  Pixels past the end repeat the last one: computed,
+    // not stored.
     int img[TM], r[TM], c[TM];
 #ifdef DEPTH_TAPS
     int depth0[TM];
 #endif
+    const int m_first = mb * TM;
+    const int first_row_index = m_first / cols; // over every image's rows
+    int plane_at = first_row_index / rows;
+    int r_at = first_row_index - plane_at * rows;
+    int c_at = m_first - first_row_index * cols;
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        // rows past the end are computed, not stored
-        const int m = MIN_INT(mb * TM + i, m_count - 1);
-        img[i] = m / (rows * cols);
+        img[i] = plane_at;
+        r[i] = r_at;
+        c[i] = c_at;
+        if (m_first + i + 1 < m_count && ++c_at == cols) {
+            c_at = 0;
+            if (++r_at == rows) {
+                r_at = 0;
+                ++plane_at;
+            }
+        }
 #ifdef DEPTH_TAPS
         depth0[i] = img[i] % depths * src_mul_d;
         img[i] = img[i] / depths * src_depth;
 #endif
-        r[i] = (m / cols) % rows;
-        c[i] = m % cols;
     }
 
     VACC acc[TM][NV];
