@@ -183,6 +183,12 @@ def _enumerate_devices() -> tuple[tuple[cl.Device, DeviceInfo], ...]:
     return tuple(found)
 
 
+def enumerated(spec: str) -> Optional[tuple[cl.Device, DeviceInfo]]:
+    """The listed device whose spec is exactly ``spec`` ("P:D"), or None: a lookup
+    that never raises, for code handed a DeviceInfo that may not be a real one."""
+    return next((pair for pair in _enumerate_devices() if pair[1].spec == spec), None)
+
+
 def _with_default(info: DeviceInfo) -> DeviceInfo:
     return dataclasses.replace(info, is_default=True)
 

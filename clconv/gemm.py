@@ -23,6 +23,7 @@ import numpy as np
 import pyopencl as cl
 
 from clconv import column_merge, tensors
+from clconv.cpu_vectors import vector_registers, vector_width
 from clconv.device_select import DeviceInfo
 from clconv.programs import INDEX, TypedKernel, launch_range
 from clconv.registry import Algorithm, Setup, register
@@ -113,23 +114,6 @@ def backprop_plan(g: ConvGeometry) -> GemmPlan:
     taps, spans = _tables(phase_taps)
     phases = tuple(p + s + f for p, s, f in zip(phase_rows, spans, depth_fields))
     return GemmPlan(phases, tuple(taps), 1, 1, 1)
-
-
-def vector_width(info: DeviceInfo) -> int:
-    """The accumulator width for a device: its preferred float vector width (what its
-    compiler packs into one register: 16 on AVX-512 builds, 8 on AVX2, 4 on SSE, 1 on
-    most GPUs), as one of the kernel's widths 4, 8 or 16.  It replaces a rule that
-    matched "avx512" in the device name.  Measured on a 2-core Zen 4, pip PoCL 3.0
-    (which reports 16 and used to get 8), kernels timed interleaved over 8 suite
-    layers: VEC 16 / VEC 8 time 0.91-1.06, a tie; Debian PoCL 3.1 had 16 already."""
-    preferred = max(int(info.preferred_float_vector_width or 1), 4)
-    return max(v for v in (4, 8, 16) if v <= preferred)
-
-
-def vector_registers(info: DeviceInfo) -> int:
-    """Vector registers of a CPU's ISA, as its vector width implies: 32 with 16-wide
-    (AVX-512) vectors, 16 with AVX2 or SSE."""
-    return 32 if vector_width(info) >= 16 else 16
 
 
 def _fits_registers(tm: int, tn: int, vec: int, info: DeviceInfo) -> bool:

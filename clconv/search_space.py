@@ -30,6 +30,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import yaml
 
+from clconv.cpu_vectors import vector_registers
 from clconv.device_select import DeviceInfo
 from clconv.resources import config_names, config_text
 from clconv.shapes import ConvGeometry
@@ -41,7 +42,8 @@ GEOMETRY_NAMES = ("batch", "in_h", "in_w", "in_c", "k_h", "k_w", "out_h", "out_w
                   "stride_h", "stride_w", "dil_h", "dil_w", "pad_top", "pad_bottom", "pad_left",
                   "pad_right", "groups")
 DEVICE_NAMES = ("max_work_group_size", "max_work_item_sizes", "local_mem_size", "compute_units",
-                "max_mem_alloc_size", "preferred_float_vector_width", "device_kind")
+                "max_mem_alloc_size", "preferred_float_vector_width", "vector_registers",
+                "device_kind")
 KERNEL_NAMES = ("kernel_work_group_size", "kernel_local_mem_size",
                 "kernel_preferred_work_group_size_multiple")
 OTHER_NAMES = ("op", "algorithm", "dtype_size")
@@ -370,6 +372,8 @@ def context(geometry: ConvGeometry, info: DeviceInfo, op: str, algorithm: str,
         compute_units=info.compute_units,
         max_mem_alloc_size=info.max_mem_alloc_size,
         preferred_float_vector_width=info.preferred_float_vector_width,
+        # the ISA's register file, as the compiler targets it (clconv.cpu_vectors)
+        vector_registers=vector_registers(info),
         device_kind=info.kind,
         op=op, algorithm=algorithm, dtype_size=dtype_size,
     )

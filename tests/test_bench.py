@@ -138,10 +138,12 @@ def test_one_off_case(capsys, tmp_path, spec):
                                                                      bench.ROUND_WARM_UP_S)
     assert data["device"]["spec"] == spec and data["versions"]["clconv"]
     # The default tile's reason, on the CPUs the FMA probe concerns (16-wide vectors).
-    probed = data["device"]["kind"] == "CPU" and data["device"][
-        "preferred_float_vector_width"] >= 16
+    probed = data["device"]["kind"] == "CPU" and data["vector_width"] >= 16
     assert (data["tile_rule"] or "").startswith("FMA chains: ") == probed, data["tile_rule"]
     assert (data["tile_rule"] or "") in out
+    vectors = data["device"]["kind"] == "CPU"
+    assert (f"vectors: {data['vector_width']}-wide float, {data['vector_registers']} "
+            "registers" in out) == vectors
     on_pocl = data["device"]["platform"] == "Portable Computing Language"
     assert isinstance(data["pocl_workers"], str) == on_pocl, data["pocl_workers"]
     assert (f"PoCL worker threads: {data['pocl_workers']}" in out) == on_pocl

@@ -183,7 +183,7 @@ def test_a_broken_compiler_is_reported_refused_and_never_the_default(monkeypatch
 
     def fake_probe(device):
         spec = next(i.spec for d, i in device_select._enumerate_devices() if d == device)
-        return "it cannot build (faked)" if spec in broken else real_probe(device)
+        return ("it cannot build (faked)", None) if spec in broken else real_probe(device)
 
     monkeypatch.setattr(compiler_probe, "_probe", fake_probe)
     compiler_probe.forget()

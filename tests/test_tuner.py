@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from conftest import DEVICES, is_simulator
 from helpers import assert_close, conv2d_reference, random_array
 
 import clconv
-from clconv import config, conformance, search_space, tuner, tuning_db
+from clconv import config, conformance, cpu_vectors, search_space, tuner, tuning_db
 from clconv.cli import main
 from clconv.device_select import Runtime, runtime
 from clconv.search_space import SearchSpaceError, load_space
@@ -448,6 +449,7 @@ def test_gemm_tiles_follow_the_devices_vector_width_and_registers(monkeypatch):
     from clconv import gemm
 
     monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: False)  # as on a Zen 4
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda info: None)  # as reported
     avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
     avx2 = dataclasses.replace(avx512, preferred_float_vector_width=8)
     gpu = dataclasses.replace(avx512, kind="GPU", preferred_float_vector_width=1)
@@ -479,6 +481,7 @@ def test_avx2_cores_get_wide_tiles_for_pointwise_convs_over_few_channels(monkeyp
     from clconv import gemm
 
     monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: False)
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda info: None)  # as reported
     avx2 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=8)
     avx512 = dataclasses.replace(avx2, preferred_float_vector_width=16)
     auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
@@ -508,6 +511,7 @@ def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
     from clconv import gemm
 
     monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: True)  # as on a Zen 5
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda info: None)  # as reported
     avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
     auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
     tiles = {n: (gemm.tile_for(auto, n, avx512)["TM"], gemm.tile_for(auto, n, avx512)["TN"],
@@ -582,3 +586,55 @@ def test_an_fma_probe_that_cannot_run_leaves_the_default_tile(monkeypatch, sourc
     auto = {"TM": "auto", "TN": "auto", "VEC": "auto"}
     assert {k: gemm.tile_for(auto, 64, info, 3)[k] for k in auto} == \
         {"TM": 6, "TN": 16, "VEC": min(gemm.vector_width(info), 16)}
+
+
+def test_cpu_vectors_follow_the_isa_the_compiler_targets():
+    """Each CPU device's compiler targets an x86 ISA no wider than the host's (one
+    that runs here), and the GEMM's width never exceeds it; elsewhere none is known."""
+    from clconv import compiler_probe
+    from clconv.device_select import find_device
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            found = re.search(r"^flags\s*:(.*)$", cpuinfo.read(), re.MULTILINE)
+    except OSError:
+        found = None
+    flags = set(found.group(1).split()) if found else set()
+    host_width = next((w for flag, w in (("avx512f", 16), ("avx", 8), ("sse2", 4))
+                       if flag in flags), None)
+    for info in DEVICES:
+        device, info = find_device(info.spec)
+        compiled = compiler_probe.compiled_vector_width(device, info.spec)
+        if info.kind != "CPU" or host_width is None:
+            assert compiled is None or info.kind == "CPU", (info.spec, compiled)
+            continue
+        assert compiled in (4, 8, 16) and compiled <= host_width, (info.spec, compiled)
+        if "avx512" in info.name:  # PoCL names the CPU it builds for, when it does
+            assert compiled == 16, info.name
+        assert cpu_vectors.vector_width(info) <= compiled
+        assert cpu_vectors.vector_registers(info) == (32 if cpu_vectors.vector_width(info)
+                                                       == 16 else 16)
+
+
+def test_a_cpu_reporting_wider_vectors_than_it_compiles_gets_tiles_for_its_compiler(
+        monkeypatch):
+    """pip PoCL 3.0 on a Zen 4: reports 16-wide, compiles AVX2 (16 registers)."""
+    from clconv import gemm
+
+    monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: False)
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda info: 8)
+    reports16 = dataclasses.replace(clconv.devices()[0], kind="CPU",
+                                    preferred_float_vector_width=16)
+    assert (cpu_vectors.vector_width(reports16), cpu_vectors.vector_registers(reports16)) \
+        == (8, 16)
+    assert "8-wide float, 16 registers (the device reports 16-wide; its compiler targets " \
+           "AVX/AVX2)" in cpu_vectors.describe(reports16)
+    auto = {"TM": "auto", "TN": "auto", "VEC": "auto"}
+    tile = {n: tuple(gemm.tile_for(auto, n, reports16)[k] for k in auto) for n in (21, 256)}
+    assert tile == {21: (4, 24, 8), 256: (6, 16, 8)}  # 6 x 24/8 would take 22 registers
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 21), parse_attrs(1, "SAME", "NHWC", None))
+    context = search_space.context(g, reports16, "conv2d", "gemm")
+    assert context["vector_registers"] == 16
+    assert "accumulators_in_registers" in space.problem(
+        {"TM": 6, "TN": 24, "VEC": 8, "LOCAL_SIZE": None}, context)

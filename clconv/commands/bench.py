@@ -8,7 +8,7 @@ import math
 import platform
 from typing import Optional
 
-from clconv import host_cpu, overhead, worker_affinity
+from clconv import cpu_vectors, host_cpu, overhead, worker_affinity
 from clconv.commands import json_output
 from clconv.bench import (
     AGREEMENT_RTOL,
@@ -217,6 +217,9 @@ def _run(args, cases, origin, info, peers, missing) -> int:
     print(f"clconv bench: {len(cases)} case(s) from {origin} on {info.label}")
     print(f"  machine: {machine_line()}")
     _print_pocl_workers(info)
+    vectors = cpu_vectors.describe(info)
+    if vectors:
+        print(f"  {vectors}")
     tiles = tile_rule(info)
     if tiles:
         print(f"  {tiles}")
@@ -304,6 +307,8 @@ def _run(args, cases, origin, info, peers, missing) -> int:
         document = {
             "suite": origin, "device": dict(info.__dict__), "host": platform.platform(),
             "cpu": host_cpu.describe(), "tile_rule": tile_rule(info),
+            "vector_width": cpu_vectors.vector_width(info),
+            "vector_registers": cpu_vectors.vector_registers(info),
             "pocl_workers": _pocl_workers(info),
             "versions": versions(), "rounds": args.rounds, "repeat": args.repeat, "warmup": 1,
             "round_warm_up_s": ROUND_WARM_UP_S,
