@@ -495,7 +495,7 @@ def test_avx2_cores_get_wide_tiles_for_pointwise_convs_over_few_channels(monkeyp
     # Not over more channels, to other counts, for 3x3 filters, on AVX-512, or where the
     # caller set part of the tile.
     assert tile(192, 33, True) == tile(48, 32, True) == tile(192, 32, False) == (6, 16, 8)
-    assert tile(192, 32, True, avx512) == (6, 16, 16)
+    assert tile(80, 32, True, avx512) == (6, 16, 16)  # AVX-512: the test below
     assert tile(192, 32, True, dataclasses.replace(avx2, kind="GPU")) == (6, 16, 8)
     assert tile(192, 32, True, config={**auto, "TM": 6}) == (6, 16, 8)
     # What 2 x 32 resolves to for a 1x1 conv is a configuration the search space allows.
@@ -505,6 +505,39 @@ def test_avx2_cores_get_wide_tiles_for_pointwise_convs_over_few_channels(monkeyp
     assert space.problem({**gemm._resolve(dict(auto), "conv2d", g, avx2), "LOCAL_SIZE": None},
                          context) is None
     assert gemm._resolve(dict(auto), "conv2d", g, avx2)["TN"] == 32
+
+
+def test_avx512_cores_with_one_fma_pipe_get_wide_tiles_for_pointwise_convs(monkeypatch):
+    from clconv import gemm
+
+    two_pipes = False
+    monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: two_pipes)
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda info: None)  # as reported
+    avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
+    auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
+
+    def tile(n_out, ch, pointwise=True, config=auto):
+        resolved = gemm.tile_for(config, n_out, avx512, ch, pointwise=pointwise)
+        return tuple(resolved[key] for key in ("TM", "TN", "VEC"))
+
+    # The widest row of whole tiles over few source channels: 64 where it divides, 48.
+    assert [tile(n, ch) for n, ch in ((192, 32), (128, 64), (64, 3))] == [(4, 64, 16)] * 3
+    assert [tile(n, ch) for n, ch in ((96, 16), (144, 24), (48, 64))] == [(4, 48, 16)] * 3
+    # Not over more channels, to other counts, for 3x3 filters, or a caller's tile.
+    assert tile(192, 65) == tile(80, 32) == tile(192, 32, pointwise=False) == (6, 16, 16)
+    assert tile(192, 32, config={**auto, "TM": 6}) == (6, 16, 16)
+    # Cores with two 512-bit pipes keep their own rules (twelve accumulators).
+    two_pipes = True
+    assert tile(192, 32) == (6, 32, 16)
+    two_pipes = False
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    for n_out in (192, 96):  # both tiles are configurations the search space allows
+        g = conv2d_geometry((2, 28, 28, 32), (1, 1, 32, n_out), parse_attrs(1, "SAME", "NHWC",
+                                                                             None))
+        resolved = gemm._resolve(dict(auto), "conv2d", g, avx512)
+        assert (resolved["TM"], resolved["TN"]) == (4, 64 if n_out == 192 else 48)
+        context = search_space.context(g, avx512, "conv2d", "gemm")
+        assert space.problem({**resolved, "LOCAL_SIZE": None}, context) is None
 
 
 def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
