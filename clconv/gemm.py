@@ -133,12 +133,12 @@ def _chain_speedup(info: DeviceInfo) -> Any:
     if info.kind != "CPU" or vector_width(info) < 16:
         return _NOT_PROBED
     from clconv import fma_probe
-    from clconv.device_select import find_device
+    from clconv.device_select import enumerated
 
-    device, real = find_device(info.spec)
-    if real.kind != "CPU" or vector_width(real) < 16:
+    pair = enumerated(info.spec)  # the same lookup as cpu_vectors.compiled_width
+    if pair is None or pair[1].kind != "CPU" or vector_width(pair[1]) < 16:
         return _NOT_PROBED
-    return fma_probe.chain_speedup(device, real.spec)
+    return fma_probe.chain_speedup(pair[0], info.spec)
 
 
 def _two_wide_fma_pipes(info: DeviceInfo) -> bool:

@@ -196,14 +196,14 @@ def groups_spanned(g: ConvGeometry, vec: int) -> int:
 
 def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
              ) -> dict[str, Any]:
-    """VEC "auto": the device's float vector width (clconv.gemm.vector_width), at most 8
+    """VEC "auto": the device's float vector width (clconv.cpu_vectors.vector_width), at most 8
     (see MAX_VECTOR_BYTES), narrowed until it divides the channels, where the conv is
     vectorisable; else 1.  WINDOW "auto" (or absent): window_forward where it can
     run and the column stride is 1 (configs/defaults.yaml says why not 2)."""
     config = dict(config)
     forward = op == "conv2d"
     if config.get("VEC", "auto") == "auto":
-        from clconv.gemm import vector_width
+        from clconv.cpu_vectors import vector_width
 
         # Vectors of several groups' outputs where window_forward will run them (a
         # WINDOW left to the rule below, or 1): a ResNeXt 3x3 of 32 groups of 4 over

@@ -613,12 +613,14 @@ def test_an_fma_probe_that_cannot_run_leaves_the_default_tile(monkeypatch, sourc
     monkeypatch.setattr(fma_probe, "_ratios", {})
     assert fma_probe.chain_speedup(device, "probe-failed") is None
     assert fma_probe._ratios == {"probe-failed": None}  # not tried again in this process
-    # and a device whose probe failed gets the tile that needs no probe
+    # and an AVX-512 device whose probe failed gets the tile that needs no probe
     monkeypatch.setattr(gemm, "_chain_speedup", lambda _info: None)
-    assert "not measured" in gemm.tile_rule(info)
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda _info: None)  # as reported
+    wide = dataclasses.replace(info, preferred_float_vector_width=16)
+    assert "not measured" in gemm.tile_rule(wide)
     auto = {"TM": "auto", "TN": "auto", "VEC": "auto"}
-    assert {k: gemm.tile_for(auto, 64, info, 3)[k] for k in auto} == \
-        {"TM": 6, "TN": 16, "VEC": min(gemm.vector_width(info), 16)}
+    assert {k: gemm.tile_for(auto, 64, wide, 3)[k] for k in auto} == \
+        {"TM": 6, "TN": 16, "VEC": 16}
 
 
 def test_cpu_vectors_follow_the_isa_the_compiler_targets():
