@@ -298,6 +298,26 @@ static inline void gemm_tile(
                 }
                 continue;
             }
+#ifdef OUT_TAIL
+            if (y_s3 == 1) {
+                // The last tile of contiguous channels, OUT_TAIL = n_out % TN of them
+                // (fcn8s_up8's 21 channels in a tile of 24): which lanes to store is
+                // known at build time, so this is straight-line stores.  A bound per
+                // lane (below) kept each lane's offset on the stack and branched twice
+                // per lane: 288 branches a tile for 84 channel steps.
+                __global REAL *to = out + nb * TN;
+                #pragma unroll
+                for (int v = 0; v < NV; ++v) {
+                    union { VACC vector; ACC lane[VEC]; } u;
+                    u.vector = acc[i][v];
+                    #pragma unroll
+                    for (int e = 0; e < VEC; ++e)
+                        if (v * VEC + e < OUT_TAIL)
+                            STORE(u.lane[e], to, v * VEC + e);
+                }
+                continue;
+            }
+#endif
             #pragma unroll
             for (int v = 0; v < NV; ++v) {
                 union { VACC vector; ACC lane[VEC]; } u;

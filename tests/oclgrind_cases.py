@@ -59,6 +59,13 @@ LOOP_CONFIG = {"TM": 6, "TN": 16, "VEC": 16, "LOCAL_SIZE": None}
 LOOP_CONV = ((1, 4, 5, 9), (3, 3, 9, 16), 1, "SAME")  # 9 channels
 LOOP_TRANSPOSE = ((1, 3, 3, 7), (3, 3, 16, 7), (1, 6, 6, 16), 2, "SAME")  # 7 channels
 LOOP_CASE_IDS = ["loop-conv2d", "loop-transpose"]
+# The GEMM's last channel tile built knowing its real lanes (OUT_TAIL): 37 channels in
+# a tile of 64, two whole vectors and 5 lanes of a third stored; a store past them
+# writes past the output's end at its last pixel.
+TAIL_CONFIG = {"TM": 2, "TN": 64, "VEC": 16, "LOCAL_SIZE": None}
+TAIL_CONV = ((1, 3, 4, 5), (3, 3, 5, 37), 1, "SAME")
+TAIL_TRANSPOSE = ((1, 3, 2, 4), (4, 4, 37, 4), (1, 6, 4, 37), 2, "SAME")
+TAIL_CASE_IDS = ["tail-conv2d", "tail-transpose"]
 
 
 CASE_IDS = [f"conv2d-{i}-{algorithm}" for i in range(len(CONV))
@@ -225,6 +232,15 @@ def run_loop_case(case_id: str, spec: str) -> None:
     print("ran", case_id, plan.describe())
 
 
+def run_tail_case(case_id: str, spec: str) -> None:
+    """A GEMM whose only channel tile is partial, against the float64 reference."""
+    op = case_id[len("tail-"):]
+    plan = checked_plan(op, TAIL_CONV if op == "conv2d" else TAIL_TRANSPOSE, spec, "gemm",
+                        TAIL_CONFIG)
+    assert plan.launch.gemm.defines.get("OUT_TAIL") == 37, "the stores under test were not built"
+    print("ran", case_id, plan.describe())
+
+
 def run_merge_case(case_id: str, spec: str) -> None:
     """A few-channel conv through the column-padded copy, against the float64 reference."""
     from clconv import column_merge
@@ -249,6 +265,8 @@ def run_case(case_id: str, spec: str) -> None:
         return run_padded_pack(spec)
     if case_id.startswith("loop-"):
         return run_loop_case(case_id, spec)
+    if case_id.startswith("tail-"):
+        return run_tail_case(case_id, spec)
     if case_id.startswith("wide-"):
         from clconv import tensors
 

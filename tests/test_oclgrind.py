@@ -20,6 +20,7 @@ from oclgrind_cases import (
     LOOP_CASE_IDS,
     MERGE_CASE_IDS,
     PACK_CASE_IDS,
+    TAIL_CASE_IDS,
     WIDE_CASE_IDS,
 )
 
@@ -50,7 +51,7 @@ def _run_checked(tmp_path: Path, argv: list[str], extra_env: Optional[dict] = No
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS + WIDE_CASE_IDS + PACK_CASE_IDS + LOOP_CASE_IDS
-                         + MERGE_CASE_IDS + GROUP_VEC_CASE_IDS)
+                         + TAIL_CASE_IDS + MERGE_CASE_IDS + GROUP_VEC_CASE_IDS)
 def test_kernels_are_clean_under_oclgrind(tmp_path, case_id):
     proc, report = _run_checked(tmp_path, [str(HERE / "oclgrind_cases.py"), case_id,
                                            OCLGRIND[0].spec])

@@ -508,3 +508,47 @@ def test_non_contiguous_numpy_operands(device, spec, algorithm):
         dx = clconv.conv2d_transpose(dy, w, (2, 16, 16, 32), 2, "SAME", device=spec,
                                      algorithm=algorithm)
         assert_close(dx, expected, np.float32, reduction_length(g, transpose=True))
+
+
+# GEMM tiles whose last channel tile is partial (OUT_TAIL = N % TN lanes stored): the
+# tail inside the first vector, across whole vectors and a partial one, and a tail
+# after full tiles; each fits 16 vector registers (AVX2).  TM, TN, VEC, output channels.
+PARTIAL_TILES = [(4, 24, 8, 21), (2, 64, 16, 37), (2, 32, 16, 40), (6, 4, 4, 3), (2, 32, 8, 45)]
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("tile", PARTIAL_TILES, ids=[f"{m}x{n}v{v}-{c}ch"
+                                                      for m, n, v, c in PARTIAL_TILES])
+def test_gemm_stores_only_the_channels_of_a_partial_tile(device, spec, tile, data_format):
+    """Conv2d and its transpose through GEMM tiles wider than what is left of the output
+    channels: the last tile's stores (built knowing how many lanes are real in NHWC,
+    bounded per lane in NCHW) against float64, into an output prefilled with NaN (a
+    lane not stored stays NaN) and, through `out=`, a buffer one pixel longer whose
+    last pixel must be left as it was (a lane stored past the end)."""
+    tm, tn, vec, channels = tile
+    config = {"TM": tm, "TN": tn, "VEC": vec, "LOCAL_SIZE": None}
+    x, w = random_array((2, 5, 7, 6), seed=51), random_array((3, 3, 6, channels), seed=52)
+    dy, wt = random_array((1, 4, 3, 5), seed=53), random_array((4, 4, channels, 5), seed=54)
+    out_shape = (1, 8, 6, channels)
+    if data_format == "NCHW":
+        x, dy, out_shape = _nchw(x), _nchw(dy), _nchw_shape(out_shape)
+    g = conv2d_case(x.shape, w.shape, 1, "SAME", data_format)
+    gt = backprop_case(out_shape, wt.shape, dy.shape, 2, "SAME", data_format)
+    runs = [(clconv.plan("conv2d", x.shape, w.shape, 1, "SAME", data_format=data_format,
+                         device=spec, algorithm="gemm", config=config), x, w,
+             conv2d_reference(x, w, g), reduction_length(g)),
+            (clconv.plan("conv2d_transpose", dy.shape, wt.shape, 2, "SAME",
+                         output_shape=out_shape, data_format=data_format, device=spec,
+                         algorithm="gemm", config=config), dy, wt,
+             backprop_input_reference(dy, wt, gt), reduction_length(gt, transpose=True))]
+    rt = runtime(spec)
+    for plan, source, filters, expected, reduction in runs:
+        assert (plan.config["TN"], plan.config["VEC"]) == (tn, vec), plan.describe()
+        result_size = int(np.prod(expected.shape))
+        guard = 7  # one pixel's channels or more, past the result
+        held = cl_array.to_device(rt.queue, np.full(result_size + guard, np.nan, np.float32))
+        result = held[:result_size].reshape(expected.shape)
+        plan.execute(source, filters, out=result)
+        got = held.get()
+        assert_close(got[:result_size].reshape(expected.shape), expected, np.float32, reduction)
+        assert np.isnan(got[result_size:]).all(), "a store past the last channel"
