@@ -395,6 +395,8 @@ class GemmLaunch:
             defines["CH_INDEX_LOOP"] = 1
         if self.n_out % tn:  # the last channel tile's stores, known at build (the kernel)
             defines["OUT_TAIL"] = self.n_out % tn
+        if not self.forward:  # a gradient skips the taps that land outside dy (the kernel)
+            defines["SKIP_OUTSIDE_TAPS"] = 1
         if self.g.groups > 1:  # each tile reads its group's input channels
             defines["GROUP_OUT"] = self.g.out_c // self.g.groups
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)

@@ -221,6 +221,21 @@ static inline void gemm_tile(
             row[i] = inside[i] ? src + AT(src, plane, sh, sw, ch0) : zero;
             step[i] = inside[i] ? src_s3 : 0;
         }
+#ifdef SKIP_OUTSIDE_TAPS
+        // An input gradient (the host defines this for it only): a tap whose rows all
+        // fall outside dy adds nothing, as in TF's gradient, which skips such taps, so
+        // it is not run.  Near the borders of a small dy that is much of the work: a
+        // 5x5 gradient over 14 x 14 pixels has 64 of its 70 taps a row inside.  conv2d
+        // must multiply its zero padding (TF's does: an infinite weight there is NaN).
+        bool any_inside = false;
+        #pragma unroll
+        for (int i = 0; i < TM; ++i)
+            any_inside = any_inside || inside[i];
+        if (!any_inside) {
+            panel += ch_count * TN;
+            continue;
+        }
+#endif
         // In the careful kernel, rows of this tap that fall outside the source add
         // nothing at all (not 0 * w, which is NaN for an infinite weight).  `careful`
         // is a constant in each kernel, so the fast one compiles to the plain loop.
