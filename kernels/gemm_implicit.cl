@@ -47,8 +47,10 @@
 // IEEE parity with TensorFlow: TF's conv2d multiplies its zero padding (an infinite
 // weight on a padded tap gives NaN); its input gradient skips the taps that land
 // outside dy.  gemm_implicit multiplies (outside rows read zero), which is conv2d's
-// answer, and the gradient's whenever the filter is finite.  Skipping costs a slower
-// loop at the edges, so it runs only when needed, as a second kernel the host enqueues
+// answer, and the gradient's whenever the filter is finite; a gradient's tile does skip
+// a tap whose rows all fall outside dy (SKIP_OUTSIDE_TAPS: one test a tap, and less
+// work).  Skipping row by row costs a slower loop at the edges, so it runs only when
+// needed, as a second kernel the host enqueues
 // for the gradient: pack_filter raises *nonfinite to the call's stamp (a number the
 // host never reuses for a buffer) when the filter holds an Inf or NaN, and then
 // gemm_implicit_careful recomputes the tiles (see the end of the file).
