@@ -522,9 +522,9 @@ PARTIAL_TILES = [(4, 24, 8, 21), (2, 64, 16, 37), (2, 32, 16, 40), (6, 4, 4, 3),
 def test_gemm_stores_only_the_channels_of_a_partial_tile(device, spec, tile, data_format):
     """Conv2d and its transpose through GEMM tiles wider than what is left of the output
     channels: the last tile's stores (built knowing how many lanes are real in NHWC,
-    bounded per lane in NCHW) against float64, into an output prefilled with NaN (a
-    lane not stored stays NaN) and, through `out=`, a buffer one pixel longer whose
-    last pixel must be left as it was (a lane stored past the end)."""
+    bounded per lane in NCHW) against float64, written through `out=` into the front of
+    a NaN-filled buffer (a lane not stored stays NaN), whose 7 values past the result
+    must stay NaN (a lane stored past the last channel of the last pixel)."""
     tm, tn, vec, channels = tile
     config = {"TM": tm, "TN": tn, "VEC": vec, "LOCAL_SIZE": None}
     x, w = random_array((2, 5, 7, 6), seed=51), random_array((3, 3, 6, channels), seed=52)
@@ -545,7 +545,7 @@ def test_gemm_stores_only_the_channels_of_a_partial_tile(device, spec, tile, dat
     for plan, source, filters, expected, reduction in runs:
         assert (plan.config["TN"], plan.config["VEC"]) == (tn, vec), plan.describe()
         result_size = int(np.prod(expected.shape))
-        guard = 7  # one pixel's channels or more, past the result
+        guard = 7  # values past the result
         held = cl_array.to_device(rt.queue, np.full(result_size + guard, np.nan, np.float32))
         result = held[:result_size].reshape(expected.shape)
         plan.execute(source, filters, out=result)
