@@ -130,6 +130,22 @@ __kernel void pack_filter(
         atomic_max(nonfinite, stamp);
 }
 
+// The first `lanes` channels of one pixel's accumulators, to channels `to[0..lanes)`
+// of a contiguous output.  `lanes` is a build-time constant at every call (TN or
+// OUT_TAIL), so each inlined call is straight-line stores, no bound tested per lane.
+static inline void store_contiguous(__global REAL *to, const VACC *accs, const int lanes)
+{
+    #pragma unroll
+    for (int v = 0; v < NV; ++v) {
+        union { VACC vector; ACC lane[VEC]; } u;
+        u.vector = accs[v];
+        #pragma unroll
+        for (int e = 0; e < VEC; ++e)
+            if (v * VEC + e < lanes)
+                STORE(u.lane[e], to, v * VEC + e);
+    }
+}
+
 // The GEMM of one work-item's tile.  `careful` (a constant in each kernel below, so
 // the compiler keeps only one of the two inner loops) skips the rows that fall outside
 // the source instead of multiplying them by zero.
@@ -304,15 +320,7 @@ static inline void gemm_tile(
             if (y_s3 == 1 && nb * TN + TN <= n_out) {
                 // A whole tile of contiguous channels: stores without a bound per lane,
                 // which the compiler merges into vector stores.
-                __global REAL *to = out + nb * TN;
-                #pragma unroll
-                for (int v = 0; v < NV; ++v) {
-                    union { VACC vector; ACC lane[VEC]; } u;
-                    u.vector = acc[i][v];
-                    #pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        STORE(u.lane[e], to, v * VEC + e);
-                }
+                store_contiguous(out + nb * TN, acc[i], TN);
                 continue;
             }
 #ifdef OUT_TAIL
@@ -323,16 +331,7 @@ static inline void gemm_tile(
                 // lane (below) kept each lane's offset on the stack and branched twice
                 // per lane in Debian PoCL's object: for that 6 x 24 tile 288 branches,
                 // against 84 channel steps.
-                __global REAL *to = out + nb * TN;
-                #pragma unroll
-                for (int v = 0; v < NV; ++v) {
-                    union { VACC vector; ACC lane[VEC]; } u;
-                    u.vector = acc[i][v];
-                    #pragma unroll
-                    for (int e = 0; e < VEC; ++e)
-                        if (v * VEC + e < OUT_TAIL)
-                            STORE(u.lane[e], to, v * VEC + e);
-                }
+                store_contiguous(out + nb * TN, acc[i], OUT_TAIL);
                 continue;
             }
 #endif
