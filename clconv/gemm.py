@@ -297,6 +297,36 @@ def uses_channel_index_loop(kind: str, tn: int, vec: int) -> bool:
     return kind != "GPU" and tn // vec != 3
 
 
+# A GEMM asks for its tile's output lines before computing it (the kernel's
+# PREFETCH_OUTPUT) where a phase's pixels lie this many apart along the output row or
+# more, a stride no CPU prefetcher of ours followed, ...
+PREFETCH_MIN_SPACING = 4
+# ... and a phase's reduction (taps x channels, on average) is at least this long:
+# below it the prefetches' own instructions, a fixed few a pixel, cost more than the
+# wait they save.
+PREFETCH_MIN_REDUCTION = 64
+
+
+def prefetches_output(kind: str, plan: GemmPlan, ch_count: int) -> bool:
+    """Whether a GEMM build prefetches its tiles' output (see the kernel).
+
+    In-process A/B on a Zen 4 (family 25 model 17), Debian PoCL, two plans per shape
+    (one without the prefetch), seven to eleven alternated rounds, old/new time:
+    fcn8s_up8 (stride 8, K = 84) 1.26-1.38 and 1.24 on pip PoCL; a 8x8 s4 transpose
+    1x128x128x21 -> 21 (K = 84) 1.04-1.15; segnet_up4 and a 8x8 s4 one over 64
+    channels (K 128, 256) 0.99-1.01.  Excluded by the rule: stride 2, where the
+    prefetchers do follow (eight transposes 0.96-1.06, no pattern beyond this
+    machine's noise), forward convs (adjacent pixels: 0.98-0.99), and an 8x8 s8
+    transpose to 8 channels (K = 32: 0.93).  Not on GPUs, which have no such prefetch.
+    """
+    phases = [p for p in plan.phases if p[7] > 0]  # p[5]: col_step, p[7]: tap_count
+    if kind != "CPU" or not phases:
+        return False
+    reduction = sum(p[7] for p in phases) * ch_count / len(phases)
+    return (min(p[5] for p in phases) >= PREFETCH_MIN_SPACING
+            and reduction >= PREFETCH_MIN_REDUCTION)
+
+
 # Argument types of the two kernels (None: a buffer), in their signatures' order.
 _I = np.int32
 _VIEW = [INDEX] * 5  # TENSOR_ARGS: offset and four strides
@@ -393,6 +423,8 @@ class GemmLaunch:
         defines = dict(setup.defines)
         if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
+        if prefetches_output(setup.info.kind, self.plan, self.ch_count):
+            defines["PREFETCH_OUTPUT"] = 1
         if self.n_out % tn:  # the last channel tile's stores, known at build (the kernel)
             defines["OUT_TAIL"] = self.n_out % tn
         if not self.forward:  # a gradient skips the taps that land outside dy (the kernel)

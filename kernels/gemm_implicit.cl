@@ -146,6 +146,22 @@ static inline void store_contiguous(__global REAL *to, const VACC *accs, const i
     }
 }
 
+// Where pixel `i` of a tile (the phase's pixel index `m`, its image, row and column
+// within the phase) writes its channel 0.
+static inline __global REAL *output_pixel(
+    __global REAL *y, TENSOR_ARGS(y), __global const int *phase, int out_depth,
+    int m, int img, int r, int c)
+{
+#ifdef DEPTH_TAPS
+    const int plane = m / (phase[0] * phase[1]);
+    const int out_plane = plane / PHASE_DEPTHS(phase) * out_depth + phase[9]
+                          + plane % PHASE_DEPTHS(phase) * phase[10];
+#else
+    const int out_plane = img;
+#endif
+    return y + AT(y, out_plane, phase[2] + r * phase[3], phase[4] + c * phase[5], 0);
+}
+
 // The GEMM of one work-item's tile.  `careful` (a constant in each kernel below, so
 // the compiler keeps only one of the two inner loops) skips the rows that fall outside
 // the source instead of multiplying them by zero.
@@ -201,6 +217,27 @@ static inline void gemm_tile(
 #endif
     }
 
+#if defined(PREFETCH_OUTPUT) && defined(__SSE2__)
+    // Ask for the cache lines this tile will write now, so they arrive while the tile
+    // computes.  A stride phase's pixels lie `stride` apart in the output (fcn8s_up8:
+    // 84 bytes every 672), a pattern the CPU's prefetchers did not follow: each first
+    // store to a line waited for it, and fcn8s_up8 ran 1.4x the time of a conv doing
+    // the same GEMM over adjacent pixels (docs/cpu-performance.md).  The host decides
+    // where (clconv.gemm.prefetches_output); x86 code only (Clang's __SSE2__), as the
+    // builtin is an x86 instruction there and an unresolved call in Oclgrind's SPIR.
+    if (y_s3 == 1) {
+        #pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            __global REAL *to = output_pixel(y, y_off, y_s0, y_s1, y_s2, y_s3, phase,
+                                             out_depth, m_first + i, img[i], r[i], c[i])
+                                + nb * TN;
+            #pragma unroll
+            for (int j = 0; j < TN; j += 64 / sizeof(REAL)) // a cache line
+                __builtin_prefetch(to + j, 1, 3);
+            __builtin_prefetch(to + TN - 1, 1, 3); // the tile's last line, if unaligned
+        }
+    }
+#endif
     VACC acc[TM][NV];
     #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -303,20 +340,11 @@ static inline void gemm_tile(
         }
     }
 
-    const int row_start = phase[2], row_step = phase[3];
-    const int col_start = phase[4], col_step = phase[5];
     #pragma unroll
     for (int i = 0; i < TM; ++i) {
-        if (mb * TM + i < m_count) {
-#ifdef DEPTH_TAPS
-            const int plane = (mb * TM + i) / (rows * cols);
-            const int out_plane = plane / depths * out_depth + phase[9]
-                                  + plane % depths * phase[10];
-#else
-            const int out_plane = img[i];
-#endif
-            __global REAL *out = y + AT(y, out_plane, row_start + r[i] * row_step,
-                                        col_start + c[i] * col_step, 0);
+        if (m_first + i < m_count) {
+            __global REAL *out = output_pixel(y, y_off, y_s0, y_s1, y_s2, y_s3, phase,
+                                              out_depth, m_first + i, img[i], r[i], c[i]);
             if (y_s3 == 1 && nb * TN + TN <= n_out) {
                 // A whole tile of contiguous channels: stores without a bound per lane,
                 // which the compiler merges into vector stores.

@@ -213,6 +213,10 @@ TRANSPOSE = {  # name -> (dy shape, filter shape, output_shape, strides, padding
     "unet_up_batch2": ((2, 4, 4, 4, 8), (2, 2, 2, 4, 8), [2, 8, 8, 8, 4], 2, "SAME"),
     # ... unless the depth is no multiple of the stride: then a copy per phase
     "valid_batch2_odd_depth": ((2, 3, 4, 3, 5), (3, 3, 2, 4, 5), [2, 7, 9, 7, 4], 2, "VALID"),
+    # phases 4 pixels apart along rows, 128 taps x channels each: on CPUs the GEMM
+    # prefetches its output lines (clconv.gemm.prefetches_output)
+    "s4_prefetched": ((1, 2, 3, 3, 16), (2, 8, 8, 5, 16), [1, 2, 12, 12, 5], [1, 1, 4, 4, 1],
+                      "SAME"),
 }
 
 

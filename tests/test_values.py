@@ -552,3 +552,35 @@ def test_gemm_stores_only_the_channels_of_a_partial_tile(device, spec, tile, dat
         got = held.get()
         assert_close(got[:result_size].reshape(expected.shape), expected, np.float32, reduction)
         assert np.isnan(got[result_size:]).all(), "a store past the last channel"
+
+
+# Transposes whose stride phases' pixels lie 4 and 8 apart along the row, with a
+# reduction of 64 and more a phase: the GEMM asks for its tiles' output lines before
+# computing them (PREFETCH_OUTPUT, CPU builds).  dy shape, filter, stride, output shape.
+PREFETCHED_TRANSPOSES = {
+    "s4_k8": ((2, 3, 4, 16), (8, 8, 5, 16), 4, (2, 12, 16, 5)),
+    "s8_k16_21ch": ((1, 2, 3, 24), (16, 16, 21, 24), 8, (1, 16, 24, 21)),
+}
+
+
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+@pytest.mark.parametrize("case", list(PREFETCHED_TRANSPOSES), ids=list(PREFETCHED_TRANSPOSES))
+def test_gemm_prefetching_its_output_matches_float64(device, spec, case, data_format):
+    """A transpose through the GEMM built to prefetch its output on CPU devices (NHWC
+    prefetches, NCHW's strided channels skip it at run time; other devices never
+    build it) against float64, written through `out=` into a NaN-filled buffer so
+    that a pixel left unwritten shows."""
+    dy_shape, w_shape, stride, out_shape = PREFETCHED_TRANSPOSES[case]
+    dy, w = random_array(dy_shape, seed=61), random_array(w_shape, seed=62)
+    if data_format == "NCHW":
+        dy, out_shape = _nchw(dy), _nchw_shape(out_shape)
+    g = backprop_case(out_shape, w.shape, dy.shape, stride, "SAME", data_format)
+    expected = backprop_input_reference(dy, w, g)
+    plan = clconv.plan("conv2d_transpose", dy.shape, w.shape, stride, "SAME",
+                       output_shape=out_shape, data_format=data_format, device=spec,
+                       algorithm="gemm")
+    assert bool(plan.launch.gemm.defines.get("PREFETCH_OUTPUT")) == (device.kind == "CPU")
+    result = cl_array.to_device(runtime(spec).queue,
+                                np.full(expected.shape, np.nan, np.float32))
+    plan.execute(dy, w, out=result)
+    assert_close(result.get(), expected, np.float32, reduction_length(g, transpose=True))
