@@ -146,8 +146,8 @@ static inline void store_contiguous(__global REAL *to, const VACC *accs, const i
     }
 }
 
-// Where pixel `i` of a tile (the phase's pixel index `m`, its image, row and column
-// within the phase) writes its channel 0.
+// Where a tile's pixel (its index `m` among the phase's pixels, its image, row and
+// column within the phase) writes its channel 0.
 static inline __global REAL *output_pixel(
     __global REAL *y, TENSOR_ARGS(y), __global const int *phase, int out_depth,
     int m, int img, int r, int c)
@@ -227,9 +227,10 @@ static inline void gemm_tile(
     // builtin is an x86 instruction there and an unresolved call in Oclgrind's SPIR.
     if (y_s3 == 1) {
         #pragma unroll
-        for (int i = 0; i < TM; ++i) {
+        for (int i = 0; i < TM; ++i) { // pixels past the end: the last one's lines again
             __global REAL *to = output_pixel(y, y_off, y_s0, y_s1, y_s2, y_s3, phase,
-                                             out_depth, m_first + i, img[i], r[i], c[i])
+                                             out_depth, min(m_first + i, m_count - 1),
+                                             img[i], r[i], c[i])
                                 + nb * TN;
             #pragma unroll
             for (int j = 0; j < TN; j += 64 / sizeof(REAL)) // a cache line
