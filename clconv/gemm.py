@@ -313,7 +313,7 @@ def prefetches_output(kind: str, plan: GemmPlan, ch_count: int) -> bool:
     In-process A/B on a Zen 4 (family 25 model 17), Debian PoCL, two plans per shape
     (one without the prefetch), seven to eleven alternated rounds, old/new time:
     fcn8s_up8 (stride 8, K = 84) 1.26-1.38 and 1.24 on pip PoCL; an 8x8 s4 transpose
-    1x128x128x21 -> 21 (K = 84) 1.04-1.15; segnet_up4 and a 8x8 s4 one over 64
+    1x128x128x21 -> 21 (K = 84) 1.08-1.16; segnet_up4 and an 8x8 s4 one over 64
     channels (K 128, 256) 0.99-1.01.  Excluded by the rule: stride 2, where the
     prefetchers keep up (fourteen transposes 0.96-1.06, no pattern beyond this
     machine's noise), forward convs (adjacent pixels: 0.98-0.99), and an 8x8 s8
