@@ -307,20 +307,23 @@ PREFETCH_MIN_SPACING = 4
 PREFETCH_MIN_REDUCTION = 64
 
 
-def prefetches_output(kind: str, plan: GemmPlan, ch_count: int) -> bool:
+def prefetches_output(kind: str, plan: GemmPlan, ch_count: int, channel_tiles: int) -> bool:
     """Whether a GEMM build prefetches its tiles' output (see the kernel).
 
     In-process A/B on a Zen 4 (family 25 model 17), Debian PoCL, two plans per shape
     (one without the prefetch), seven to eleven alternated rounds, old/new time:
-    fcn8s_up8 (stride 8, K = 84) 1.26-1.38 and 1.24 on pip PoCL; an 8x8 s4 transpose
-    1x128x128x21 -> 21 (K = 84) 1.08-1.16; segnet_up4 and an 8x8 s4 one over 64
-    channels (K 128, 256) 0.99-1.01.  Excluded by the rule: stride 2, where the
-    prefetchers keep up (fourteen transposes 0.96-1.06, no pattern beyond this
-    machine's noise), forward convs (adjacent pixels: 0.98-0.99), and an 8x8 s8
-    transpose to 8 channels (K = 32: 0.93).  Not on GPUs, which have no such prefetch.
+    fcn8s_up8 (stride 8, K = 84, one channel tile) 1.26-1.38 and 1.24 on pip PoCL; an
+    8x8 s4 transpose 1x128x128x21 -> 21 (K = 84) 1.08-1.16.  Left out by the rule:
+    outputs of several channel tiles (a CPU group holds every channel tile of its
+    pixels, so their lines are written in order, which the prefetchers follow:
+    segnet_up4 and an 8x8 s4 transpose to 64 channels 0.98-1.01, the HiFi-GAN s8
+    upsamplers 0.96-1.02, 0.96 twice on pip PoCL), stride 2 (fourteen transposes
+    0.96-1.06, no pattern beyond this machine's noise), forward convs (adjacent pixels:
+    0.98-0.99) and an 8x8 s8 transpose to 8 channels (K = 32: 0.93).  Not on GPUs,
+    which have no such prefetch.
     """
     phases = [p for p in plan.phases if p[7] > 0]  # p[5]: col_step, p[7]: tap_count
-    if kind != "CPU" or not phases:
+    if kind != "CPU" or channel_tiles != 1 or not phases:
         return False
     reduction = sum(p[7] for p in phases) * ch_count / len(phases)
     return (min(p[5] for p in phases) >= PREFETCH_MIN_SPACING
@@ -423,7 +426,7 @@ class GemmLaunch:
         defines = dict(setup.defines)
         if uses_channel_index_loop(setup.info.kind, tn, int(defines["VEC"])):
             defines["CH_INDEX_LOOP"] = 1
-        if prefetches_output(setup.info.kind, self.plan, self.ch_count):
+        if prefetches_output(setup.info.kind, self.plan, self.ch_count, self.n_padded // tn):
             defines["PREFETCH_OUTPUT"] = 1
         if self.n_out % tn:  # the last channel tile's stores, known at build (the kernel)
             defines["OUT_TAIL"] = self.n_out % tn

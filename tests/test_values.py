@@ -554,9 +554,9 @@ def test_gemm_stores_only_the_channels_of_a_partial_tile(device, spec, tile, dat
         assert np.isnan(got[result_size:]).all(), "a store past the last channel"
 
 
-# Transposes whose stride phases' pixels lie 4 and 8 apart along the row, with a
-# reduction of 64 and more a phase: the GEMM asks for its tiles' output lines before
-# computing them (PREFETCH_OUTPUT, CPU builds).  dy shape, filter, stride, output shape.
+# Transposes to one channel tile whose stride phases' pixels lie 4 and 8 apart along
+# the row, with a reduction of 64 and more a phase: the GEMM asks for its tiles' output
+# lines before computing them (PREFETCH_OUTPUT, CPU builds).  dy shape, filter, stride, output shape.
 PREFETCHED_TRANSPOSES = {
     "s4_k8": ((2, 3, 4, 16), (8, 8, 5, 16), 4, (2, 12, 16, 5)),
     "s8_k16_21ch": ((1, 2, 3, 24), (16, 16, 21, 24), 8, (1, 16, 24, 21)),
@@ -584,3 +584,30 @@ def test_gemm_prefetching_its_output_matches_float64(device, spec, case, data_fo
                                 np.full(expected.shape, np.nan, np.float32))
     plan.execute(dy, w, out=result)
     assert_close(result.get(), expected, np.float32, reduction_length(g, transpose=True))
+
+
+# Where the GEMM prefetches its output (clconv.gemm.prefetches_output): op, input (dy)
+# shape, filter, stride, output shape, prefetched on a CPU device.
+PREFETCH_RULE = {
+    "s8_one_channel_tile": ("conv2d_transpose", (1, 4, 4, 21), (16, 16, 21, 21), 8,
+                            (1, 32, 32, 21), True),
+    "s8_four_channel_tiles": ("conv2d_transpose", (1, 4, 4, 21), (16, 16, 64, 21), 8,
+                              (1, 32, 32, 64), False),
+    "s2_pixels_too_close": ("conv2d_transpose", (1, 8, 8, 64), (4, 4, 16, 64), 2,
+                            (1, 16, 16, 16), False),
+    "s8_reduction_too_short": ("conv2d_transpose", (1, 4, 4, 32), (8, 8, 8, 32), 8,
+                               (1, 32, 32, 8), False),
+    "forward_conv": ("conv2d", (1, 16, 16, 64), (3, 3, 64, 16), 1, None, False),
+}
+
+
+@pytest.mark.parametrize("case", list(PREFETCH_RULE), ids=list(PREFETCH_RULE))
+def test_gemm_prefetches_only_a_single_tile_of_widely_spaced_pixels(device, spec, case):
+    """The prefetch is built where it was measured to pay (see the rule's docstring):
+    a CPU's transpose whose phases' pixels lie 4 or more apart, one channel tile and a
+    reduction of 64 or more a phase; nowhere else, and never off a CPU."""
+    op, x_shape, w_shape, stride, out_shape, prefetched = PREFETCH_RULE[case]
+    plan = clconv.plan(op, x_shape, w_shape, stride, "SAME", output_shape=out_shape,
+                       device=spec, algorithm="gemm")
+    built = bool(plan.launch.gemm.defines.get("PREFETCH_OUTPUT"))
+    assert built == (prefetched and device.kind == "CPU"), plan.describe()
