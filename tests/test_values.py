@@ -556,7 +556,8 @@ def test_gemm_stores_only_the_channels_of_a_partial_tile(device, spec, tile, dat
 
 # Transposes to one channel tile whose stride phases' pixels lie 4 and 8 apart along
 # the row, with a reduction of 64 and more a phase: the GEMM asks for its tiles' output
-# lines before computing them (PREFETCH_OUTPUT, CPU builds).  dy shape, filter, stride, output shape.
+# lines before computing them (PREFETCH_OUTPUT, CPU builds).  dy shape, filter, stride,
+# output shape.
 PREFETCHED_TRANSPOSES = {
     "s4_k8": ((2, 3, 4, 16), (8, 8, 5, 16), 4, (2, 12, 16, 5)),
     "s8_k16_21ch": ((1, 2, 3, 24), (16, 16, 21, 24), 8, (1, 16, 24, 21)),
