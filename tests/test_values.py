@@ -588,17 +588,17 @@ def test_gemm_prefetching_its_output_matches_float64(device, spec, case, data_fo
 
 
 # Where the GEMM prefetches its output (clconv.gemm.prefetches_output): op, input (dy)
-# shape, filter, stride, output shape, prefetched on a CPU device.
+# shape, filter, stride, output shape, channel tile width, prefetched on a CPU device.
 PREFETCH_RULE = {
     "s8_one_channel_tile": ("conv2d_transpose", (1, 4, 4, 21), (16, 16, 21, 21), 8,
-                            (1, 32, 32, 21), True),
+                            (1, 32, 32, 21), 24, True),
     "s8_four_channel_tiles": ("conv2d_transpose", (1, 4, 4, 21), (16, 16, 64, 21), 8,
-                              (1, 32, 32, 64), False),
+                              (1, 32, 32, 64), 16, False),
     "s2_pixels_too_close": ("conv2d_transpose", (1, 8, 8, 64), (4, 4, 16, 64), 2,
-                            (1, 16, 16, 16), False),
+                            (1, 16, 16, 16), 16, False),
     "s8_reduction_too_short": ("conv2d_transpose", (1, 4, 4, 32), (8, 8, 8, 32), 8,
-                               (1, 32, 32, 8), False),
-    "forward_conv": ("conv2d", (1, 16, 16, 64), (3, 3, 64, 16), 1, None, False),
+                               (1, 32, 32, 8), 8, False),
+    "forward_conv": ("conv2d", (1, 16, 16, 64), (3, 3, 64, 16), 1, None, 16, False),
 }
 
 
@@ -607,8 +607,9 @@ def test_gemm_prefetches_only_a_single_tile_of_widely_spaced_pixels(device, spec
     """The prefetch is built where it was measured to pay (see the rule's docstring):
     a CPU's transpose whose phases' pixels lie 4 or more apart, one channel tile and a
     reduction of 64 or more a phase; nowhere else, and never off a CPU."""
-    op, x_shape, w_shape, stride, out_shape, prefetched = PREFETCH_RULE[case]
+    op, x_shape, w_shape, stride, out_shape, tile_width, prefetched = PREFETCH_RULE[case]
     plan = clconv.plan(op, x_shape, w_shape, stride, "SAME", output_shape=out_shape,
-                       device=spec, algorithm="gemm")
+                       device=spec, algorithm="gemm",
+                       config={"TM": 4, "TN": tile_width, "VEC": 8})
     built = bool(plan.launch.gemm.defines.get("PREFETCH_OUTPUT"))
     assert built == (prefetched and device.kind == "CPU"), plan.describe()
