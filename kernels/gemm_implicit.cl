@@ -50,10 +50,11 @@
 // answer, and the gradient's whenever the filter is finite; a gradient's tile does skip
 // a tap whose rows all fall outside dy (SKIP_OUTSIDE_TAPS: one test a tap, and less
 // work).  Skipping row by row costs a slower loop at the edges, so it runs only when
-// needed, as a second kernel the host enqueues
-// for the gradient: pack_filter raises *nonfinite to the call's stamp (a number the
-// host never reuses for a buffer) when the filter holds an Inf or NaN, and then
-// gemm_implicit_careful recomputes the tiles (see the end of the file).
+// needed, as a second kernel the host enqueues for the gradient: pack_filter raises
+// *nonfinite to the call's stamp (a number the host never reuses for a buffer) when
+// the filter holds an Inf or NaN, and then gemm_implicit_careful recomputes the tiles
+// (see the end of the file).  On CPUs a tile may also ask for its output's cache
+// lines before computing (PREFETCH_OUTPUT, where clconv.gemm.prefetches_output says).
 
 #ifndef TM
 #define TM 6 // pixels per work-item tile
