@@ -436,9 +436,13 @@ class GemmLaunch:
             defines["GROUP_OUT"] = self.g.out_c // self.g.groups
         self.gemm = TypedKernel(setup.context, source, name, defines, GEMM_ARGS)
         pixels = self.plan.max_pixels(self.g.batch)
+        # One channel tile's panel of one phase, on average over the phases: whether a
+        # CPU group's filter stays in a core's cache (programs.cpu_local_size).
+        slice_bytes = (self.total_k * tn * self.packed_itemsize
+                       // max(1, len(self.plan.phases)))
         self.gemm_range = launch_range(
             setup.info, (self.n_padded // tn, -(-pixels // tm), len(self.plan.phases)),
-            setup.local, axis=1)
+            setup.local, axis=1, slice_bytes=slice_bytes)
         self.careful_range = self.gemm_range
 
     @property
@@ -491,6 +495,7 @@ class GemmLaunch:
         self.pack_ch_count = pack_ch_count
         self.zero = cl.Buffer(context, flags, hostbuf=np.zeros(max(4, self.ch_count), setup.dtype))
         packed_dtype = PACKED_DTYPE.get(setup.dtype, setup.dtype)
+        self.packed_itemsize = packed_dtype.itemsize
         self.scratch = _ScratchPool(context, max(1, self.total_k * self.n_padded)
                                     * packed_dtype.itemsize)
         self.key = (self.plan, tn, self.n_padded, setup.dtype.str)

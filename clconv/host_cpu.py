@@ -9,6 +9,7 @@ widest vector instructions the kernel reports, the facts a tile or a speed depen
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 from typing import Optional
@@ -51,3 +52,28 @@ def describe(cpuinfo: Optional[str] = None) -> str:
     isa = vector_isa(set(fields.get("flags", "").split()))
     inside = ", ".join(part for part in (details, isa) if part)
     return f"{fields['model name']} ({inside})" if inside else fields["model name"]
+
+
+CACHE_DIR = "/sys/devices/system/cpu/cpu0/cache"
+
+
+def _size_bytes(text: str) -> Optional[int]:
+    """sysfs's "2048K" (or "1M", "512") in bytes; None for anything else."""
+    match = re.fullmatch(r"(\d+)([KMG]?)", text.strip())
+    if not match:
+        return None
+    return int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)]
+
+
+@functools.lru_cache(maxsize=None)
+def core_cache_bytes(cache_dir: str = CACHE_DIR) -> Optional[int]:
+    """The size of one core's level-2 cache (Linux's sysfs), None where it cannot be
+    read.  OpenCL reports only the last-level cache (CL_DEVICE_GLOBAL_MEM_CACHE_SIZE:
+    480 MB of L3 on PoCL here), which says nothing of what one work-group keeps close:
+    2 MB on Intel's server cores since Sapphire Rapids, 1 MB on Zen 4 and Skylake-SP,
+    512 KB on Zen 3."""
+    for index in range(8):
+        folder = f"{cache_dir}/index{index}"
+        if _read(f"{folder}/level").strip() == "2":
+            return _size_bytes(_read(f"{folder}/size"))
+    return None

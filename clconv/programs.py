@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 import numpy as np
 import pyopencl as cl
 
+from clconv import host_cpu
 from clconv.errors import KernelBuildError
 from clconv.llvm_guard import conflict_error
 from clconv.resources import kernel_source
@@ -107,14 +108,16 @@ GPU_GROUP = 64  # work-items of a GPU group clconv picks: an AMD wave, two NVIDI
 
 def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CPU",
             axis: int = 0, max_group: int = GPU_GROUP, units: int = 1,
-            weight_major: bool = False) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
+            weight_major: bool = False, slice_bytes: int = 0, cache_bytes: int = 0
+            ) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
     """(global size, local size) of a launch over ``work`` items.  OpenCL 1.2 needs the
     global size to be a multiple of the work-group size, so with a ``local`` shape
     (truncated or padded with 1s to the range's dimensions) the range is rounded up;
     kernels return early for items past ``work``.
 
     Without a ``local`` shape a CPU launch gets clconv's groups (``cpu_local_size``,
-    for ``units`` compute units; ``weight_major``: see there), but a GPU never
+    for ``units`` compute units; ``weight_major``, ``slice_bytes``, ``cache_bytes``: see
+    there), but a GPU never
     launches with a NULL local size: its runtime must then pick a divisor of the global
     size, which for a prime count of tiles is a group of one or a few work-items (a
     few percent of a wave).  There a group of GPU_GROUP (at most ``max_group``)
@@ -124,7 +127,8 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
         local = [1] * len(work)
         local[axis] = max(1, min(GPU_GROUP, max_group))
     if not local and kind == "CPU" and CPU_GROUPING:
-        local = cpu_local_size(work, axis, max_group, units, weight_major)
+        local = cpu_local_size(work, axis, max_group, units, weight_major, slice_bytes,
+                               cache_bytes)
     if not local:
         return tuple(int(n) for n in work), None
     local = tuple(int(v) for v in local[: len(work)]) + (1,) * (len(work) - len(local))
@@ -132,12 +136,18 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
 
 
 def launch_range(info: "DeviceInfo", work: Sequence[int], local: Optional[Sequence[int]],
-                 axis: int = 0, weight_major: bool = False
+                 axis: int = 0, weight_major: bool = False, slice_bytes: int = 0
                  ) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
     """``ndrange`` on the device ``info`` describes: its kind, its group limit along
-    ``axis`` (the dimension the kernel checks its bounds in) and its compute units."""
+    ``axis`` (the dimension the kernel checks its bounds in), its compute units and,
+    for a CPU, the size of one core's cache (clconv.host_cpu: a CPU device is this
+    machine's CPU)."""
+    cache_bytes = 0
+    if info.kind == "CPU" and slice_bytes:
+        cache_bytes = host_cpu.core_cache_bytes() or DEFAULT_CORE_CACHE_BYTES
     return ndrange(work, local, info.kind, axis=axis, max_group=info.group_limit(axis),
-                   units=info.compute_units, weight_major=weight_major)
+                   units=info.compute_units, weight_major=weight_major,
+                   slice_bytes=slice_bytes, cache_bytes=cache_bytes)
 
 
 CPU_GROUPING = True  # False: leave every CPU launch's group to the runtime (A/B runs)
@@ -157,10 +167,19 @@ CPU_MAX_GROUP = 1024
 # this many pixels (16 ran 0.86-1.0x the time of 64 on four batch-1 transposes).
 WEIGHT_MAJOR_MIN_BLOCKS = 4
 WEIGHT_MAJOR_PIXELS = 16
+# A group whose pixel tiles each read more filter than this share of one core's cache
+# (the rest holds their input rows and outputs) reads it from the next level for every
+# pixel tile: such launches take groups of one channel tile instead (cpu_local_size).
+CACHE_SHARE_FOR_FILTER = 0.75
+# Fewer pixel tiles a group, and the panel's reuse no longer pays for the groups.
+PANEL_MIN_PIXEL_TILES = 4
+# One core's cache where the host's cannot be read: Zen 4's and Skylake-SP's L2.
+DEFAULT_CORE_CACHE_BYTES = 1 << 20
 
 
 def cpu_local_size(work: Sequence[int], axis: int, max_group: int, units: int = 1,
-                   weight_major: bool = False) -> Optional[tuple[int, ...]]:
+                   weight_major: bool = False, slice_bytes: int = 0, cache_bytes: int = 0
+                   ) -> Optional[tuple[int, ...]]:
     """The work-group shape clconv gives a CPU runtime instead of a NULL local size, or
     None to leave the choice to the runtime.
 
@@ -194,6 +213,20 @@ def cpu_local_size(work: Sequence[int], axis: int, max_group: int, units: int = 
     PoCL, six alternated rounds, groups of 16 pixels against clconv's usual ones:
     gan_tiny_b1 0.85 / 1.14 and 0.91 / 1.38 ms in two runs, a 1x2x2x1024 -> 512 k4 s2
     transpose 1.33 / 1.92 and 0.83 / 1.19 ms, a 1x4x4x256 -> 128 one 0.27 / 0.29 ms.
+
+    ``slice_bytes``: the filter one index of the other dimensions reads (a GEMM's
+    panel of one channel tile in one stride phase).  Where the group above would have
+    each of its pixel tiles read more than CACHE_SHARE_FOR_FILTER of ``cache_bytes``
+    (one core's cache) of it, each pixel tile streams that filter from the next cache
+    level again; a group of one channel tile and one phase over WEIGHT_MAJOR_PIXELS
+    pixel tiles keeps its panel in cache for all of them (fewer pixel tiles where that
+    would leave under MIN_GROUPS_PER_UNIT groups per compute unit; under
+    PANEL_MIN_PIXEL_TILES, the usual groups).  GEMM, Intel Xeon with AMX (family 6
+    model 167, 2 MB L2), Debian PoCL, five alternated rounds, time against the
+    usual groups: dcgan_g2 (12.5 MB of filter) 0.52, deeplab_3x3_d2_fwd (2.25 MB)
+    0.63, vgg_conv3 (2.25 MB) 0.75, pix2pix_up and unet_up2x2 (2 MB, four phases)
+    0.87-0.90, bwd_5x5 (1.76 MB) 0.87; below the share, 0.95-1.09 (stylegan_up, 1.1 MB:
+    1.08).  Groups of 32 or 64 pixel tiles ran 0.95-1.02x the time of 16.
     """
     items = math.prod(int(n) for n in work)
     if axis == 0 or items < CPU_SPLIT_MIN_ITEMS:
@@ -214,6 +247,13 @@ def cpu_local_size(work: Sequence[int], axis: int, max_group: int, units: int = 
     groups_per_pixel_tile = items // pixel_tiles // math.prod(local)
     per_group = pixel_tiles * groups_per_pixel_tile // (GROUPS_PER_UNIT * max(1, units))
     local[axis] = max(1, min(pixel_tiles, max_group // math.prod(local), per_group))
+    filter_per_tile = slice_bytes * (math.prod(local) // local[axis])
+    if cache_bytes and filter_per_tile > CACHE_SHARE_FOR_FILTER * cache_bytes:
+        panel = [1] * len(work)
+        panel[axis] = min(pixel_tiles, max_group, WEIGHT_MAJOR_PIXELS,
+                          items // (MIN_GROUPS_PER_UNIT * max(1, units)))
+        if panel[axis] >= PANEL_MIN_PIXEL_TILES:
+            return tuple(panel)
     return tuple(local)
 
 

@@ -66,3 +66,27 @@ def test_this_machine_is_named_by_its_first_processors_model():
     if not names:
         pytest.skip("this kernel's /proc/cpuinfo names no model")
     assert host_cpu.describe().startswith(names[0] + " (")
+
+
+def _cache_tree(root, levels):
+    """A sysfs cache folder: index<i>/level and size for each (level, size) pair."""
+    for index, (level, size) in enumerate(levels):
+        folder = root / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "size").write_text(f"{size}\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("levels, expected", [
+    ([(1, "48K"), (1, "32K"), (2, "2048K"), (3, "491520K")], 2 << 20),  # this Xeon
+    ([(1, "32K"), (1, "32K"), (2, "1M"), (3, "32768K")], 1 << 20),
+    ([(1, "32K"), (3, "8M")], None),  # no level 2
+    ([(1, "32K"), (2, "big")], None),  # a size that is not one
+])
+def test_the_level_2_cache_per_core_from_sysfs(tmp_path, levels, expected):
+    assert host_cpu.core_cache_bytes.__wrapped__(_cache_tree(tmp_path, levels)) == expected
+
+
+def test_no_sysfs_cache_folder_means_no_size(tmp_path):
+    assert host_cpu.core_cache_bytes.__wrapped__(str(tmp_path / "missing")) is None

@@ -438,6 +438,58 @@ def test_weight_major_cpu_ranges_group_one_channel_block_over_pixels(device, spe
         assert (global_size, local) == ((8, 64), (1, 16))
 
 
+def test_cpu_ranges_whose_filter_outgrows_a_core_cache_group_one_channel_tile():
+    """Where each pixel tile of the usual group (every channel tile and phase) would read
+    more filter than CACHE_SHARE_FOR_FILTER of one core's cache, a group holds one
+    channel tile of one phase over up to WEIGHT_MAJOR_PIXELS pixel tiles (fewer where
+    the threads would run short of groups, never under PANEL_MIN_PIXEL_TILES)."""
+    from clconv.programs import (CACHE_SHARE_FOR_FILTER, PANEL_MIN_PIXEL_TILES,
+                                 WEIGHT_MAJOR_PIXELS, cpu_local_size)
+
+    assert (CACHE_SHARE_FOR_FILTER, WEIGHT_MAJOR_PIXELS, PANEL_MIN_PIXEL_TILES) == (0.75, 16, 4)
+    mb = 1 << 20
+    # dcgan_g2: 8 channel tiles x 171 pixel tiles x 4 phases, 400 KB of panel each:
+    # 12.5 MB a pixel tile in the usual groups.
+    dcgan_g2 = dict(work=(8, 171, 4), axis=1, max_group=4096, units=2, slice_bytes=409600)
+    assert cpu_local_size(**dcgan_g2, cache_bytes=2 * mb) == (1, 16, 1)
+    assert cpu_local_size(**dcgan_g2, cache_bytes=32 * mb) == (8, 1, 4)
+    assert cpu_local_size(**dcgan_g2) == (8, 1, 4)  # no cache size given: the usual groups
+    # Just under and just over the share (3 channel tiles of 512 KB; a 2 MB cache).
+    bwd = dict(work=(3, 262, 1), axis=1, max_group=4096, units=2, cache_bytes=2 * mb)
+    assert cpu_local_size(**bwd, slice_bytes=512 << 10) == (3, 1, 1)
+    # 786 tiles make 64 groups (32 per unit) of 12 pixel tiles, not 16.
+    assert cpu_local_size(**bwd, slice_bytes=(512 << 10) + 4096) == (1, 12, 1)
+    # Too few tiles for groups of 4 for every thread: the usual groups.
+    few = dict(work=(2, 120, 1), axis=1, max_group=4096, units=2, cache_bytes=mb)
+    assert cpu_local_size(**few, slice_bytes=mb) == cpu_local_size(**few)
+
+
+def test_a_gemm_whose_filter_outgrows_the_core_cache_keeps_its_values(
+        device, spec, launches, monkeypatch):
+    """A GEMM whose filter overflows one core's cache (here a cache made small enough
+    for a small conv) launches with groups of one channel tile and one phase on a CPU
+    and computes the reference's values."""
+    from clconv import host_cpu
+    from clconv.device_select import runtime
+
+    monkeypatch.setattr(host_cpu, "core_cache_bytes", lambda: 16 << 10)
+    rt = runtime(spec)
+    dy, w = random_array((2, 12, 12, 32), seed=23), random_array((3, 3, 24, 32), seed=24)
+    g = backprop_case((2, 24, 24, 24), w.shape, dy.shape, 2, "SAME")
+    plan = plans.build_plan(rt, "conv2d_backprop_input", g, np.float32, "gemm",
+                            {"TM": 4, "TN": 8, "VEC": 4})
+    assert_close(plan.execute(dy, w), backprop_input_reference(dy, w, g), np.float32,
+                 reduction_length(g, transpose=True))
+    gemm = [(glob, local) for name, glob, local in launches if name == "gemm_implicit"]
+    assert gemm
+    # 3 channel tiles x 72 pixel tiles x 4 phases: groups of 4-16 pixel tiles where that
+    # leaves 32 groups per compute unit.
+    if rt.info.kind == "CPU" and 3 * 72 * 4 // (32 * rt.info.compute_units) >= 4:
+        (global_size, local), = gemm[-1:]
+        assert local[0] == local[2] == 1 and 4 <= local[1] <= 16, gemm
+        assert global_size == (3, -(-72 // local[1]) * local[1], 4), gemm
+
+
 def test_cpu_plans_of_small_ranges_launch_their_own_groups(device, spec, launches):
     """On a CPU device a small call's GEMM launches with clconv's groups (dividing its
     range) and computes the reference's values."""
