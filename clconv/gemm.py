@@ -186,10 +186,14 @@ def _tm_for_three_vectors(config: dict[str, Any], info: DeviceInfo) -> int:
 
 
 def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
-             ch_count: Optional[int] = None, pointwise: bool = False) -> dict[str, Any]:
+             ch_count: Optional[int] = None, pointwise: bool = False,
+             reduction: Optional[int] = None, pixels: Optional[int] = None
+             ) -> dict[str, Any]:
     """Fill TM/TN/VEC left as "auto" for a GEMM of ``n_out`` output channels that reads
     ``ch_count`` source channels per tap (None: not known), over one tap if
-    ``pointwise`` (a 1x1 filter).
+    ``pointwise`` (a 1x1 filter), with a reduction of ``reduction`` (taps x channels
+    of a stride phase, on average) over ``pixels`` output pixels a phase (None: not
+    known).
 
     On cores with two 512-bit FMA pipes, 4 x 64 for multiples of 64 read from at most
     FEW_SOURCE_CHANNELS channels per tap; on AVX2 cores, 2 x 32 for 1x1 convs over at
@@ -256,6 +260,16 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
             # counts: 0.67-0.80, one at 0.96; 21 channels (fcn8s_up8) 0.69, where
             # TN 24 / VEC 8 ran 0.92 (docs/cpu-performance.md).
             config["TN"] = 32
+            if (n_out % 32 == 0 and (reduction or 0) >= DEEP_REDUCTION
+                    and (pixels or 0) >= DEEP_MIN_PIXELS
+                    and config.get("TM", "auto") == "auto" and _fits_registers(12, 32, 16, info)):
+                # A long reduction: 12 x 32, 24 accumulators, each filter load feeding
+                # twice the FMAs.  Intel Xeon with AMX (family 6 model 167), time against
+                # 6 x 32, five alternated rounds, Debian PoCL; pip PoCL: K 1024-4800 (six
+                # suite and unseen layers) 0.91-0.96; 0.93-1.04; K 576 0.95-1.02, and from
+                # 512 down 0.98-1.19 (a transpose's 1x1 phases over 512 channels 1.16);
+                # gan_tiny_b1 (16 pixels a phase, K 2048) 1.51.
+                config["TM"] = 12
         elif n_out % 48 == 0 and config.get("VEC", "auto") == "auto" and width >= 16 \
                 and _two_wide_fma_pipes(info):
             # 48, 144, 240 ... channels (multiples of 16, not of 32): 6 x 48, eighteen
@@ -282,6 +296,14 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
     if config.get("TM", "auto") == "auto":
         config["TM"] = 6
     return config
+
+
+# A GEMM reduction (taps x channels a phase) from which, on cores with two 512-bit FMA
+# pipes, tiles of 32 channels are 12 pixels deep (tile_for).
+DEEP_REDUCTION = 1024
+# ... over this many output pixels a phase or more: a deeper tile pads a phase's last
+# tile and halves the work-items the cores share.
+DEEP_MIN_PIXELS = 256
 
 
 def uses_channel_index_loop(kind: str, tn: int, vec: int) -> bool:
@@ -621,9 +643,13 @@ def _resolve(config: dict[str, Any], op: str, g: ConvGeometry, info: DeviceInfo
             config["TN"] = next(tn for tn in GROUP_TILES if per_group % tn == 0)
             config["VEC"] = min(int(config["VEC"]), config["TN"])
         return config
-    return tile_for(config, g.out_c if forward else g.in_c, info,
-                    g.in_c if forward else g.out_c,
-                    pointwise=g.k_h == g.k_w == 1 and g.depth is None)
+    ch_count = g.in_c if forward else g.out_c
+    # A gradient's taps are shared out among its stride phases.
+    phases = 1 if forward else g.stride_h * g.stride_w
+    pixels = g.batch * (g.out_h * g.out_w if forward else g.in_h * g.in_w) // phases
+    return tile_for(config, g.out_c if forward else g.in_c, info, ch_count,
+                    pointwise=g.k_h == g.k_w == 1 and g.depth is None,
+                    reduction=g.k_h * g.k_w * ch_count // phases, pixels=pixels)
 
 
 def kernel_defines(role: str, defines: dict[str, Any], dtype: Any) -> dict[str, Any]:

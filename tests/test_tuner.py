@@ -24,7 +24,7 @@ from clconv import config, conformance, cpu_vectors, search_space, tuner, tuning
 from clconv.cli import main
 from clconv.device_select import Runtime, runtime
 from clconv.search_space import SearchSpaceError, load_space
-from clconv.shapes import conv2d_geometry, parse_attrs
+from clconv.shapes import backprop_input_geometry, conv2d_geometry, parse_attrs
 
 # The direct conv2d kernel as a family-agnostic launch, for the test-only families
 # below (their configs are this kernel's).
@@ -575,6 +575,45 @@ def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
     g = conv2d_geometry((1, 8, 8, 8), (3, 3, 8, 21), parse_attrs(1, "SAME", "NHWC", None))
     context = search_space.context(g, avx512, "conv2d", "gemm")
     assert space.problem({**gemm.tile_for(auto, 21, avx512), "LOCAL_SIZE": None}, context) is None
+
+
+def test_two_pipe_cores_take_twelve_pixels_a_tile_over_long_reductions(monkeypatch):
+    """On cores with two 512-bit FMA pipes a GEMM to a multiple of 32 channels whose
+    reduction (taps x channels a phase) reaches DEEP_REDUCTION, over DEEP_MIN_PIXELS
+    pixels a phase or more, takes 12 x 32 tiles (24 accumulators); shorter reductions,
+    smaller phases and other channel counts keep 6 pixels."""
+    from clconv import gemm, registry
+
+    monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: True)
+    monkeypatch.setattr(cpu_vectors, "compiled_width", lambda info: None)
+    avx512 = dataclasses.replace(clconv.devices()[0], kind="CPU", preferred_float_vector_width=16)
+    auto = {"TM": "auto", "TN": "auto", "VEC": "auto", "LOCAL_SIZE": None}
+    assert (gemm.DEEP_REDUCTION, gemm.DEEP_MIN_PIXELS) == (1024, 256)
+
+    def tile(n_out, reduction, pixels, config=auto):
+        chosen = gemm.tile_for(config, n_out, avx512, 256, reduction=reduction, pixels=pixels)
+        return chosen["TM"], chosen["TN"], chosen["VEC"]
+
+    assert tile(256, 1024, 256) == (12, 32, 16)
+    assert tile(256, 1023, 256) == (6, 32, 16)
+    assert tile(256, 1024, 255) == (6, 32, 16)
+    assert tile(21, 4096, 4096) == (6, 32, 16)  # padded channels: not a multiple of 32
+    assert tile(144, 4096, 4096) == (6, 48, 16)
+    assert tile(256, 4096, 4096, {**auto, "TM": 8}) == (8, 32, 16)  # a caller's TM
+    # From geometries: deeplab's 3x3 over 256 channels (K 2304); a k4 s2 transpose from 256
+    # channels (four phases of 4 taps: K 1024); the same from 128 channels (K 512).
+    resolve = registry.get("gemm").resolve
+    attrs = parse_attrs(1, "SAME", "NHWC", None)
+    deeplab = conv2d_geometry((2, 64, 64, 256), (3, 3, 256, 256), attrs)
+    assert resolve(dict(auto), "conv2d", deeplab, avx512)["TM"] == 12
+    up = parse_attrs(2, "SAME", "NHWC", None)
+    pix2pix = backprop_input_geometry((1, 128, 128, 128), (4, 4, 128, 256), (1, 64, 64, 256), up)
+    assert resolve(dict(auto), "conv2d_transpose", pix2pix, avx512)["TM"] == 12
+    narrow = backprop_input_geometry((1, 128, 128, 64), (4, 4, 64, 128), (1, 64, 64, 128), up)
+    assert resolve(dict(auto), "conv2d_transpose", narrow, avx512)["TM"] == 6
+    space = search_space.shipped_spaces()["gemm_implicit"]
+    context = search_space.context(deeplab, avx512, "conv2d", "gemm")
+    assert space.problem({**resolve(dict(auto), "conv2d", deeplab, avx512)}, context) is None
 
 
 def test_the_fma_probe_runs_once_and_only_on_wide_cpus():
