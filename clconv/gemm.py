@@ -203,9 +203,10 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
     narrowest tile that wastes little on n_out channels, or on such cores 32 (48 for
     multiples of 48 that are not of 32); VEC: the device's vector width
     (``vector_width``), never wider than TN; TM: 6 pixels (4 for tiles of three 8-wide
-    vectors on AVX2).  Measured by the tuner over the suite on both PoCL builds: TM=6
-    beat TM=12 by 1.4-1.7x on narrow layers (Cout = 3) and was the most frequent winner
-    elsewhere.
+    vectors on AVX2; 12 for 32-wide tiles on two-pipe cores over a reduction of
+    DEEP_REDUCTION or more and DEEP_MIN_PIXELS pixels a phase).  Measured by the tuner
+    over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on narrow layers
+    (Cout = 3) and was the most frequent winner elsewhere.
     """
     config = dict(config)
     width = vector_width(info)
