@@ -69,9 +69,9 @@ def _size_bytes(text: str) -> Optional[int]:
 def core_cache_bytes(cache_dir: str = CACHE_DIR) -> Optional[int]:
     """The size of one core's level-2 cache (Linux's sysfs), None where it cannot be
     read.  OpenCL reports only the last-level cache (CL_DEVICE_GLOBAL_MEM_CACHE_SIZE:
-    480 MB of L3 on PoCL here), which says nothing of what one work-group keeps close:
-    2 MB on Intel's server cores since Sapphire Rapids, 1 MB on Zen 4 and Skylake-SP,
-    512 KB on Zen 3."""
+    PoCL's 480 MB of L3 on the Intel Xeon of docs/cpu-performance.md), which says
+    nothing of what one work-group keeps close: 2 MB on Intel's server cores since
+    Sapphire Rapids, 1 MB on Zen 4 and Skylake-SP, 512 KB on Zen 3."""
     for index in range(8):
         folder = f"{cache_dir}/index{index}"
         if _read(f"{folder}/level").strip() == "2":

@@ -116,12 +116,12 @@ def ndrange(work: Sequence[int], local: Optional[Sequence[int]], kind: str = "CP
     kernels return early for items past ``work``.
 
     Without a ``local`` shape a CPU launch gets clconv's groups (``cpu_local_size``,
-    for ``units`` compute units; ``weight_major``, ``slice_bytes``, ``cache_bytes``: see
-    there), but a GPU never
-    launches with a NULL local size: its runtime must then pick a divisor of the global
-    size, which for a prime count of tiles is a group of one or a few work-items (a
-    few percent of a wave).  There a group of GPU_GROUP (at most ``max_group``)
-    work-items is laid along ``axis``, the dimension the kernel checks its bounds in.
+    for ``units`` compute units; ``weight_major``, ``slice_bytes``, ``cache_bytes``:
+    see there), but a GPU never launches with a NULL local size: its runtime must then
+    pick a divisor of the global size, which for a prime count of tiles is a group of
+    one or a few work-items (a few percent of a wave).  There a group of GPU_GROUP (at
+    most ``max_group``) work-items is laid along ``axis``, the dimension the kernel
+    checks its bounds in.
     """
     if not local and kind == "GPU":
         local = [1] * len(work)
