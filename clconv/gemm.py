@@ -204,7 +204,8 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
     multiples of 48 that are not of 32); VEC: the device's vector width
     (``vector_width``), never wider than TN; TM: 6 pixels (4 for tiles of three 8-wide
     vectors on AVX2; 12 for 32-wide tiles on two-pipe cores over a reduction of
-    DEEP_REDUCTION or more and DEEP_MIN_PIXELS pixels a phase).  Measured by the tuner
+    DEEP_REDUCTION or more and DEEP_MIN_PIXELS pixels a phase, where shorter known
+    reductions to multiples of 64 take 6 x 64).  Measured by the tuner
     over the suite on both PoCL builds: TM=6 beat TM=12 by 1.4-1.7x on narrow layers
     (Cout = 3) and was the most frequent winner elsewhere.
     """
@@ -271,6 +272,16 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
                 # 512 down 0.98-1.19 (a transpose's 1x1 phases over 512 channels 1.16);
                 # gan_tiny_b1 (16 pixels a phase, K 2048) 1.51.
                 config["TM"] = 12
+            elif (n_out % 64 == 0 and reduction is not None and reduction < DEEP_REDUCTION
+                    and (pixels or 0) >= DEEP_MIN_PIXELS and config.get("TM", "auto") == "auto"
+                    and _fits_registers(6, 64, 16, info)):
+                # Shorter reductions to multiples of 64: 6 x 64, also 24 accumulators,
+                # each input broadcast feeding four FMAs.  The same Xeon, time against
+                # 6 x 32, five alternated rounds, Debian PoCL; pip PoCL, the 13 suite and
+                # unseen layers with K 32-576: geometric mean 0.94; 0.94, range 0.84-1.02;
+                # 0.90-1.01.  Over K 2304 (deeplab, vgg_conv3) it ran 1.08-1.14x the time
+                # of 12 x 32, over gan_tiny_b1's 16 pixels a phase 1.87x that of 6 x 32.
+                config["TN"] = 64
         elif n_out % 48 == 0 and config.get("VEC", "auto") == "auto" and width >= 16 \
                 and _two_wide_fma_pipes(info):
             # 48, 144, 240 ... channels (multiples of 16, not of 32): 6 x 48, eighteen

@@ -577,11 +577,12 @@ def test_cores_with_two_wide_fma_pipes_get_twelve_accumulators(monkeypatch):
     assert space.problem({**gemm.tile_for(auto, 21, avx512), "LOCAL_SIZE": None}, context) is None
 
 
-def test_two_pipe_cores_take_twelve_pixels_a_tile_over_long_reductions(monkeypatch):
+def test_two_pipe_cores_take_twenty_four_accumulators_over_large_phases(monkeypatch):
     """On cores with two 512-bit FMA pipes a GEMM to a multiple of 32 channels whose
     reduction (taps x channels a phase) reaches DEEP_REDUCTION, over DEEP_MIN_PIXELS
-    pixels a phase or more, takes 12 x 32 tiles (24 accumulators); shorter reductions,
-    smaller phases and other channel counts keep 6 pixels."""
+    pixels a phase or more, takes 12 x 32 tiles (24 accumulators), a shorter one to a
+    multiple of 64 channels 6 x 64; smaller phases, other channel counts and unknown
+    reductions keep 6 x 32."""
     from clconv import gemm, registry
 
     monkeypatch.setattr(gemm, "_two_wide_fma_pipes", lambda info: True)
@@ -595,11 +596,17 @@ def test_two_pipe_cores_take_twelve_pixels_a_tile_over_long_reductions(monkeypat
         return chosen["TM"], chosen["TN"], chosen["VEC"]
 
     assert tile(256, 1024, 256) == (12, 32, 16)
-    assert tile(256, 1023, 256) == (6, 32, 16)
     assert tile(256, 1024, 255) == (6, 32, 16)
+    # Shorter reductions to multiples of 64: 6 x 64 (also 24 accumulators).
+    assert tile(256, 1023, 256) == (6, 64, 16)
+    assert tile(64, 32, 256) == (6, 64, 16)
+    assert tile(64, 576, 255) == (6, 32, 16)
+    assert tile(96, 576, 4096) == (6, 32, 16)  # not a multiple of 64
     assert tile(21, 4096, 4096) == (6, 32, 16)  # padded channels: not a multiple of 32
     assert tile(144, 4096, 4096) == (6, 48, 16)
     assert tile(256, 4096, 4096, {**auto, "TM": 8}) == (8, 32, 16)  # a caller's TM
+    assert tile(256, 576, 4096, {**auto, "TM": 8}) == (8, 32, 16)
+    assert tile(256, None, None) == (6, 32, 16)  # nothing known: 6 x 32
     # From geometries: deeplab's 3x3 over 256 channels (K 2304); a k4 s2 transpose from 256
     # channels (four phases of 4 taps: K 1024); the same from 128 channels (K 512).
     resolve = registry.get("gemm").resolve
@@ -610,7 +617,8 @@ def test_two_pipe_cores_take_twelve_pixels_a_tile_over_long_reductions(monkeypat
     pix2pix = backprop_input_geometry((1, 128, 128, 128), (4, 4, 128, 256), (1, 64, 64, 256), up)
     assert resolve(dict(auto), "conv2d_transpose", pix2pix, avx512)["TM"] == 12
     narrow = backprop_input_geometry((1, 128, 128, 64), (4, 4, 64, 128), (1, 64, 64, 128), up)
-    assert resolve(dict(auto), "conv2d_transpose", narrow, avx512)["TM"] == 6
+    assert (resolve(dict(auto), "conv2d_transpose", narrow, avx512)["TM"],
+            resolve(dict(auto), "conv2d_transpose", narrow, avx512)["TN"]) == (6, 64)
     space = search_space.shipped_spaces()["gemm_implicit"]
     context = search_space.context(deeplab, avx512, "conv2d", "gemm")
     assert space.problem({**resolve(dict(auto), "conv2d", deeplab, avx512)}, context) is None
