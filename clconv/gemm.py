@@ -262,9 +262,10 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
             # counts: 0.67-0.80, one at 0.96; 21 channels (fcn8s_up8) 0.69, where
             # TN 24 / VEC 8 ran 0.92 (docs/cpu-performance.md).
             config["TN"] = 32
-            if (n_out % 32 == 0 and (reduction or 0) >= DEEP_REDUCTION
-                    and (pixels or 0) >= DEEP_MIN_PIXELS
-                    and config.get("TM", "auto") == "auto" and _fits_registers(12, 32, 16, info)):
+            twenty_four = (n_out % 32 == 0 and reduction is not None
+                           and (pixels or 0) >= DEEP_MIN_PIXELS
+                           and config.get("TM", "auto") == "auto")
+            if twenty_four and reduction >= DEEP_REDUCTION and _fits_registers(12, 32, 16, info):
                 # A long reduction: 12 x 32, 24 accumulators, each filter load feeding
                 # twice the FMAs.  Intel Xeon with AMX (family 6 model 167), time against
                 # 6 x 32, five alternated rounds, Debian PoCL; pip PoCL: K 1024-4800 (six
@@ -272,8 +273,7 @@ def tile_for(config: dict[str, Any], n_out: int, info: DeviceInfo,
                 # 512 down 0.98-1.19 (a transpose's 1x1 phases over 512 channels 1.16);
                 # gan_tiny_b1 (16 pixels a phase, K 2048) 1.51.
                 config["TM"] = 12
-            elif (n_out % 64 == 0 and reduction is not None and reduction < DEEP_REDUCTION
-                    and (pixels or 0) >= DEEP_MIN_PIXELS and config.get("TM", "auto") == "auto"
+            elif (twenty_four and reduction < DEEP_REDUCTION and n_out % 64 == 0
                     and _fits_registers(6, 64, 16, info)):
                 # Shorter reductions to multiples of 64: 6 x 64, also 24 accumulators,
                 # each input broadcast feeding four FMAs.  The same Xeon, time against
@@ -348,13 +348,15 @@ def prefetches_output(kind: str, plan: GemmPlan, ch_count: int, channel_tiles: i
     (one without the prefetch), seven to eleven alternated rounds, old/new time:
     fcn8s_up8 (stride 8, K = 84, one channel tile) 1.26-1.38 and 1.24 on pip PoCL; an
     8x8 s4 transpose 1x128x128x21 -> 21 (K = 84) 1.08-1.16.  Left out by the rule:
-    outputs of several channel tiles (a CPU group holds every channel tile of its
-    pixels, so their lines are written in order, which the prefetchers follow:
+    outputs of several channel tiles (a CPU group usually holds every channel tile of
+    its pixels, so their lines are written in order, which the prefetchers follow:
     segnet_up4 and an 8x8 s4 transpose to 64 channels 0.98-1.01, the HiFi-GAN s8
-    upsamplers 0.96-1.02, 0.96 twice on pip PoCL), stride 2 (fourteen transposes
-    0.96-1.06, no pattern beyond this machine's noise), forward convs (adjacent pixels:
-    0.98-0.99) and an 8x8 s8 transpose to 8 channels (K = 32: 0.93).  Not on GPUs,
-    which have no such prefetch.
+    upsamplers 0.96-1.02, 0.96 twice on pip PoCL; where a filter past a core's cache
+    gives groups of one channel tile (programs.cpu_local_size), an Intel Xeon of family
+    6 model 167 ran 0.94-1.01 with the prefetch, not measured elsewhere), stride 2
+    (fourteen transposes 0.96-1.06, no pattern beyond this machine's noise), forward
+    convs (adjacent pixels: 0.98-0.99) and an 8x8 s8 transpose to 8 channels (K = 32:
+    0.93).  Not on GPUs, which have no such prefetch.
     """
     phases = [p for p in plan.phases if p[7] > 0]  # p[5]: col_step, p[7]: tap_count
     if kind != "CPU" or channel_tiles != 1 or not phases:

@@ -233,9 +233,8 @@ def cpu_local_size(work: Sequence[int], axis: int, max_group: int, units: int = 
         return None
     max_group = min(max_group, CPU_MAX_GROUP)
     if weight_major and int(work[0]) >= WEIGHT_MAJOR_MIN_BLOCKS * max(1, units):
-        local = [1] * len(work)
-        local[axis] = max(1, min(int(work[axis]), max_group, WEIGHT_MAJOR_PIXELS))
-        return tuple(local)
+        return _one_block_over_pixels(len(work), axis,
+                                      max(1, min(int(work[axis]), max_group)))
     pixel_tiles = int(work[axis])
     local = [1] * len(work)
     for dim in range(len(work)):
@@ -249,11 +248,17 @@ def cpu_local_size(work: Sequence[int], axis: int, max_group: int, units: int = 
     local[axis] = max(1, min(pixel_tiles, max_group // math.prod(local), per_group))
     filter_per_tile = slice_bytes * (math.prod(local) // local[axis])
     if cache_bytes and filter_per_tile > CACHE_SHARE_FOR_FILTER * cache_bytes:
-        panel = [1] * len(work)
-        panel[axis] = min(pixel_tiles, max_group, WEIGHT_MAJOR_PIXELS,
-                          items // (MIN_GROUPS_PER_UNIT * max(1, units)))
-        if panel[axis] >= PANEL_MIN_PIXEL_TILES:
-            return tuple(panel)
+        pixels = min(pixel_tiles, max_group, items // (MIN_GROUPS_PER_UNIT * max(1, units)))
+        if min(pixels, WEIGHT_MAJOR_PIXELS) >= PANEL_MIN_PIXEL_TILES:
+            return _one_block_over_pixels(len(work), axis, pixels)
+    return tuple(local)
+
+
+def _one_block_over_pixels(dims: int, axis: int, pixels: int) -> tuple[int, ...]:
+    """A group of one index of every other dimension (one channel block, one phase)
+    over ``pixels`` pixel tiles along ``axis``, at most WEIGHT_MAJOR_PIXELS."""
+    local = [1] * dims
+    local[axis] = min(pixels, WEIGHT_MAJOR_PIXELS)
     return tuple(local)
 
 
